@@ -1,0 +1,29 @@
+"""
+The actions a rule can name, and their config specs.
+
+A new action is one module (a ``Spec`` pydantic model with a ``type`` literal and an
+action class with ``decide``) plus one entry in :data:`ACTIONS` and one in :data:`ActionSpec`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from agent.actions.base import Action, Apply, Intent, Revert, Skip
+from agent.actions.notify import Notify, NotifySpec
+from agent.actions.pause import Pause, PauseSpec
+from agent.actions.resume import Resume, ResumeSpec
+from agent.actions.set_max import RaiseMax, RaiseMaxSpec, SetMax, SetMaxSpec
+from agent.actions.set_min import SetMin, SetMinSpec
+
+_ALL: tuple[Action, ...] = (Pause(), Resume(), SetMin(), SetMax(), RaiseMax(), Notify())
+ACTIONS: dict[str, Action] = {action.name: action for action in _ALL}
+
+ActionSpec = Annotated[
+    PauseSpec | ResumeSpec | SetMinSpec | SetMaxSpec | RaiseMaxSpec | NotifySpec,
+    Field(discriminator="type"),
+]
+
+__all__ = ["ACTIONS", "Action", "ActionSpec", "Apply", "Intent", "Revert", "Skip"]

@@ -1,0 +1,142 @@
+"""
+The running agent: wires the stages together and owns their lifecycles.
+
+``scaling-agent run``, the demo and the tests all start the agent through
+:class:`Agent`, so they exercise one code path. Start order follows the data:
+ledger, sinks, executor and worker, the reconciler's first pass, re-queued
+events from before a restart, and only then the HTTP server — the agent says
+it listens only when it can take events. Stop runs the other way round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TextIO
+
+import structlog
+from aiohttp import web
+from kubernetes_asyncio import client
+
+from agent.config import Config
+from agent.decisions import DecisionRecorder
+from agent.executor import Executor
+from agent.guard import Guard
+from agent.ledger import Ledger, make_ledger
+from agent.metrics import Metrics
+from agent.reconciler import Reconciler
+from agent.rules import Rules
+from agent.server import build_app
+from agent.sinks import Sink, build_sinks
+from agent.sources import AlertmanagerSource
+from agent.targets import build_targets
+from agent.worker import Intake, Worker
+
+log = structlog.get_logger("agent")
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        api: client.ApiClient,
+        dry_run: bool = False,
+        console: TextIO | None = None,
+        ledger: Ledger | None = None,
+    ) -> None:
+        self.config = config
+        self.api = api
+        self.metrics = Metrics()
+        self.ledger = ledger or make_ledger(config.ledger)
+        self.targets = build_targets(api)
+        self.sinks: list[Sink] = build_sinks(config, api=api, metrics=self.metrics, console=console)
+        self.recorder = DecisionRecorder(ledger=self.ledger, sinks=self.sinks, metrics=self.metrics)
+        self.guard = Guard(config.guard, kubernetes=config.kubernetes, ledger=self.ledger, dry_run=dry_run)
+        self.executor = Executor(
+            targets=self.targets,
+            guard=self.guard,
+            recorder=self.recorder,
+            metrics=self.metrics,
+            kubernetes=config.kubernetes,
+        )
+        self.rules = Rules(config.rules, targets=self.targets)
+        self.worker = Worker(
+            ledger=self.ledger,
+            rules=self.rules,
+            executor=self.executor,
+            recorder=self.recorder,
+            metrics=self.metrics,
+            guard=config.guard,
+            lanes=config.workers,
+        )
+        self.intake = Intake(ledger=self.ledger, worker=self.worker, metrics=self.metrics)
+        self.reconciler = Reconciler(
+            targets=self.targets,
+            executor=self.executor,
+            recorder=self.recorder,
+            metrics=self.metrics,
+            kubernetes=config.kubernetes,
+        )
+        self.alertmanager = AlertmanagerSource(config.webhook, intake=self.intake, metrics=self.metrics)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.port is not None, "the agent is not started"
+        host = self.config.webhook.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.ledger.open()
+        for sink in self.sinks:
+            sink.start()
+        self.worker.start()
+        try:
+            await self.reconciler.reconcile_once()
+        except Exception as exc:  # the loop retries; a slow API at start must not stop the agent
+            log.warning("first reconcile pass failed", error=str(exc))
+        self.reconciler.start()
+        await self.worker.resume_pending()
+        app = build_app(
+            routes=self.alertmanager.routes(),
+            ledger=self.ledger,
+            api=self.api,
+            metrics=self.metrics,
+            max_body_bytes=self.config.webhook.max_body_bytes,
+        )
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.webhook.host, self.config.webhook.port)
+        await site.start()
+        self.port = self.config.webhook.port
+        server = site._server
+        if isinstance(server, asyncio.Server) and server.sockets:  # port 0: the one the OS picked
+            self.port = int(server.sockets[0].getsockname()[1])
+        log.info(
+            "agent started",
+            url=self.url,
+            dry_run=self.guard.dry_run,
+            rules=len(self.config.rules),
+            namespaces=self.config.kubernetes.namespaces,
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()  # no new events
+            self._runner = None
+        await self.reconciler.stop()
+        await self.worker.stop()  # unprocessed events stay in the ledger for the next start
+        for sink in self.sinks:
+            await sink.stop()
+        await self.ledger.close()
+        log.info("agent stopped")
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()

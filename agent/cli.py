@@ -1,0 +1,178 @@
+"""
+``scaling-agent``: run the agent, check a config file, run the demo, list decisions.
+
+Exit codes: 0 success; 1 a config error (every problem printed, one per line,
+as ``FILE: field.path: message``); 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+
+import yaml
+
+from agent.config import Config, ConfigError, LedgerConfig, check_secrets, effective_config, load_config
+from agent.durations import parse_duration
+from agent.structs import TargetRef, utcnow
+
+
+def _print_config_error(exc: ConfigError) -> int:
+    print(
+        f"{exc.source}: invalid config ({len(exc.errors)} problem{'s' if len(exc.errors) != 1 else ''})",
+        file=sys.stderr,
+    )
+    for line in exc.errors:
+        print(f"  {line}", file=sys.stderr)
+    return 1
+
+
+def _load(path: str, *, secrets: bool) -> Config:
+    config = load_config(path)
+    if secrets:
+        check_secrets(config, source=path)
+    return config
+
+
+async def _run(config: Config, *, dry_run: bool, kubeconfig: str | None, context: str | None) -> None:
+    from agent.app import Agent
+    from agent.kube import make_api_client
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    api = await make_api_client(kubeconfig=kubeconfig, context=context)
+    async with api:
+        await Agent(config, api=api, dry_run=dry_run).run_until(stop)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.logs import setup_logging
+
+    try:
+        config = _load(args.config, secrets=True)
+    except ConfigError as exc:
+        return _print_config_error(exc)
+    setup_logging(level=config.log.level, fmt=config.log.format)
+    asyncio.run(_run(config, dry_run=args.dry_run, kubeconfig=args.kubeconfig, context=args.context))
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.file, secrets=args.secrets)
+    except ConfigError as exc:
+        return _print_config_error(exc)
+    print(f"# {args.file}: valid ({len(config.rules)} rules). Effective config, defaults filled in:")
+    print(yaml.safe_dump(effective_config(config), sort_keys=False, allow_unicode=True), end="")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    result: int = asyncio.run(run_demo(examples=args.examples, pace=args.pace))
+    return result
+
+
+async def _decisions(args: argparse.Namespace, ledger_config: LedgerConfig) -> int:
+    from agent.ledger import make_ledger
+
+    since: datetime | None = utcnow() - parse_duration(args.since) if args.since else None
+    target = None
+    if args.target:
+        namespace, _, name = args.target.partition("/")
+        target = TargetRef(kind=args.kind, namespace=namespace, name=name)
+    ledger = make_ledger(ledger_config)
+    await ledger.open()
+    try:
+        decisions = await ledger.decisions(since=since, target=target, limit=args.limit)
+    finally:
+        await ledger.close()
+    for decision in decisions:
+        if args.json:
+            print(json.dumps(decision.to_dict(), sort_keys=True))
+        else:
+            print(f"{decision.at:%Y-%m-%d %H:%M:%S}Z {decision.summary()}")
+    if not args.json:
+        print(f"({len(decisions)} decision{'s' if len(decisions) != 1 else ''})", file=sys.stderr)
+    return 0
+
+
+def cmd_decisions(args: argparse.Namespace) -> int:
+    if args.ledger:
+        try:
+            ledger_config = LedgerConfig(url=args.ledger)
+        except ValueError as exc:
+            print(f"--ledger: {exc}", file=sys.stderr)
+            return 2
+    elif args.config:
+        try:
+            ledger_config = load_config(args.config).ledger
+        except ConfigError as exc:
+            return _print_config_error(exc)
+    else:
+        print("decisions: give --config FILE or --ledger URL", file=sys.stderr)
+        return 2
+    if args.target and "/" not in args.target:
+        print("decisions: --target must be NAMESPACE/NAME", file=sys.stderr)
+        return 2
+    if args.since:
+        try:
+            parse_duration(args.since)
+        except ValueError as exc:
+            print(f"decisions: --since: {exc}", file=sys.stderr)
+            return 2
+    return asyncio.run(_decisions(args, ledger_config))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scaling-agent",
+        description="Reacts to Prometheus alerts with guarded, reversible, recorded changes to KEDA ScaledObjects.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", required=True, help="config file (YAML)")
+    run.add_argument("--dry-run", action="store_true", help="decide and record, but patch nothing")
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster in a pod, else ~/.kube/config)")
+    run.add_argument("--context", help="kubeconfig context")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file and print the effective config")
+    check.add_argument("file")
+    check.add_argument("--secrets", action="store_true", help="also read every secret it references")
+    check.set_defaults(func=cmd_check_config)
+
+    demo = sub.add_parser("demo", help="run the agent against an emulated cluster with scripted alerts")
+    demo.add_argument("--examples", help="folder of example objects (default: deploy/examples)")
+    demo.add_argument("--pace", type=float, default=0.3, help="seconds between scripted steps (default 0.3)")
+    demo.set_defaults(func=cmd_demo)
+
+    decisions = sub.add_parser("decisions", help="list recorded decisions from the ledger")
+    decisions.add_argument("--config", help="config file whose ledger to read")
+    decisions.add_argument("--ledger", help="ledger URL instead of a config file (sqlite:///… or redis://…)")
+    decisions.add_argument("--since", help="only decisions newer than this (e.g. 1h, 30m)")
+    decisions.add_argument("--target", help="only decisions about NAMESPACE/NAME")
+    decisions.add_argument("--kind", default="ScaledObject", help="kind for --target (default ScaledObject)")
+    decisions.add_argument("--limit", type=int, default=1000)
+    decisions.add_argument("--json", action="store_true", help="one JSON object per line")
+    decisions.set_defaults(func=cmd_decisions)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""
+The agent's configuration: pydantic models, loaded from one YAML file.
+
+Every error is reported with its field path and the file it came from
+(``rules[2].action.params.replicas: must be ≥ 0``), all of them at once, so a
+platform engineer fixes a file in one pass. Secrets are never values in the
+file: they are references to an environment variable or a mounted file, read
+when the agent starts and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.actions import ActionSpec
+from agent.durations import Duration
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``errors`` lists every problem as ``field.path: message``."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SecretRef(Model):
+    """A secret's location: an environment variable or a file (e.g. a mounted Kubernetes Secret)."""
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env or file")
+        return self
+
+    def describe(self) -> str:
+        return f"env:{self.env}" if self.env else f"file:{self.file}"
+
+    def read(self) -> str:
+        """The secret's value; raises ValueError naming where it looked, never the value."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if not value:
+                raise ValueError(f"environment variable {self.env} is not set")
+            return value
+        assert self.file is not None
+        try:
+            value = self.file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read {self.file}: {exc.strerror}") from None
+        if not value:
+            raise ValueError(f"{self.file} is empty")
+        return value
+
+
+class BearerAuth(Model):
+    type: Literal["bearer"]
+    token: SecretRef
+
+
+class BasicAuth(Model):
+    type: Literal["basic"]
+    username: str
+    password: SecretRef
+
+
+class NoAuth(Model):
+    """Explicitly no credentials: only sensible behind a NetworkPolicy, or on loopback."""
+
+    type: Literal["none"]
+
+
+class WebhookConfig(Model):
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    auth: BearerAuth | BasicAuth | NoAuth = Field(discriminator="type")
+
+
+class SlackConfig(Model):
+    """Bot token + channel (chat.postMessage), or an incoming-webhook URL. Absent: decisions go to the console."""
+
+    token: SecretRef | None = None
+    channel: str | None = None
+    webhook_url: SecretRef | None = None
+    base_url: str = "https://slack.com/api/"
+    post_outcomes: list[Literal["applied", "no-op", "refused", "failed", "dry-run"]] = [
+        "applied",
+        "refused",
+        "failed",
+        "dry-run",
+    ]
+    queue_size: int = Field(default=1000, ge=1)
+    attempts: int = Field(default=5, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> SlackConfig:
+        if self.token is not None and self.webhook_url is not None:
+            raise ValueError("give either token (+ channel) or webhook_url, not both")
+        if self.token is None and self.webhook_url is None:
+            raise ValueError("give token (+ channel) or webhook_url; leave slack out to print to the console")
+        if self.token is not None and not self.channel:
+            raise ValueError("channel is required with token")
+        return self
+
+
+class LedgerConfig(Model):
+    url: str = "sqlite:////var/lib/scaling-agent/ledger.db"  # four slashes: an absolute path
+    key_prefix: str = "scaling-agent"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if not (url.startswith("sqlite:///") or url.startswith(("redis://", "rediss://", "unix://"))):
+            raise ValueError("must start with sqlite:///, redis://, rediss:// or unix://")
+        return url
+
+
+class KubernetesConfig(Model):
+    namespaces: list[str] = Field(min_length=1, description='namespaces the agent may touch; ["*"] for all')
+    reconcile_interval: Duration = timedelta(seconds=30)
+    resume_check_after: Duration = timedelta(minutes=2)
+    api_attempts: int = Field(default=4, ge=1, le=10)
+    api_backoff: Duration = timedelta(milliseconds=200)
+    post_events: bool = True
+
+    def allows(self, namespace: str) -> bool:
+        return "*" in self.namespaces or namespace in self.namespaces
+
+
+class GuardConfig(Model):
+    dry_run: bool = False
+    cooldown: Duration = timedelta(minutes=5)
+    floor: int = Field(default=0, ge=0, description="lowest replica value the agent may write")
+    ceiling: int = Field(default=50, ge=1, description="highest replica value the agent may write")
+    max_concurrent_changes: int = Field(default=5, ge=1)
+    max_targets_per_event: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _floor_below_ceiling(self) -> GuardConfig:
+        if self.floor > self.ceiling:
+            raise ValueError(f"floor ({self.floor}) must be ≤ ceiling ({self.ceiling})")
+        return self
+
+
+MATCHER = re.compile(r'^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
+
+
+class Matcher(Model):
+    """An Alertmanager-style label matcher: ``name="value"``, ``!=``, ``=~`` (full-match regex), ``!~``."""
+
+    label: str
+    op: Literal["=", "!=", "=~", "!~"]
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> Matcher:
+        match = MATCHER.match(text)
+        if match is None:
+            raise ValueError(f'{text!r} is not a matcher such as severity="warning" or namespace=~"cortex-.*"')
+        label, op, quoted, bare = match.groups()
+        value = quoted.replace('\\"', '"') if quoted is not None else bare
+        if op in ("=~", "!~"):
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"{text!r}: bad regex: {exc}") from None
+        return cls.model_validate({"label": label, "op": op, "value": value})
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        actual = labels.get(self.label, "")
+        if self.op == "=":
+            return actual == self.value
+        if self.op == "!=":
+            return actual != self.value
+        found = re.fullmatch(self.value, actual) is not None
+        return found if self.op == "=~" else not found
+
+    def __str__(self) -> str:
+        return f'{self.label}{self.op}"{self.value}"'
+
+
+class TargetSpec(Model):
+    """
+    How a rule finds the object to change. In order: the alert's labels (``name_labels``, else
+    ``workload_labels`` mapped through ``spec.scaleTargetRef``), then ``name``, then ``selector``.
+    ``namespace`` is used when the alert carries no ``namespace`` label (aggregates keep none).
+    """
+
+    kind: str = "ScaledObject"
+    namespace: str | None = None
+    name: str | None = None
+    selector: dict[str, str] | None = None
+    name_labels: list[str] = ["scaledObject", "scaledobject", "scaled_object"]
+    workload_labels: list[str] = ["deployment"]
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        from agent.targets import KINDS
+
+        if kind not in KINDS:
+            raise ValueError(f"unknown target kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+        return kind
+
+
+class RuleConfig(Model):
+    name: str = Field(min_length=1)
+    alertname: str = Field(min_length=1)
+    matchers: list[Matcher] = []
+    action: ActionSpec
+    target: TargetSpec = TargetSpec()
+
+    @field_validator("matchers", mode="before")
+    @classmethod
+    def _parse_matchers(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [Matcher.parse(item) if isinstance(item, str) else item for item in value]
+        return value
+
+    def matches(self, alertname: str, labels: Mapping[str, str]) -> bool:
+        return alertname == self.alertname and all(m.matches(labels) for m in self.matchers)
+
+
+class LogConfig(Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Config(Model):
+    webhook: WebhookConfig
+    kubernetes: KubernetesConfig
+    slack: SlackConfig | None = None
+    ledger: LedgerConfig = LedgerConfig()
+    guard: GuardConfig = GuardConfig()
+    log: LogConfig = LogConfig()
+    workers: int = Field(default=4, ge=1, le=64)
+    rules: list[RuleConfig] = []
+
+    @model_validator(mode="after")
+    def _unique_rule_names(self) -> Config:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.name in seen:
+                raise ValueError(f"rule name {rule.name!r} is used twice")
+            seen.add(rule.name)
+        return self
+
+
+_MESSAGES = {
+    "greater_than_equal": "must be ≥ {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be ≤ {le}",
+    "less_than": "must be < {lt}",
+    "missing": "is required",
+    "extra_forbidden": "is not a known field",
+    "too_short": "must have at least {min_length} item(s)",
+}
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    previous: int | str | None = None
+    for item in loc:
+        # A discriminated union puts the tag ("pause") in the path; it says nothing the file does not.
+        if previous in ("action", "auth") and isinstance(item, str) and item not in ("params", "type"):
+            previous = item
+            continue
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + item)
+        previous = item
+    return "".join(parts) or "(top level)"
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors():
+        template = _MESSAGES.get(error["type"])
+        if template is not None:
+            message = template.format(**error.get("ctx", {}))
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{_path(error['loc'])}: {message}")
+    return lines
+
+
+def parse_config(data: Any, *, source: str) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): must be a mapping of settings"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_errors(exc)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(source, [f"(file): cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [f"(file): not valid YAML: {where}{problem}"]) from None
+    return parse_config(data, source=source)
+
+
+def check_secrets(config: Config, *, source: str) -> None:
+    """Read every secret once, so a missing one stops the agent at start with the field named."""
+    errors = []
+    refs: list[tuple[str, SecretRef | None]] = []
+    auth = config.webhook.auth
+    if isinstance(auth, BearerAuth):
+        refs.append(("webhook.auth.token", auth.token))
+    elif isinstance(auth, BasicAuth):
+        refs.append(("webhook.auth.password", auth.password))
+    if config.slack is not None:
+        refs.append(("slack.token", config.slack.token))
+        refs.append(("slack.webhook_url", config.slack.webhook_url))
+    for path, ref in refs:
+        if ref is None:
+            continue
+        try:
+            ref.read()
+        except ValueError as exc:
+            errors.append(f"{path}: {exc}")
+    if errors:
+        raise ConfigError(source, errors)
+
+
+def effective_config(config: Config) -> dict[str, Any]:
+    """The config with every default filled in, as YAML-ready data; secrets appear only as references."""
+    return config.model_dump(mode="json", by_alias=True, exclude_none=True)

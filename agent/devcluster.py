@@ -1,0 +1,141 @@
+"""
+An emulated Kubernetes API on loopback, for the demo and the tests.
+
+It is kmock's ``KubernetesEmulator`` (objects kept in memory, real HTTP, driven
+by the real kubernetes-asyncio client) plus the few API-server semantics the
+agent relies on and kmock lacks:
+- ``metadata.resourceVersion`` bookkeeping, and 409 Conflict on a write that
+  carries a stale one (the agent's optimistic concurrency);
+- 201 Created on create, with ``uid`` and ``creationTimestamp`` filled in;
+- faults injected on purpose (``fail(...)``): a status answered N times for a
+  method and resource, to test retries and failure records.
+
+Needs the ``kmock`` package (the ``demo`` or ``dev`` extra).
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+import yaml
+
+RESOURCES = {
+    ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh/v1alpha1/scaledobjects",
+    ("apps/v1", "Deployment"): "apps/v1/deployments",
+    ("v1", "Event"): "v1/events",
+    ("v1", "Pod"): "v1/pods",
+    ("v1", "Node"): "v1/nodes",
+}
+
+
+@dataclass
+class Fault:
+    method: str
+    plural: str
+    status: int
+    times: int
+    message: str = "injected fault"
+
+
+@attrs.define(kw_only=True)
+class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
+    faults: list[Fault] = attrs.field(factory=list)
+    _versions: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        for resource in RESOURCES.values():
+            self.resources[resource] = {}
+
+    def fail(self, *, method: str, plural: str, status: int = 500, times: int = 1, message: str = "") -> Fault:
+        fault = Fault(method=method.upper(), plural=plural, status=status, times=times, message=message or "injected")
+        self.faults.append(fault)
+        return fault
+
+    def add(self, obj: Mapping[str, Any]) -> None:
+        """Put an object into the cluster as if it had been created (status included)."""
+        body = dict(obj)
+        resource = RESOURCES[(body["apiVersion"], body["kind"])]
+        meta = dict(body.get("metadata") or {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        meta["resourceVersion"] = str(next(self._versions))
+        body["metadata"] = meta
+        self.objects[resource, meta.get("namespace"), meta["name"]] = body
+
+    def load(self, paths: Iterable[Path]) -> list[dict[str, Any]]:
+        """Load YAML files (multi-document); objects of unknown kinds are skipped. Returns what was added."""
+        added: dict[tuple[str, str | None, str], dict[str, Any]] = {}
+        for path in paths:
+            for doc in yaml.safe_load_all(path.read_text()):
+                if not isinstance(doc, dict) or (doc.get("apiVersion"), doc.get("kind")) not in RESOURCES:
+                    continue
+                key = (doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"])
+                if key not in added:  # two example files may share one Deployment
+                    self.add(doc)
+                    added[key] = doc
+        return list(added.values())
+
+    def get(self, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
+        resource = next(r for r in RESOURCES.values() if r.endswith("/" + plural))
+        raw: dict[str, Any] = self.objects[resource, namespace, name].raw
+        return raw
+
+    def put_status(self, plural: str, namespace: str | None, name: str, status: Mapping[str, Any]) -> None:
+        """What a controller would do: change an object's status (e.g. KEDA's Paused condition)."""
+        resource = next(r for r in RESOURCES.values() if r.endswith("/" + plural))
+        self.objects[resource, namespace, name].patch({"status": dict(status)})
+
+    async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        if request.resource is not None:
+            for fault in self.faults:
+                if (
+                    fault.times > 0
+                    and fault.method == str(request.method).upper()
+                    and fault.plural == request.resource.plural
+                ):
+                    fault.times -= 1
+                    raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message=fault.message)
+            action = request.action
+            if action == kmock.action.UPDATE and request.name is not None and isinstance(request.data, dict):
+                key = (request.resource, request.namespace, request.name)
+                if key in self.objects and not self.objects[key].deleted:
+                    stored = self.objects[key].raw.get("metadata", {}).get("resourceVersion")
+                    sent = (request.data.get("metadata") or {}).get("resourceVersion")
+                    if sent is not None and stored is not None and sent != stored:
+                        raise kmock.KubernetesError(
+                            status=409,
+                            reason="Conflict",
+                            message="the object has been modified; please apply your changes to the latest version",
+                        )
+                request.data.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
+            elif action == kmock.action.CREATE and isinstance(request.data, dict):
+                meta = request.data.setdefault("metadata", {})
+                meta.setdefault("uid", str(uuid.uuid4()))
+                meta.setdefault("creationTimestamp", datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                meta["resourceVersion"] = str(next(self._versions))
+        response: aiohttp.web.StreamResponse = await super()._handle(request)
+        if request.action == kmock.action.CREATE and response.status == 200 and not response.prepared:
+            response.set_status(201)
+        return response
+
+
+def kubeconfig_for(url: str) -> dict[str, Any]:
+    """A kubeconfig pointing at the emulator (plain HTTP on loopback, no credentials)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "dev", "cluster": {"server": url}}],
+        "users": [{"name": "dev", "user": {}}],
+        "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "dev"}}],
+        "current-context": "dev",
+    }

@@ -1,0 +1,81 @@
+"""
+The guard: every check between "a rule wants this" and "the API is called".
+
+In order: namespace allow-list, bounds (floor/ceiling, and min ≤ max), the
+per-target cooldown, then the limit on changes in flight at once. Dry-run is
+the last word: everything is decided and recorded, nothing is patched. A
+check that says no returns the reason; the executor records it as a
+``refused`` decision, so refusals are as visible as changes.
+
+Give-backs (reverts, resumes) skip the cooldown and the bounds: restoring
+what was there before must always be possible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+from agent.actions import Apply
+from agent.actions.base import Limits
+from agent.config import GuardConfig, KubernetesConfig
+from agent.ledger import Ledger
+from agent.structs import TargetRef
+from agent.targets.base import MAX_REPLICAS, MIN_REPLICAS, TargetState
+
+
+class Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Guard:
+    def __init__(
+        self, config: GuardConfig, *, kubernetes: KubernetesConfig, ledger: Ledger, dry_run: bool = False
+    ) -> None:
+        self.config = config
+        self.kubernetes = kubernetes
+        self.ledger = ledger
+        self.dry_run = dry_run or config.dry_run
+        self.limits = Limits(floor=config.floor, ceiling=config.ceiling)
+        self._in_flight = 0
+
+    def check_namespace(self, ref: TargetRef) -> None:
+        if not self.kubernetes.allows(ref.namespace):
+            allowed = ", ".join(self.kubernetes.namespaces)
+            raise Refused(f"namespace {ref.namespace} is not one the agent may touch ({allowed})")
+
+    def check_bounds(self, state: TargetState, intent: Apply) -> None:
+        for name, value in intent.values.items():
+            if value > self.config.ceiling:
+                raise Refused(f"{name} {value} is above the ceiling of {self.config.ceiling}")
+            if value < self.config.floor:
+                raise Refused(f"{name} {value} is below the floor of {self.config.floor}")
+        new_min = intent.values.get(MIN_REPLICAS, state.values.get(MIN_REPLICAS))
+        new_max = intent.values.get(MAX_REPLICAS, state.values.get(MAX_REPLICAS))
+        if new_min is not None and new_max is not None and new_min > new_max:
+            raise Refused(f"min-replicas {new_min} would exceed max-replicas {new_max}")
+
+    async def check_cooldown(self, ref: TargetRef, *, now: datetime) -> None:
+        cooldown = self.config.cooldown
+        if not cooldown:
+            return
+        last = await self.ledger.last_change(ref)
+        if last is not None and now - last.at < cooldown:
+            age = int((now - last.at).total_seconds())
+            raise Refused(
+                f"cooldown: last change {age}s ago (decision {last.id}); cooldown is {int(cooldown.total_seconds())}s"
+            )
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """One change in flight; refuses rather than queues, so a storm of alerts cannot pile up patches."""
+        if self._in_flight >= self.config.max_concurrent_changes:
+            raise Refused(f"{self._in_flight} changes already in flight (limit {self.config.max_concurrent_changes})")
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1

@@ -1,0 +1,165 @@
+"""
+The reconciler: finds the agent's own temporary changes in the cluster and
+gives back those whose time is up — on start and then periodically.
+
+It reads everything from the objects' annotations, never from memory, so it
+finishes after a restart what an earlier process started (level-triggered:
+an expiry passed while the agent was down is reverted on the first pass).
+It also:
+- checks each resume the agent made: if KEDA still reports ``Paused=True``
+  past ``kubernetes.resume_check_after``, that is recorded (``failed``) and posted;
+- publishes the pauses in force (agent, human, kube-downscaler) with their age.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from datetime import datetime
+
+import structlog
+
+from agent.config import KubernetesConfig
+from agent.decisions import DecisionRecorder
+from agent.executor import Executor, describe_error, new_decision_id
+from agent.metrics import Metrics
+from agent.structs import Decision, Outcome, Trigger, utcnow
+from agent.targets.base import PauseOwner, TargetKind, TargetState
+
+log = structlog.get_logger("agent.reconciler")
+
+SOURCE = "reconciler"
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        targets: Mapping[str, TargetKind],
+        executor: Executor,
+        recorder: DecisionRecorder,
+        metrics: Metrics,
+        kubernetes: KubernetesConfig,
+    ) -> None:
+        self.targets = targets
+        self.executor = executor
+        self.recorder = recorder
+        self.metrics = metrics
+        self.kubernetes = kubernetes
+        self._task: asyncio.Task[None] | None = None
+        self._first_seen: dict[str, datetime] = {}
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="reconciler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.reconcile_once()
+                self.metrics.reconcile_runs.labels(result="ok").inc()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.reconcile_runs.labels(result="error").inc()
+                log.error("reconcile pass failed; will try again", error=describe_error(exc))
+            await asyncio.sleep(self.kubernetes.reconcile_interval.total_seconds())
+
+    def _namespaces(self) -> list[str | None]:
+        if "*" in self.kubernetes.namespaces:
+            return [None]
+        return list(self.kubernetes.namespaces)
+
+    async def reconcile_once(self) -> list[Decision]:
+        now = utcnow()
+        decisions: list[Decision] = []
+        states: list[TargetState] = []
+        for kind in self.targets.values():
+            for namespace in self._namespaces():
+                states.extend(await kind.list(namespace))
+        for state in states:
+            try:
+                decisions.extend(await self._reconcile_object(state, now))
+            except Exception as exc:  # one bad object must not stop the others
+                log.error("reconciling an object failed", target=str(state.ref), error=describe_error(exc))
+        self._publish_pauses(states, now)
+        return decisions
+
+    async def _reconcile_object(self, state: TargetState, now: datetime) -> list[Decision]:
+        decisions = []
+        expired = tuple(
+            name for name, o in sorted(state.owned.items()) if o.expires_at is not None and o.expires_at <= now
+        )
+        if expired:
+            first = state.owned[expired[0]]
+            trigger = Trigger(source=SOURCE, alertname=first.alertname, status="expired", fingerprint=first.fingerprint)
+            when = ", ".join(f"{n} at {state.owned[n].expires_at:%Y-%m-%d %H:%M:%S}Z" for n in expired)
+            decisions.append(
+                await self.executor.revert(
+                    state.ref, expired, trigger=trigger, reason=f"expired ({when}); restoring the value from before"
+                )
+            )
+        if state.resumed is not None:
+            decision = await self._check_resume(state, now)
+            if decision is not None:
+                decisions.append(decision)
+        return decisions
+
+    async def _check_resume(self, state: TargetState, now: datetime) -> Decision | None:
+        mark = state.resumed
+        assert mark is not None
+        kind = self.targets[state.ref.kind]
+        if state.paused_condition is True and now < mark.check_by:
+            return None  # KEDA may not have caught up yet
+        decision = None
+        if state.paused_condition is True:
+            waited = int((now - mark.at).total_seconds())
+            decision = Decision(
+                id=new_decision_id(now),
+                at=now,
+                trigger=Trigger(source=SOURCE, alertname="", status="resume-check", fingerprint=""),
+                rule=None,
+                action="resume-check",
+                target=state.ref,
+                before={},
+                after={},
+                reason=(
+                    f"still Paused=True {waited}s after the agent resumed it (decision {mark.decision}); "
+                    "KEDA did not pick the resume up — check the KEDA operator, or toggle "
+                    'autoscaling.keda.sh/paused to "false"'
+                ),
+                dry_run=self.executor.guard.dry_run,
+                outcome=Outcome.FAILED,
+            )
+            await self.recorder.record(decision)
+        if not self.executor.guard.dry_run:
+            await kind.patch(state, values={}, owned={}, resumed=None)
+        return decision
+
+    def _publish_pauses(self, states: list[TargetState], now: datetime) -> None:
+        counts = {PauseOwner.AGENT: 0, PauseOwner.HUMAN: 0, PauseOwner.DOWNSCALER: 0}
+        self.metrics.pause_age.clear()
+        seen: set[str] = set()
+        for state in states:
+            if state.pause is None:
+                continue
+            key = str(state.ref)
+            seen.add(key)
+            counts[state.pause.owner] = counts.get(state.pause.owner, 0) + 1
+            # A human pause carries no timestamp of its own; KEDA's Paused condition, or first sight, stands in.
+            since = state.pause.since or self._first_seen.setdefault(key, now)
+            self.metrics.pause_age.labels(
+                namespace=state.ref.namespace, scaledobject=state.ref.name, owner=state.pause.owner
+            ).set(max(0.0, (now - since).total_seconds()))
+        for key in list(self._first_seen):
+            if key not in seen:
+                del self._first_seen[key]
+        for owner, count in counts.items():
+            self.metrics.pauses_in_force.labels(owner=owner).set(count)

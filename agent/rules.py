@@ -1,0 +1,112 @@
+"""
+Rules: from an event to plans — which action, on which target, and why that target.
+
+Every rule whose ``alertname`` and matchers fit the event yields plans. The
+target is resolved from the cluster, in order (DESIGN.md, "Finding the target
+of an alert"): the alert's own labels (a ScaledObject name, or a workload name
+mapped through ``spec.scaleTargetRef``), then a name written in the rule, then a
+label selector written in the rule. When nothing resolves, the plan carries no
+target and becomes a recorded ``no-op: no target``, never a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import structlog
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from agent.actions import ACTIONS
+from agent.config import RuleConfig, TargetSpec
+from agent.structs import Event, Outcome, Plan, TargetRef
+from agent.targets.base import TargetKind
+
+log = structlog.get_logger("agent.rules")
+
+
+class TargetLookupFailed(Exception):
+    pass
+
+
+class Rules:
+    def __init__(self, rules: Sequence[RuleConfig], *, targets: Mapping[str, TargetKind]) -> None:
+        self._rules = list(rules)
+        self._targets = targets
+
+    def matching(self, event: Event) -> list[RuleConfig]:
+        return [rule for rule in self._rules if rule.matches(event.alertname, event.labels)]
+
+    async def plan(self, event: Event) -> list[Plan]:
+        plans: list[Plan] = []
+        for rule in self.matching(event):
+            action = ACTIONS[rule.action.type]
+            verdict: Outcome | None
+            try:
+                refs, reason = await self.resolve(rule.target, event.labels)
+            except TargetLookupFailed as exc:
+                refs, reason, verdict = [], str(exc), Outcome.FAILED
+            else:
+                verdict = None
+            if not refs:
+                plans.append(
+                    Plan(
+                        event=event,
+                        rule=rule.name,
+                        action=action.name,
+                        spec=rule.action,
+                        target=None,
+                        reason=reason,
+                        verdict=verdict,
+                    )
+                )
+            for ref in refs:
+                plans.append(
+                    Plan(
+                        event=event,
+                        rule=rule.name,
+                        action=action.name,
+                        spec=rule.action,
+                        target=ref,
+                        reason=reason,
+                    )
+                )
+        return plans
+
+    async def resolve(self, spec: TargetSpec, labels: Mapping[str, str]) -> tuple[list[TargetRef], str]:
+        kind = self._targets[spec.kind]
+        namespace = labels.get("namespace") or spec.namespace
+        try:
+            for label in spec.name_labels:
+                if labels.get(label):
+                    if namespace is None:
+                        return (
+                            [],
+                            f"no target: label {label}={labels[label]} but no namespace label or rule namespace",
+                        )
+                    ref = TargetRef(kind=spec.kind, namespace=namespace, name=labels[label])
+                    return [ref], f"from label {label}"
+            for label in spec.workload_labels:
+                if labels.get(label):
+                    if namespace is None:
+                        return (
+                            [],
+                            f"no target: label {label}={labels[label]} but no namespace label or rule namespace",
+                        )
+                    refs = await kind.find_by_workload(namespace, labels[label])
+                    if refs:
+                        return refs, f"{spec.kind} scaling {label} {labels[label]}"
+                    return [], f"no target: no {spec.kind} in {namespace} scales {label} {labels[label]}"
+            if spec.name is not None:
+                if namespace is None:
+                    return [], "no target: the rule names an object but no namespace"
+                return [TargetRef(kind=spec.kind, namespace=namespace, name=spec.name)], "named in the rule"
+            if spec.selector:
+                refs = await kind.find_by_labels(spec.namespace, spec.selector)
+                shown = ",".join(f"{k}={v}" for k, v in sorted(spec.selector.items()))
+                if refs:
+                    return refs, f"selected by {shown}"
+                return [], f"no target: no {spec.kind} matches {shown}"
+        except ApiException as exc:
+            log.warning("target lookup failed", status=exc.status, reason=exc.reason)
+            raise TargetLookupFailed(f"target lookup failed: {exc.status} {exc.reason}") from exc
+        return [], "no target: the alert carries no target labels and the rule names none"

@@ -1,0 +1,50 @@
+"""
+The agent's HTTP server (aiohttp): the sources' webhooks plus
+``/healthz`` (the process answers), ``/readyz`` (the Kubernetes API and the
+ledger both answer) and ``/metrics`` (prometheus-client text format).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from kubernetes_asyncio import client
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from agent.ledger import Ledger
+from agent.metrics import Metrics
+
+READY_TIMEOUT = 3.0
+
+
+def build_app(
+    *, routes: list[web.RouteDef], ledger: Ledger, api: client.ApiClient, metrics: Metrics, max_body_bytes: int
+) -> web.Application:
+    # client_max_size makes aiohttp refuse a larger body while reading it (413), even without Content-Length.
+    app = web.Application(client_max_size=max_body_bytes)
+    core = client.CoreApi(api)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        problems = {}
+        try:
+            await asyncio.wait_for(ledger.ping(), READY_TIMEOUT)
+        except Exception as exc:
+            problems["ledger"] = f"{type(exc).__name__}: {exc}"
+        try:
+            await asyncio.wait_for(core.get_api_versions(), READY_TIMEOUT)
+        except Exception as exc:
+            problems["kubernetes"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if problems:
+            return web.json_response({"status": "not ready", "problems": problems}, status=503)
+        return web.json_response({"status": "ready"})
+
+    async def metrics_view(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics_view)])
+    app.add_routes(routes)
+    return app

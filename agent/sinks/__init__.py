@@ -1,0 +1,33 @@
+"""
+Where decisions go after the ledger: Slack (or the console), Kubernetes Events.
+
+A new sink is one module with a :class:`~agent.sinks.base.Sink` subclass plus one line in
+:func:`build_sinks`. The log line and the metrics are written by the recorder itself.
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from kubernetes_asyncio import client
+
+from agent.config import Config
+from agent.metrics import Metrics
+from agent.sinks.base import Sink
+from agent.sinks.kube_events import KubeEventSink
+from agent.sinks.slack import ConsoleSink, SlackSink
+
+
+def build_sinks(config: Config, *, api: client.ApiClient, metrics: Metrics, console: TextIO | None) -> list[Sink]:
+    sinks: list[Sink] = []
+    if config.slack is not None:
+        sinks.append(SlackSink(config.slack, metrics=metrics))
+    else:
+        outcomes = ["applied", "refused", "failed", "dry-run"]
+        sinks.append(ConsoleSink(metrics=metrics, outcomes=outcomes, stream=console))
+    if config.kubernetes.post_events:
+        sinks.append(KubeEventSink(api, metrics=metrics))
+    return sinks
+
+
+__all__ = ["Sink", "build_sinks"]

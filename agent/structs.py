@@ -1,0 +1,289 @@
+"""
+The small immutable records that cross the stage boundaries.
+
+Data flows one way: a source turns what it hears into :class:`Event` records,
+the rules turn an event into :class:`Plan` records, the executor turns a plan
+into a :class:`Decision`. Each stage only reads the records of the stage before
+it, so a new source, action or target kind never has to know the others.
+
+Records that are persisted (events in the inbox, decisions in the ledger,
+ownership annotations on objects) convert to and from plain JSON here, in one
+place, so that every ledger backend and every target kind agree on the format.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+def utcnow() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat()
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+class Outcome(enum.StrEnum):
+    APPLIED = "applied"
+    NOOP = "no-op"
+    REFUSED = "refused"
+    FAILED = "failed"
+    DRY_RUN = "dry-run"  # decided and recorded, deliberately not patched
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened, as a source heard it: an alert firing or resolving."""
+
+    source: str
+    key: str  # idempotency key: the same key twice is the same event delivered twice
+    alertname: str
+    status: str  # "firing" | "resolved"
+    fingerprint: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    starts_at: datetime | None = None
+    received_at: datetime = field(default_factory=utcnow)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "source": self.source,
+                "key": self.key,
+                "alertname": self.alertname,
+                "status": self.status,
+                "fingerprint": self.fingerprint,
+                "labels": dict(self.labels),
+                "annotations": dict(self.annotations),
+                "starts_at": _iso(self.starts_at),
+                "received_at": _iso(self.received_at),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Event:
+        data = json.loads(text)
+        return cls(
+            source=data["source"],
+            key=data["key"],
+            alertname=data["alertname"],
+            status=data["status"],
+            fingerprint=data["fingerprint"],
+            labels=data["labels"],
+            annotations=data["annotations"],
+            starts_at=_from_iso(data["starts_at"]),
+            received_at=_from_iso(data["received_at"]) or utcnow(),
+        )
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """An event once it is durably recorded; ``duplicate_of`` names the first delivery of the same key."""
+
+    id: int
+    event: Event
+    duplicate_of: int | None = None
+
+
+@dataclass(frozen=True, order=True)
+class TargetRef:
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+    @classmethod
+    def parse(cls, text: str) -> TargetRef:
+        kind, namespace, name = text.split("/", 2)
+        return cls(kind=kind, namespace=namespace, name=name)
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """What caused a decision, copied from the event (or naming the reconciler)."""
+
+    source: str
+    alertname: str
+    status: str
+    fingerprint: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    event_key: str | None = None
+
+    @classmethod
+    def of(cls, event: Event) -> Trigger:
+        return cls(
+            source=event.source,
+            alertname=event.alertname,
+            status=event.status,
+            fingerprint=event.fingerprint,
+            labels=event.labels,
+            event_key=event.key,
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A rule's intention: do ``action`` (with its validated spec) on ``target`` because of ``event``."""
+
+    event: Event
+    rule: str
+    action: str
+    spec: Any  # the action's pydantic spec model, validated at config load
+    target: TargetRef | None
+    reason: str  # how the target was found, or why none was
+    verdict: Outcome | None = None  # decided before execution (a failed lookup, a refused blast radius)
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """
+    What the agent writes on an object for each field it changed temporarily.
+
+    It is the whole memory of the change: any replica, after any crash, can
+    revert the field from this record alone (state lives in the cluster).
+    """
+
+    field: str
+    before: int | None
+    after: int | None
+    decision: str
+    rule: str
+    alertname: str
+    fingerprint: str
+    reason: str
+    applied_at: datetime
+    expires_at: datetime | None
+    revert_on_resolve: bool
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "field": self.field,
+                "before": self.before,
+                "after": self.after,
+                "decision": self.decision,
+                "rule": self.rule,
+                "alertname": self.alertname,
+                "fingerprint": self.fingerprint,
+                "reason": self.reason,
+                "appliedAt": _iso(self.applied_at),
+                "expiresAt": _iso(self.expires_at),
+                "revertOnResolve": self.revert_on_resolve,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Ownership:
+        data = json.loads(text)
+        return cls(
+            field=data["field"],
+            before=data["before"],
+            after=data["after"],
+            decision=data["decision"],
+            rule=data.get("rule", ""),
+            alertname=data.get("alertname", ""),
+            fingerprint=data.get("fingerprint", ""),
+            reason=data.get("reason", ""),
+            applied_at=_from_iso(data["appliedAt"]) or utcnow(),
+            expires_at=_from_iso(data.get("expiresAt")),
+            revert_on_resolve=bool(data.get("revertOnResolve", True)),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """
+    Everything the agent decided about one plan, including the refusals.
+
+    Written to the ledger first, then fanned out to Slack, the log, metrics and
+    a Kubernetes Event on the target.
+    """
+
+    id: str
+    at: datetime
+    trigger: Trigger
+    rule: str | None
+    action: str
+    target: TargetRef | None
+    before: Mapping[str, Any]
+    after: Mapping[str, Any]
+    reason: str
+    dry_run: bool
+    outcome: Outcome
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": _iso(self.at),
+            "trigger": {
+                "source": self.trigger.source,
+                "alertname": self.trigger.alertname,
+                "status": self.trigger.status,
+                "fingerprint": self.trigger.fingerprint,
+                "labels": dict(self.trigger.labels),
+                "event_key": self.trigger.event_key,
+            },
+            "rule": self.rule,
+            "action": self.action,
+            "target": None if self.target is None else str(self.target),
+            "before": dict(self.before),
+            "after": dict(self.after),
+            "reason": self.reason,
+            "dry_run": self.dry_run,
+            "outcome": str(self.outcome),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Decision:
+        trigger = data["trigger"]
+        return cls(
+            id=data["id"],
+            at=_from_iso(data["at"]) or utcnow(),
+            trigger=Trigger(
+                source=trigger["source"],
+                alertname=trigger["alertname"],
+                status=trigger["status"],
+                fingerprint=trigger["fingerprint"],
+                labels=trigger.get("labels", {}),
+                event_key=trigger.get("event_key"),
+            ),
+            rule=data.get("rule"),
+            action=data["action"],
+            target=None if data.get("target") is None else TargetRef.parse(data["target"]),
+            before=data.get("before", {}),
+            after=data.get("after", {}),
+            reason=data["reason"],
+            dry_run=bool(data.get("dry_run")),
+            outcome=Outcome(data["outcome"]),
+            error=data.get("error"),
+        )
+
+    def summary(self) -> str:
+        """One human line: what happened to what, and why."""
+        target = str(self.target) if self.target else "-"
+        change = ""
+        if self.before or self.after:
+            keys = sorted(set(self.before) | set(self.after))
+            change = " " + ", ".join(f"{k}: {self.before.get(k)} → {self.after.get(k)}" for k in keys)
+        error = f" error: {self.error}" if self.error else ""
+        dry = " [dry-run]" if self.dry_run and self.outcome != Outcome.DRY_RUN else ""
+        return (
+            f"[{self.outcome}]{dry} {self.action} {target}{change} — {self.reason}"
+            f" (alert {self.trigger.alertname} {self.trigger.status}, decision {self.id}){error}"
+        )

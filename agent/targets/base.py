@@ -1,0 +1,108 @@
+"""
+What every target kind offers the executor: read one object into a
+:class:`TargetState`, and patch abstract fields plus ownership annotations.
+
+Actions speak in abstract fields (``paused-replicas``, ``min-replicas``,
+``max-replicas``); each kind maps them onto its own object (a ScaledObject's
+annotation and ``spec.minReplicaCount``, an HPA's ``spec.minReplicas``, a
+Knative Service's ``autoscaling.knative.dev/min-scale``...). That keeps the
+actions kind-agnostic: adding HPA or Knative is one new file in this package.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from agent.structs import Ownership, TargetRef, _from_iso, _iso
+
+PAUSED_REPLICAS = "paused-replicas"
+MIN_REPLICAS = "min-replicas"
+MAX_REPLICAS = "max-replicas"
+FIELDS = (PAUSED_REPLICAS, MIN_REPLICAS, MAX_REPLICAS)
+
+# Every annotation the agent writes lives under this prefix; one JSON annotation per owned field.
+ANNOTATION_PREFIX = "scaling-agent.cortex.io/"
+OWNERSHIP_ANNOTATIONS = {name: f"{ANNOTATION_PREFIX}{name}" for name in FIELDS}
+RESUMED_ANNOTATION = f"{ANNOTATION_PREFIX}resumed"
+
+
+class PauseOwner:
+    AGENT = "agent"
+    HUMAN = "human"
+    DOWNSCALER = "kube-downscaler"
+
+
+@dataclass(frozen=True)
+class PauseInfo:
+    """A pause in force on an object, whoever set it."""
+
+    owner: str
+    replicas: int | None  # None: frozen at the current count (KEDA's plain ``paused: "true"``)
+    since: datetime | None
+
+
+@dataclass(frozen=True)
+class ResumeMark:
+    """Left on an object after the agent resumes it, until KEDA's ``Paused`` condition is seen to clear."""
+
+    decision: str
+    at: datetime
+    check_by: datetime
+
+    def to_json(self) -> str:
+        return json.dumps({"decision": self.decision, "at": _iso(self.at), "checkBy": _iso(self.check_by)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ResumeMark:
+        data = json.loads(text)
+        at = _from_iso(data["at"])
+        check_by = _from_iso(data["checkBy"])
+        assert at is not None and check_by is not None
+        return cls(decision=data["decision"], at=at, check_by=check_by)
+
+
+@dataclass(frozen=True)
+class TargetState:
+    ref: TargetRef
+    resource_version: str | None
+    values: Mapping[str, int | None]  # the abstract fields as the object has them now
+    replicas: int | None  # pods the workload runs now (None if unknown)
+    owned: Mapping[str, Ownership] = field(default_factory=dict)
+    pause: PauseInfo | None = None
+    paused_condition: bool | None = None  # KEDA's status condition ``Paused``, if reported
+    resumed: ResumeMark | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # anything odd found while reading (e.g. an unreadable annotation)
+
+
+class Unset:
+    """Marks "leave the resume mark as it is" in :meth:`TargetKind.patch`."""
+
+
+UNSET = Unset()
+
+
+class TargetKind(Protocol):
+    kind: str
+
+    async def get(self, namespace: str, name: str) -> TargetState: ...
+
+    async def list(self, namespace: str | None) -> builtins.list[TargetState]: ...
+
+    async def find_by_workload(self, namespace: str, workload: str) -> builtins.list[TargetRef]: ...
+
+    async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]: ...
+
+    async def patch(
+        self,
+        state: TargetState,
+        *,
+        values: Mapping[str, int | None],
+        owned: Mapping[str, Ownership | None],
+        resumed: ResumeMark | Unset | None = UNSET,
+    ) -> TargetState: ...
