@@ -103,7 +103,7 @@ class Agent:
         app = build_app(
             routes=self.alertmanager.routes(),
             ledger=self.ledger,
-            api=self.api,
+            ping_kubernetes=self._ping_kubernetes,
             metrics=self.metrics,
             max_body_bytes=self.config.webhook.max_body_bytes,
         )
@@ -122,6 +122,12 @@ class Agent:
             rules=len(self.config.rules),
             namespaces=self.config.kubernetes.namespaces,
         )
+
+    async def _ping_kubernetes(self) -> None:
+        namespaces = self.config.kubernetes.namespaces
+        namespace = None if "*" in namespaces else namespaces[0]
+        for kind in self.targets.values():
+            await kind.ping(namespace)
 
     async def stop(self) -> None:
         if self._runner is not None:

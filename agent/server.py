@@ -7,9 +7,9 @@ ledger both answer) and ``/metrics`` (prometheus-client text format).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from kubernetes_asyncio import client
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from agent.ledger import Ledger
@@ -19,11 +19,15 @@ READY_TIMEOUT = 3.0
 
 
 def build_app(
-    *, routes: list[web.RouteDef], ledger: Ledger, api: client.ApiClient, metrics: Metrics, max_body_bytes: int
+    *,
+    routes: list[web.RouteDef],
+    ledger: Ledger,
+    ping_kubernetes: Callable[[], Awaitable[None]],
+    metrics: Metrics,
+    max_body_bytes: int,
 ) -> web.Application:
     # client_max_size makes aiohttp refuse a larger body while reading it (413), even without Content-Length.
     app = web.Application(client_max_size=max_body_bytes)
-    core = client.CoreApi(api)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -35,9 +39,10 @@ def build_app(
         except Exception as exc:
             problems["ledger"] = f"{type(exc).__name__}: {exc}"
         try:
-            await asyncio.wait_for(core.get_api_versions(), READY_TIMEOUT)
+            await asyncio.wait_for(ping_kubernetes(), READY_TIMEOUT)
         except Exception as exc:
-            problems["kubernetes"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            first_line = str(exc).splitlines()[0] if str(exc) else ""
+            problems["kubernetes"] = f"{type(exc).__name__}: {first_line}"
         if problems:
             return web.json_response({"status": "not ready", "problems": problems}, status=503)
         return web.json_response({"status": "ready"})

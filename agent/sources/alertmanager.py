@@ -16,6 +16,7 @@ firing carries the same key and turns into a recorded no-op.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -23,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
-from aiohttp import BasicAuth as AiohttpBasicAuth
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -114,7 +114,8 @@ class Authenticator:
             self.expected = f"Bearer {auth.token.read()}".encode()
         elif isinstance(auth, BasicAuth):
             self.scheme = "Basic"
-            self.expected = AiohttpBasicAuth(auth.username, auth.password.read()).encode().encode()
+            credentials = f"{auth.username}:{auth.password.read()}".encode()
+            self.expected = b"Basic " + base64.b64encode(credentials)
         else:
             self.scheme = ""
             self.expected = None

@@ -90,6 +90,10 @@ UNSET = Unset()
 class TargetKind(Protocol):
     kind: str
 
+    async def ping(self, namespace: str | None) -> None:
+        """One cheap authorized read: proves the API answers and the agent may read this kind."""
+        ...
+
     async def get(self, namespace: str, name: str) -> TargetState: ...
 
     async def list(self, namespace: str | None) -> builtins.list[TargetState]: ...

@@ -64,6 +64,12 @@ class ScaledObjectTarget:
         self._custom = client.CustomObjectsApi(api)
         self._apps = client.AppsV1Api(api)
 
+    async def ping(self, namespace: str | None) -> None:
+        if namespace is None:
+            await self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1)
+        else:
+            await self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, limit=1)
+
     async def get(self, namespace: str, name: str) -> TargetState:
         obj = await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         return await self._state(obj, with_replicas=True)

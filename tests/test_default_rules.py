@@ -1,0 +1,128 @@
+"""The six default rules, end to end: an alert over real HTTP → a change on the emulated API → a decision."""
+
+from __future__ import annotations
+
+import json
+
+from agent.demo.alerts import alert, payload
+from agent.devcluster import DevCluster
+from agent.structs import Outcome
+from tests.conftest import NS, StartAgent, annotations, patches, post, scaledobject, settle
+
+PAUSED = "autoscaling.keda.sh/paused-replicas"
+
+
+async def test_frequent_scaling_pauses_at_current_count_with_ownership(
+    cluster: DevCluster, start_agent: StartAgent
+) -> None:
+    agent = await start_agent()
+    response = await post(agent, payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-http-scaler"})))
+    assert response.status == 200
+    await settle(agent)
+
+    marks = annotations(cluster, "mcp-http-scaler")
+    assert marks[PAUSED] == "3"  # mcp-http-server runs 3 pods in the examples
+    owned = json.loads(marks["scaling-agent.cortex.io/paused-replicas"])
+    assert owned["before"] is None and owned["after"] == 3
+    assert owned["alertname"] == "MCPFrequentScaling" and owned["expiresAt"]
+    [decision] = await agent.ledger.decisions()
+    assert (decision.action, decision.outcome) == ("pause", Outcome.APPLIED)
+    assert owned["decision"] == decision.id
+    assert dict(decision.before) == {"paused-replicas": None} and dict(decision.after) == {"paused-replicas": 3}
+
+
+async def test_frequent_scaling_resolved_resumes_and_restores(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    labels = {"namespace": NS, "scaledObject": "mcp-http-scaler"}
+    await post(agent, payload(alert("MCPFrequentScaling", labels)))
+    await settle(agent)
+    await post(agent, payload(alert("MCPFrequentScaling", labels, status="resolved")))
+    await settle(agent)
+
+    marks = annotations(cluster, "mcp-http-scaler")
+    assert PAUSED not in marks
+    assert "scaling-agent.cortex.io/paused-replicas" not in marks
+    assert marks["autoscaling.keda.sh/paused"] == "false"  # the seed's own annotation is untouched
+    decisions = await agent.ledger.decisions()
+    assert [(d.action, d.outcome) for d in decisions] == [("pause", Outcome.APPLIED), ("revert", Outcome.APPLIED)]
+    assert dict(decisions[1].after) == {"paused-replicas": None}
+
+
+async def test_at_maximum_scale_raises_max_within_ceiling(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    # kube-state-metrics labels the workload `deployment`; two ScaledObjects scale mcp-queue-processor.
+    await post(agent, payload(alert("MCPAtMaximumScale", {"namespace": NS, "deployment": "mcp-queue-processor"})))
+    await settle(agent)
+
+    assert scaledobject(cluster, "mcp-queue-scaler")["spec"]["maxReplicaCount"] == 55
+    assert scaledobject(cluster, "mcp-queue-triggers")["spec"]["maxReplicaCount"] == 100  # at the ceiling
+    outcomes = {d.target.name: d for d in await agent.ledger.decisions() if d.target}
+    assert outcomes["mcp-queue-scaler"].outcome == Outcome.APPLIED
+    assert outcomes["mcp-queue-triggers"].outcome == Outcome.REFUSED
+    assert "ceiling of 100" in outcomes["mcp-queue-triggers"].reason
+    owned = json.loads(annotations(cluster, "mcp-queue-scaler")["scaling-agent.cortex.io/max-replicas"])
+    assert (owned["before"], owned["after"]) == (50, 55)
+
+
+async def test_scale_to_zero_stuck_resumes_only_an_agent_pause(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    labels = {"namespace": NS, "scaledObject": "mcp-filesystem-scaler"}
+    await post(agent, payload(alert("MCPFrequentScaling", labels)))
+    await settle(agent)
+    assert PAUSED in annotations(cluster, "mcp-filesystem-scaler")
+
+    await post(agent, payload(alert("MCPScaleToZeroStuck", {"namespace": NS, "deployment": "mcp-filesystem-server"})))
+    await settle(agent)
+    marks = annotations(cluster, "mcp-filesystem-scaler")
+    assert PAUSED not in marks
+    assert "scaling-agent.cortex.io/resumed" in marks  # the reconciler checks KEDA's Paused condition later
+    last = (await agent.ledger.decisions())[-1]
+    assert (last.action, last.outcome) == ("resume", Outcome.APPLIED)
+
+
+async def test_cold_start_slow_sets_a_warm_floor_via_selector(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    await post(agent, payload(alert("MCPColdStartSlow")))  # avg() keeps no labels at all
+    await settle(agent)
+    assert scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 1
+    [decision] = await agent.ledger.decisions()
+    assert decision.outcome == Outcome.APPLIED and "warm floor of 1" in decision.reason
+
+    await post(agent, payload(alert("MCPColdStartSlow", status="resolved")))
+    await settle(agent)
+    assert scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 0
+
+
+async def test_high_latency_and_cost_only_notify(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    await post(
+        agent,
+        payload(
+            alert("MCPHighLatencyDespiteScaling", {"server": "filesystem"}, annotations={"summary": "latency high"}),
+            alert("HighMCPCost", annotations={"summary": "MCP server costs exceeding budget"}),
+        ),
+    )
+    await settle(agent)
+    decisions = await agent.ledger.decisions()
+    assert sorted((d.action, d.outcome, d.trigger.alertname) for d in decisions) == [
+        ("notify", Outcome.APPLIED, "HighMCPCost"),
+        ("notify", Outcome.APPLIED, "MCPHighLatencyDespiteScaling"),
+    ]
+    assert sum(patches(cluster, name) for name in ("mcp-http-scaler", "mcp-filesystem-scaler")) == 0
+    console = agent.sinks[0].stream  # type: ignore[attr-defined]
+    assert "MCP server costs exceeding budget" in console.text
+
+
+async def test_alert_without_a_resolvable_target_is_a_recorded_noop(
+    cluster: DevCluster, start_agent: StartAgent
+) -> None:
+    agent = await start_agent()
+    await post(agent, payload(alert("MCPFrequentScaling", {"scaler": "prometheus"})))
+    await post(agent, payload(alert("MCPAtMaximumScale", {"namespace": NS, "deployment": "no-such-deployment"})))
+    await post(agent, payload(alert("SomethingElse", {"namespace": NS})))
+    await settle(agent)
+    decisions = await agent.ledger.decisions()
+    assert [d.outcome for d in decisions] == [Outcome.NOOP] * 3
+    assert decisions[0].reason.startswith("no target")
+    assert "no ScaledObject in cortex-mcp scales deployment no-such-deployment" in decisions[1].reason
+    assert decisions[2].reason == "no rule matches SomethingElse"
