@@ -11,7 +11,6 @@ it listens only when it can take events. Stop runs the other way round.
 from __future__ import annotations
 
 import asyncio
-from typing import TextIO
 
 import structlog
 from aiohttp import web
@@ -27,6 +26,7 @@ from agent.reconciler import Reconciler
 from agent.rules import Rules
 from agent.server import build_app
 from agent.sinks import Sink, build_sinks
+from agent.sinks.slack import Console
 from agent.sources import AlertmanagerSource
 from agent.targets import build_targets
 from agent.worker import Intake, Worker
@@ -41,7 +41,7 @@ class Agent:
         *,
         api: client.ApiClient,
         dry_run: bool = False,
-        console: TextIO | None = None,
+        console: Console | None = None,
         ledger: Ledger | None = None,
     ) -> None:
         self.config = config

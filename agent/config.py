@@ -169,8 +169,13 @@ class Matcher(Model):
     op: Literal["=", "!=", "=~", "!~"]
     value: str
 
+    @model_validator(mode="before")
     @classmethod
-    def parse(cls, text: str) -> Matcher:
+    def _from_text(cls, value: Any) -> Any:
+        return cls.split(value) if isinstance(value, str) else value
+
+    @staticmethod
+    def split(text: str) -> dict[str, str]:
         match = MATCHER.match(text)
         if match is None:
             raise ValueError(f'{text!r} is not a matcher such as severity="warning" or namespace=~"cortex-.*"')
@@ -181,7 +186,7 @@ class Matcher(Model):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"{text!r}: bad regex: {exc}") from None
-        return cls.model_validate({"label": label, "op": op, "value": value})
+        return {"label": label, "op": op, "value": value}
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         actual = labels.get(self.label, "")
@@ -227,13 +232,6 @@ class RuleConfig(Model):
     action: ActionSpec
     target: TargetSpec = TargetSpec()
 
-    @field_validator("matchers", mode="before")
-    @classmethod
-    def _parse_matchers(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [Matcher.parse(item) if isinstance(item, str) else item for item in value]
-        return value
-
     def matches(self, alertname: str, labels: Mapping[str, str]) -> bool:
         return alertname == self.alertname and all(m.matches(labels) for m in self.matchers)
 
@@ -271,6 +269,7 @@ _MESSAGES = {
     "missing": "is required",
     "extra_forbidden": "is not a known field",
     "too_short": "must have at least {min_length} item(s)",
+    "union_tag_invalid": "unknown {discriminator} {tag}; known: {expected_tags}",
 }
 
 

@@ -98,11 +98,7 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
         if request.resource is not None:
             for fault in self.faults:
-                if (
-                    fault.times > 0
-                    and fault.method == str(request.method).upper()
-                    and fault.plural == request.resource.plural
-                ):
+                if fault.times > 0 and fault.method == request.method.value and fault.plural == request.resource.plural:
                     fault.times -= 1
                     raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message=fault.message)
             action = request.action

@@ -24,7 +24,7 @@ from agent.config import KubernetesConfig
 from agent.decisions import DecisionRecorder
 from agent.executor import Executor, describe_error, new_decision_id
 from agent.metrics import Metrics
-from agent.structs import Decision, Outcome, Trigger, utcnow
+from agent.structs import Decision, Outcome, TargetRef, Trigger, utcnow
 from agent.targets.base import PauseOwner, TargetKind, TargetState
 
 log = structlog.get_logger("agent.reconciler")
@@ -49,6 +49,7 @@ class Reconciler:
         self.kubernetes = kubernetes
         self._task: asyncio.Task[None] | None = None
         self._first_seen: dict[str, datetime] = {}
+        self._reported_in_dry_run: set[tuple[TargetRef, str, str]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="reconciler")
@@ -97,6 +98,15 @@ class Reconciler:
         expired = tuple(
             name for name, o in sorted(state.owned.items()) if o.expires_at is not None and o.expires_at <= now
         )
+        if expired and self.executor.guard.dry_run:
+            # Nothing gets reverted in dry-run, so the same expiry would be reported on every pass: once is enough.
+            marks = {(state.ref, name, state.owned[name].decision) for name in expired}
+            expired = tuple(
+                name
+                for name in expired
+                if (state.ref, name, state.owned[name].decision) not in self._reported_in_dry_run
+            )
+            self._reported_in_dry_run |= marks
         if expired:
             first = state.owned[expired[0]]
             trigger = Trigger(source=SOURCE, alertname=first.alertname, status="expired", fingerprint=first.fingerprint)

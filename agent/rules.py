@@ -101,7 +101,7 @@ class Rules:
                     return [], "no target: the rule names an object but no namespace"
                 return [TargetRef(kind=spec.kind, namespace=namespace, name=spec.name)], "named in the rule"
             if spec.selector:
-                refs = await kind.find_by_labels(spec.namespace, spec.selector)
+                refs = await kind.find_by_labels(namespace, spec.selector)
                 shown = ",".join(f"{k}={v}" for k, v in sorted(spec.selector.items()))
                 if refs:
                     return refs, f"selected by {shown}"

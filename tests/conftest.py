@@ -6,7 +6,6 @@ and a real redis-server.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import os
@@ -31,11 +30,18 @@ from agent.app import Agent
 from agent.config import Config, parse_config
 from agent.demo import demo_config
 from agent.devcluster import DevCluster
+from agent.logs import setup_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "deploy" / "examples"
 TOKEN = "test-token-0123456789"
 NS = "cortex-mcp"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _logs_to_stderr() -> None:
+    # As in the real process: logs on stderr, so stdout carries only what a command prints.
+    setup_logging(level="info", fmt="console")
 
 
 def free_port() -> int:
@@ -116,15 +122,12 @@ async def start_agent(api: client.ApiClient, base_config: dict[str, Any]) -> Asy
             await agent.stop()
 
 
-async def post(agent: Agent, body: Any, *, token: str | None = TOKEN, raw: bytes | None = None) -> aiohttp.ClientResponse:
+async def post(agent: Agent, body: Any, *, token: str | None = TOKEN) -> aiohttp.ClientResponse:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-    async with aiohttp.ClientSession() as session:
-        kwargs: dict[str, Any] = {"data": raw, "headers": {**headers, "Content-Type": "application/json"}}
-        if raw is None:
-            kwargs = {"json": body, "headers": headers}
-        async with session.post(f"{agent.url}/webhooks/alertmanager", **kwargs) as response:
-            await response.read()
-            return response
+    url = f"{agent.url}/webhooks/alertmanager"
+    async with aiohttp.ClientSession() as session, session.post(url, json=body, headers=headers) as response:
+        await response.read()
+        return response
 
 
 async def settle(agent: Agent) -> None:
@@ -146,8 +149,10 @@ def patches(cluster: DevCluster, name: str) -> int:
     return sum(
         1
         for request in cluster
-        if request.method.value == "PATCH" and request.resource is not None
-        and request.resource.plural == "scaledobjects" and request.name == name
+        if request.method.value == "PATCH"
+        and request.resource is not None
+        and request.resource.plural == "scaledobjects"
+        and request.name == name
     )
 
 

@@ -16,7 +16,9 @@ async def test_frequent_scaling_pauses_at_current_count_with_ownership(
     cluster: DevCluster, start_agent: StartAgent
 ) -> None:
     agent = await start_agent()
-    response = await post(agent, payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-http-scaler"})))
+    response = await post(
+        agent, payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-http-scaler"}))
+    )
     assert response.status == 200
     await settle(agent)
 

@@ -10,7 +10,7 @@ import aiohttp
 from agent.demo.alerts import alert, payload
 from agent.devcluster import DevCluster
 from agent.structs import Outcome
-from tests.conftest import NS, StartAgent, base_config, build_config, patches, post, settle  # noqa: F401
+from tests.conftest import NS, StartAgent, build_config, patches, post, settle
 
 FIRING = payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-http-scaler"}))
 
@@ -69,17 +69,21 @@ async def test_body_over_the_limit_gets_413(base_config: dict, start_agent: Star
     big = payload(*[alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": f"so-{i}"}) for i in range(20)])
     response = await post(agent, big)
     assert response.status == 413
+
     # Without a Content-Length (chunked), aiohttp's own limit answers while reading.
     async def chunks():  # type: ignore[no-untyped-def]
         body = json.dumps(big).encode()
         for i in range(0, len(body), 512):
             yield body[i : i + 512]
 
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{agent.url}/webhooks/alertmanager",
-        data=chunks(),
-        headers={"Authorization": "Bearer test-token-0123456789", "Content-Type": "application/json"},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{agent.url}/webhooks/alertmanager",
+            data=chunks(),
+            headers={"Authorization": "Bearer test-token-0123456789", "Content-Type": "application/json"},
+        ) as r,
+    ):
         assert r.status == 413
     assert (await post(agent, FIRING)).status == 200  # a fitting one still goes through
 
@@ -97,7 +101,9 @@ async def test_redelivery_is_a_recorded_noop_not_a_second_change(cluster: DevClu
 
 
 async def test_redelivery_after_a_restart_is_still_a_noop(
-    cluster: DevCluster, start_agent: StartAgent, base_config: dict  # type: ignore[type-arg]
+    cluster: DevCluster,
+    start_agent: StartAgent,
+    base_config: dict,  # type: ignore[type-arg]
 ) -> None:
     agent = await start_agent()
     await post(agent, FIRING)
@@ -140,4 +146,6 @@ async def test_health_readiness_and_metrics(cluster: DevCluster, start_agent: St
     assert "scaling_agent_action_latency_seconds_bucket" in text
     assert "scaling_agent_pending_events 0.0" in text
     assert 'scaling_agent_pauses_in_force{owner="agent"} 1.0' in text
-    assert 'scaling_agent_pause_age_seconds{namespace="cortex-mcp",owner="agent",scaledobject="mcp-http-scaler"}' in text
+    assert (
+        'scaling_agent_pause_age_seconds{namespace="cortex-mcp",owner="agent",scaledobject="mcp-http-scaler"}' in text
+    )

@@ -69,7 +69,9 @@ class RaiseMax:
         wanted = min(current + spec.params.step, ceiling)
         return Apply(
             values={MAX_REPLICAS: wanted},
-            reason=f"{event.alertname}: raise max-replicas by {wanted - current} for {format_duration(spec.params.for_)}",
+            reason=(
+                f"{event.alertname}: raise max-replicas by {wanted - current} for {format_duration(spec.params.for_)}"
+            ),
             expires_at=now + spec.params.for_,
             revert_on_resolve=spec.params.revert_on_resolve,
         )

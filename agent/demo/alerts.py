@@ -39,7 +39,7 @@ def payload(*alerts: dict[str, Any], receiver: str = "scaling-agent") -> dict[st
     common = dict(alerts[0]["labels"]) if len(alerts) == 1 else {}
     return {
         "version": "4",
-        "groupKey": '{}:{alertname="%s"}' % alerts[0]["labels"]["alertname"],
+        "groupKey": '{}:{alertname="' + alerts[0]["labels"]["alertname"] + '"}',
         "truncatedAlerts": 0,
         "status": status,
         "receiver": receiver,

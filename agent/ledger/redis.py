@@ -125,7 +125,7 @@ class RedisLedger:
         result = [Decision.from_dict(json.loads(body)) for body in bodies if body is not None]
         if target is not None:
             result = [d for d in result if d.target == target]
-        return result[:limit]
+        return result[-limit:] if limit > 0 else []  # the newest `limit`, oldest first
 
     async def last_change(self, target: TargetRef) -> Decision | None:
         try:

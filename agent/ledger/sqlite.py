@@ -181,10 +181,10 @@ class SqliteLedger:
         if target is not None:
             sql += " AND target = ?"
             params.append(str(target))
-        sql += " ORDER BY at, rowid LIMIT ?"
+        sql += " ORDER BY at DESC, rowid DESC LIMIT ?"  # the newest `limit`, shown oldest first
         params.append(limit)
         rows = await self._read(sql, params)
-        return [Decision.from_dict(json.loads(row[0])) for row in rows]
+        return [Decision.from_dict(json.loads(row[0])) for row in reversed(rows)]
 
     async def last_change(self, target: TargetRef) -> Decision | None:
         marks = ",".join("?" for _ in COOLDOWN_ACTIONS)

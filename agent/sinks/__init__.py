@@ -7,18 +7,16 @@ A new sink is one module with a :class:`~agent.sinks.base.Sink` subclass plus on
 
 from __future__ import annotations
 
-from typing import TextIO
-
 from kubernetes_asyncio import client
 
 from agent.config import Config
 from agent.metrics import Metrics
 from agent.sinks.base import Sink
 from agent.sinks.kube_events import KubeEventSink
-from agent.sinks.slack import ConsoleSink, SlackSink
+from agent.sinks.slack import Console, ConsoleSink, SlackSink
 
 
-def build_sinks(config: Config, *, api: client.ApiClient, metrics: Metrics, console: TextIO | None) -> list[Sink]:
+def build_sinks(config: Config, *, api: client.ApiClient, metrics: Metrics, console: Console | None) -> list[Sink]:
     sinks: list[Sink] = []
     if config.slack is not None:
         sinks.append(SlackSink(config.slack, metrics=metrics))

@@ -5,6 +5,8 @@ A Kubernetes ``Event`` on the target object for each decision about it, so
 
 from __future__ import annotations
 
+import re
+
 from kubernetes_asyncio import client
 
 from agent.metrics import Metrics
@@ -16,8 +18,8 @@ COMPONENT = "scaling-agent"
 
 
 def event_reason(decision: Decision) -> str:
-    action = "".join(part.capitalize() for part in decision.action.split("_"))
-    outcome = "".join(part.capitalize() for part in str(decision.outcome).split("-"))
+    action = "".join(part.capitalize() for part in re.split(r"[-_]", decision.action))
+    outcome = "".join(part.capitalize() for part in re.split(r"[-_]", str(decision.outcome)))
     return f"ScalingAgent{action}{outcome}"
 
 

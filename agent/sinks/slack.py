@@ -11,7 +11,7 @@ the same messages to the console instead.
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Protocol
 
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -86,12 +86,18 @@ class SlackSink(Sink):
             await self._web.chat_postMessage(channel=self.channel, text=text, mrkdwn=True)
 
 
+class Console(Protocol):
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class ConsoleSink(Sink):
     """Slack's stand-in when no Slack is configured: the same message, on the console."""
 
     name = "console"
 
-    def __init__(self, *, metrics: Metrics, outcomes: list[str], stream: TextIO | None = None) -> None:
+    def __init__(self, *, metrics: Metrics, outcomes: list[str], stream: Console | None = None) -> None:
         super().__init__(metrics=metrics, outcomes=outcomes)
         self.stream = stream
 

@@ -1,0 +1,164 @@
+"""The config file and the command line, as an operator meets them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.cli import main
+from agent.config import ConfigError, load_config
+from agent.demo import demo_config
+from tests.conftest import ROOT
+
+GOOD: dict[str, Any] = {
+    "webhook": {"auth": {"type": "bearer", "token": {"env": "HOOK_TOKEN"}}},
+    "kubernetes": {"namespaces": ["cortex-mcp"]},
+    "rules": [
+        {"name": "a", "alertname": "MCPFrequentScaling", "action": {"type": "pause"}},
+        {"name": "b", "alertname": "MCPColdStartSlow", "action": {"type": "set_min", "params": {"replicas": 2}}},
+        {
+            "name": "c",
+            "alertname": "MCPColdStartSlow",
+            "matchers": ['severity=~"warn.*"'],
+            "action": {"type": "set_min", "params": {"replicas": 1}},
+        },
+    ],
+}
+
+
+def test_shipped_config_is_valid_and_has_the_demo_rules() -> None:
+    config = load_config(ROOT / "config" / "agent.yaml")
+    demo = load_config_data(demo_config(Path("/tmp/x.db")))
+    assert [r.model_dump() for r in config.rules] == [r.model_dump() for r in demo.rules]
+    alertnames = {r.alertname for r in config.rules}
+    assert alertnames == {
+        "MCPHighLatencyDespiteScaling",
+        "MCPAtMaximumScale",
+        "MCPFrequentScaling",
+        "MCPScaleToZeroStuck",
+        "MCPColdStartSlow",
+        "HighMCPCost",
+    }
+
+
+def load_config_data(data: dict[str, Any]):  # type: ignore[no-untyped-def]
+    from agent.config import parse_config
+
+    return parse_config(data, source="<demo>")
+
+
+def test_every_error_is_listed_with_its_field_path(write_yaml: Callable[..., Path]) -> None:
+    bad = yaml.safe_load(yaml.safe_dump(GOOD))
+    bad["rules"][2]["action"]["params"]["replicas"] = -1
+    bad["rules"][0]["action"]["params"] = {"for": "soon"}
+    bad["rules"][1]["matchers"] = ["severity=~'(unclosed'"]
+    bad["guard"] = {"floor": 10, "ceiling": 5, "cooldwn": "5m"}
+    bad["rules"].append({"name": "d", "alertname": "X", "action": {"type": "explode"}})
+    path = write_yaml(bad)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    errors = info.value.errors
+    assert "rules[2].action.params.replicas: must be ≥ 0" in errors
+    assert any(e.startswith("rules[0].action.params.for: 'soon' is not a duration") for e in errors)
+    assert any(e.startswith("rules[1].matchers[0]:") for e in errors)
+    assert "guard.cooldwn: is not a known field" in errors
+    assert any(e.startswith("rules[3].action:") and "explode" in e for e in errors)
+    assert info.value.source == str(path)
+
+
+def test_check_config_cli_exit_codes(write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    good = write_yaml(GOOD, "good.yaml")
+    assert main(["check-config", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "valid (3 rules)" in out
+    assert "cooldown: 5m" in out and "env: HOOK_TOKEN" in out  # defaults filled in; secrets only as references
+
+    bad = yaml.safe_load(yaml.safe_dump(GOOD))
+    bad["rules"][2]["action"]["params"]["replicas"] = -1
+    del bad["kubernetes"]
+    assert main(["check-config", str(write_yaml(bad, "bad.yaml"))]) == 1
+    err = capsys.readouterr().err
+    assert "bad.yaml: invalid config (2 problems)" in err
+    assert "rules[2].action.params.replicas: must be ≥ 0" in err
+    assert "kubernetes: is required" in err
+
+    assert main(["check-config", str(write_yaml("webhook: [1, 2\n", "broken.yaml"))]) == 1
+    assert "not valid YAML: line 2" in capsys.readouterr().err
+    assert main(["check-config", "/nonexistent/agent.yaml"]) == 1
+
+
+def test_missing_secret_is_named_not_shown(
+    write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOOK_TOKEN", raising=False)
+    path = write_yaml(GOOD)
+    assert main(["check-config", str(path), "--secrets"]) == 1
+    assert "webhook.auth.token: environment variable HOOK_TOKEN is not set" in capsys.readouterr().err
+    monkeypatch.setenv("HOOK_TOKEN", "very-secret-value")
+    assert main(["check-config", str(path), "--secrets"]) == 0
+    assert "very-secret-value" not in capsys.readouterr().out
+
+
+def test_run_refuses_a_bad_config_before_touching_anything(
+    write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HOOK_TOKEN", raising=False)
+    assert main(["run", "--config", str(write_yaml(GOOD))]) == 1
+    assert "HOOK_TOKEN is not set" in capsys.readouterr().err
+
+
+async def test_decisions_command_lists_from_the_ledger(
+    cluster,
+    start_agent,
+    base_config,
+    capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
+) -> None:
+    import asyncio
+
+    from agent.cli import _decisions, build_parser
+    from agent.config import LedgerConfig
+    from agent.demo.alerts import alert, payload
+    from tests.conftest import NS, post, settle
+
+    agent = await start_agent()
+    await post(agent, payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-http-scaler"})))
+    await post(agent, payload(alert("MCPColdStartSlow")))
+    await settle(agent)
+    url = base_config["ledger"]["url"]
+    args = build_parser().parse_args(
+        ["decisions", "--ledger", url, "--since", "1h", "--target", f"{NS}/mcp-http-scaler"]
+    )
+    assert await _decisions(args, LedgerConfig(url=url)) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and "[applied] pause ScaledObject/cortex-mcp/mcp-http-scaler" in out[0]
+    args = build_parser().parse_args(["decisions", "--ledger", url, "--json"])
+    assert await _decisions(args, LedgerConfig(url=url)) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert asyncio.get_running_loop() is not None
+
+
+def test_decisions_command_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decisions"]) == 2
+    assert main(["decisions", "--ledger", "postgres://x"]) == 2
+    assert main(["decisions", "--ledger", "sqlite:///x.db", "--target", "no-slash"]) == 2
+    assert main(["decisions", "--ledger", "sqlite:///x.db", "--since", "yesterday"]) == 2
+
+
+def test_demo_runs_the_real_agent_end_to_end() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "demo", "--pace", "0"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "[applied] pause ScaledObject/cortex-mcp/mcp-http-scaler paused-replicas: None → 3" in out
+    assert "[no-op] redelivery" in out
+    assert "[refused] resume ScaledObject/cortex-mcp/mcp-cost-optimized" in out
+    assert "[applied] revert ScaledObject/cortex-mcp/mcp-keda min-replicas: 4 → 2" in out  # expired while "down"
+    assert "slack │" in out
+    assert "Final state of the ScaledObjects the agent touched" in out

@@ -1,0 +1,327 @@
+"""Bounded, reversible, crash-safe: the guard, human pauses, API faults, restarts and expiries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from agent.demo.alerts import alert, payload
+from agent.devcluster import DevCluster
+from agent.ledger import SqliteLedger
+from agent.sources.alertmanager import PayloadV4, to_events
+from agent.structs import Outcome, utcnow
+from agent.worker import Intake
+from tests.conftest import NS, StartAgent, annotations, build_config, patches, post, scaledobject, settle
+
+PAUSED = "autoscaling.keda.sh/paused-replicas"
+FREQUENT = {"namespace": NS, "scaledObject": "mcp-http-scaler"}
+
+
+def set_annotations(cluster: DevCluster, name: str, values: dict[str, Any]) -> None:
+    cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, name].patch({"metadata": {"annotations": values}})
+
+
+async def test_dry_run_decides_and_records_but_patches_nothing(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent(dry_run=True)
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await post(agent, payload(alert("MCPColdStartSlow")))
+    await settle(agent)
+    assert patches(cluster, "mcp-http-scaler") == patches(cluster, "mcp-scale-to-zero") == 0
+    assert PAUSED not in annotations(cluster, "mcp-http-scaler")
+    decisions = await agent.ledger.decisions()
+    assert [d.outcome for d in decisions] == [Outcome.DRY_RUN, Outcome.DRY_RUN]
+    assert all(d.dry_run for d in decisions)
+    assert dict(decisions[0].after) == {"paused-replicas": 3}
+
+
+async def test_human_pause_is_never_touched(cluster: DevCluster, start_agent: StartAgent) -> None:
+    set_annotations(cluster, "mcp-http-scaler", {PAUSED: "1"})  # no agent annotation: a human did this
+    agent = await start_agent()
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await post(agent, payload(alert("MCPScaleToZeroStuck", {"namespace": NS, "deployment": "mcp-http-server"})))
+    await settle(agent)
+    await agent.reconciler.reconcile_once()
+    assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "1"
+    assert patches(cluster, "mcp-http-scaler") == 0
+    outcomes = [(d.action, d.outcome) for d in await agent.ledger.decisions() if d.target is not None]
+    assert ("pause", Outcome.NOOP) in outcomes
+    assert ("resume", Outcome.REFUSED) in outcomes
+    refused = next(d for d in await agent.ledger.decisions() if d.outcome == Outcome.REFUSED)
+    assert "paused by human" in refused.reason
+
+
+async def test_kube_downscaler_pause_is_left_to_it(cluster: DevCluster, start_agent: StartAgent) -> None:
+    set_annotations(cluster, "mcp-http-scaler", {PAUSED: "0", "downscaler/original-replicas": "3"})
+    agent = await start_agent()
+    await post(agent, payload(alert("MCPScaleToZeroStuck", {"namespace": NS, "deployment": "mcp-http-server"})))
+    await settle(agent)
+    assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "0"
+    # mcp-http-server is scaled by two ScaledObjects; only mcp-http-scaler is paused.
+    by_name = {d.target.name: d for d in await agent.ledger.decisions() if d.target is not None}
+    assert by_name["mcp-http-scaler"].outcome == Outcome.REFUSED
+    assert "kube-downscaler" in by_name["mcp-http-scaler"].reason
+    assert by_name["mcp-http-triggers"].reason == "not paused"
+
+
+async def test_api_500_on_patch_is_retried_then_recorded_failed(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    cluster.fail(method="PATCH", plural="scaledobjects", status=500, times=100)
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    attempts = agent.config.kubernetes.api_attempts
+    assert patches(cluster, "mcp-http-scaler") == attempts
+    [decision] = await agent.ledger.decisions()
+    assert decision.outcome == Outcome.FAILED
+    assert "500" in (decision.error or "")
+    # The agent is still alive and acting.
+    cluster.faults.clear()
+    await post(agent, payload(alert("MCPColdStartSlow")))
+    await settle(agent)
+    assert scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 1
+
+
+async def test_transient_api_errors_are_retried_to_success(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    cluster.fail(method="PATCH", plural="scaledobjects", status=503, times=2)
+    cluster.fail(method="GET", plural="scaledobjects", status=500, times=1)
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    [decision] = await agent.ledger.decisions()
+    assert decision.outcome == Outcome.APPLIED
+    assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "3"
+
+
+async def test_conflict_reads_again_and_replans(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    cluster.fail(method="PATCH", plural="scaledobjects", status=409, times=1)
+    await post(agent, payload(alert("MCPAtMaximumScale", {"namespace": NS, "deployment": "mcp-queue-processor"})))
+    await settle(agent)
+    assert scaledobject(cluster, "mcp-queue-scaler")["spec"]["maxReplicaCount"] == 55  # raised once, not twice
+
+
+async def test_stale_resource_version_is_refused_by_the_emulator(cluster: DevCluster, api: Any) -> None:
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    custom = client.CustomObjectsApi(api)
+    args = ("keda.sh", "v1alpha1", NS, "scaledobjects", "mcp-http-scaler")
+    obj = await custom.get_namespaced_custom_object(*args)
+    stale = obj["metadata"]["resourceVersion"]
+    await custom.patch_namespaced_custom_object(
+        *args, {"spec": {"maxReplicaCount": 21}}, _content_type="application/merge-patch+json"
+    )
+    try:
+        await custom.patch_namespaced_custom_object(
+            *args,
+            {"metadata": {"resourceVersion": stale}, "spec": {"maxReplicaCount": 22}},
+            _content_type="application/merge-patch+json",
+        )
+    except ApiException as exc:
+        assert exc.status == 409
+    else:
+        raise AssertionError("a stale resourceVersion must be refused")
+    assert scaledobject(cluster, "mcp-http-scaler")["spec"]["maxReplicaCount"] == 21
+
+
+async def test_cooldown_refuses_a_second_change_to_the_same_target(
+    cluster: DevCluster, start_agent: StartAgent
+) -> None:
+    agent = await start_agent()
+    labels = {"namespace": NS, "deployment": "mcp-server"}
+    await post(agent, payload(alert("MCPAtMaximumScale", labels)))
+    await settle(agent)
+    # A new firing of a different alert on the same object within the cooldown.
+    await post(agent, payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-keda"})))
+    await settle(agent)
+    last = (await agent.ledger.decisions())[-1]
+    assert last.outcome == Outcome.REFUSED and last.reason.startswith("cooldown")
+    assert PAUSED not in annotations(cluster, "mcp-keda")
+
+
+async def test_namespace_outside_the_allow_list_is_refused(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    await post(agent, payload(alert("MCPFrequentScaling", {"namespace": "kube-system", "scaledObject": "coredns"})))
+    await settle(agent)
+    [decision] = await agent.ledger.decisions()
+    assert decision.outcome == Outcome.REFUSED and "kube-system" in decision.reason
+
+
+async def test_ceiling_and_floor_bound_every_write(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    rules = [
+        {
+            "name": "big-floor",
+            "alertname": "A",
+            "action": {"type": "set_min", "params": {"replicas": 40}},
+            "target": {"namespace": NS},
+        },
+        {
+            "name": "tiny-max",
+            "alertname": "B",
+            "action": {"type": "set_max", "params": {"replicas": 1}},
+            "target": {"namespace": NS},
+        },
+    ]
+    agent = await start_agent(build_config(base_config, guard={"ceiling": 30, "floor": 2}, rules=rules))
+    await post(agent, payload(alert("A", {"namespace": NS, "scaledObject": "mcp-http-scaler"})))
+    await post(agent, payload(alert("B", {"namespace": NS, "scaledObject": "mcp-queue-scaler"})))
+    await settle(agent)
+    reasons = sorted(d.reason for d in await agent.ledger.decisions())
+    assert reasons == ["max-replicas 1 is below the floor of 2", "min-replicas 40 is above the ceiling of 30"]
+    assert patches(cluster, "mcp-http-scaler") == patches(cluster, "mcp-queue-scaler") == 0
+
+
+async def test_selector_hitting_too_many_targets_acts_on_none(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    for name in ("mcp-http-scaler", "mcp-keda", "mcp-queue-scaler"):
+        cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, name].patch({"metadata": {"labels": {"tier": "mcp"}}})
+    rules = [
+        {
+            "name": "wide",
+            "alertname": "Wide",
+            "action": {"type": "set_min", "params": {"replicas": 3}},
+            "target": {"namespace": NS, "selector": {"tier": "mcp"}},
+        }
+    ]
+    agent = await start_agent(build_config(base_config, guard={"max_targets_per_event": 2}, rules=rules))
+    await post(agent, payload(alert("Wide")))
+    await settle(agent)
+    [decision] = await agent.ledger.decisions()
+    assert decision.outcome == Outcome.REFUSED and "max_targets_per_event=2" in decision.reason
+    assert all(patches(cluster, n) == 0 for n in ("mcp-http-scaler", "mcp-keda", "mcp-queue-scaler"))
+
+
+async def test_expiry_is_reverted_by_the_reconciler_after_a_restart(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    rules = [
+        {
+            "name": "short-pause",
+            "alertname": "MCPFrequentScaling",
+            "action": {"type": "pause", "params": {"for": "1s"}},
+            "target": {"namespace": NS},
+        }
+    ]
+    config = build_config(base_config, rules=rules)
+    first = await start_agent(config)
+    await post(first, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(first)
+    assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "3"
+    await first.stop()  # the process is gone; only the annotations remember the change
+
+    owned = json.loads(annotations(cluster, "mcp-http-scaler")["scaling-agent.cortex.io/paused-replicas"])
+    wait = datetime.fromisoformat(owned["expiresAt"]) - utcnow()
+    await asyncio.sleep(max(0.0, wait.total_seconds()) + 0.05)  # the expiry is one second out
+
+    second = await start_agent(config)  # its first reconcile pass runs during start()
+    await settle(second)
+    marks = annotations(cluster, "mcp-http-scaler")
+    assert PAUSED not in marks and "scaling-agent.cortex.io/paused-replicas" not in marks
+    revert = (await second.ledger.decisions())[-1]
+    assert (revert.action, revert.outcome, revert.trigger.source) == ("revert", Outcome.APPLIED, "reconciler")
+    assert revert.trigger.alertname == "MCPFrequentScaling"
+
+
+async def test_drifted_value_is_left_alone_on_revert(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    await post(agent, payload(alert("MCPColdStartSlow")))
+    await settle(agent)
+    # Someone edits the floor by hand while the agent owns it.
+    cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, "mcp-scale-to-zero"].patch({"spec": {"minReplicaCount": 5}})
+    await post(agent, payload(alert("MCPColdStartSlow", status="resolved")))
+    await settle(agent)
+    so = scaledobject(cluster, "mcp-scale-to-zero")
+    assert so["spec"]["minReplicaCount"] == 5
+    assert "scaling-agent.cortex.io/min-replicas" not in so["metadata"]["annotations"]
+    assert "changed by someone else" in (await agent.ledger.decisions())[-1].reason
+
+
+async def test_events_acknowledged_before_a_crash_are_processed_at_start(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    config = build_config(base_config)
+    # The webhook took the event in (200 sent), then the process died before processing it.
+    ledger = SqliteLedger(config.ledger.url)
+    await ledger.open()
+    body = PayloadV4.model_validate(payload(alert("MCPFrequentScaling", FREQUENT)))
+    await ledger.accept(to_events(body, received_at=utcnow()))
+    await ledger.close()
+
+    agent = await start_agent(config)
+    await settle(agent)
+    assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "3"
+    assert await agent.ledger.pending() == []
+    assert isinstance(agent.intake, Intake)
+
+
+async def test_resume_that_does_not_take_is_recorded_and_posted(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    agent = await start_agent(build_config(base_config, kubernetes={"resume_check_after": "0s"}))
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT, status="resolved")))
+    await settle(agent)
+    # KEDA keeps reporting Paused=True although the annotation is gone.
+    cluster.put_status(
+        "scaledobjects",
+        NS,
+        "mcp-http-scaler",
+        {
+            "conditions": [
+                {
+                    "type": "Paused",
+                    "status": "True",
+                    "reason": "ScaledObjectPaused",
+                    "lastTransitionTime": (utcnow() - timedelta(minutes=5)).isoformat(),
+                }
+            ]
+        },
+    )
+    decisions = await agent.reconciler.reconcile_once()
+    await settle(agent)
+    [check] = [d for d in decisions if d.action == "resume-check"]
+    assert check.outcome == Outcome.FAILED and "still Paused=True" in check.reason
+    assert "scaling-agent.cortex.io/resumed" not in annotations(cluster, "mcp-http-scaler")
+    console = agent.sinks[0].stream  # type: ignore[attr-defined]
+    assert "still Paused=True" in console.text
+    # Checked once, reported once.
+    assert [d for d in await agent.reconciler.reconcile_once() if d.action == "resume-check"] == []
+
+
+async def test_resume_that_takes_clears_its_mark_quietly(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT, status="resolved")))
+    await settle(agent)
+    cluster.put_status("scaledobjects", NS, "mcp-http-scaler", {"conditions": [{"type": "Paused", "status": "False"}]})
+    assert await agent.reconciler.reconcile_once() == []
+    assert "scaling-agent.cortex.io/resumed" not in annotations(cluster, "mcp-http-scaler")
+
+
+async def test_dry_run_reports_an_expired_change_once(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    rules = [
+        {
+            "name": "short-pause",
+            "alertname": "MCPFrequentScaling",
+            "action": {"type": "pause", "params": {"for": "0s"}},
+            "target": {"namespace": NS},
+        }
+    ]
+    config = build_config(base_config, rules=rules)
+    first = await start_agent(config)
+    await post(first, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(first)
+    await first.stop()
+    watcher = await start_agent(config, dry_run=True)  # its start-up pass reports the expiry
+    await watcher.reconciler.reconcile_once()
+    await watcher.reconciler.reconcile_once()
+    reverts = [d for d in await watcher.ledger.decisions() if d.action == "revert"]
+    assert [d.outcome for d in reverts] == [Outcome.DRY_RUN]
+    assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "3"  # dry-run patched nothing

@@ -1,0 +1,84 @@
+"""Decisions fanned out: Slack through slack-sdk against a local endpoint, Kubernetes Events, never blocking."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.demo.alerts import alert, payload
+from agent.devcluster import DevCluster
+from agent.structs import Outcome
+from tests.conftest import NS, SlackServer, StartAgent, annotations, build_config, free_port, post, settle
+
+FREQUENT = {"namespace": NS, "scaledObject": "mcp-http-scaler"}
+
+
+def slack_config(base_url: str, **extra: Any) -> dict[str, Any]:
+    return {"token": {"env": "SLACK_BOT_TOKEN"}, "channel": "#mcp-scaling", "base_url": base_url, **extra}
+
+
+async def test_slack_gets_the_decision_through_slack_sdk(
+    cluster: DevCluster,
+    start_agent: StartAgent,
+    base_config: dict[str, Any],
+    slack_server: SlackServer,
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test-token")
+    agent = await start_agent(build_config(base_config, slack=slack_config(slack_server.base_url)))
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))  # a no-op redelivery: not posted
+    await settle(agent)
+    [message] = slack_server.messages
+    assert message["channel"] == "#mcp-scaling"
+    assert message["authorization"] == "Bearer xoxb-test-token"
+    assert "*pause* `ScaledObject/cortex-mcp/mcp-http-scaler` — *applied*" in message["text"]
+    assert "paused-replicas: None → 3" in message["text"]
+
+
+async def test_slack_down_never_stops_the_action(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test-token")
+    nobody = f"http://127.0.0.1:{free_port()}/api/"  # nothing listens there
+    agent = await start_agent(build_config(base_config, slack=slack_config(nobody, attempts=2)))
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    assert annotations(cluster, "mcp-http-scaler")["autoscaling.keda.sh/paused-replicas"] == "3"
+    [decision] = await agent.ledger.decisions()
+    assert decision.outcome == Outcome.APPLIED
+    assert agent.metrics.sink_failures.labels(sink="slack")._value.get() == 1
+
+
+async def test_slack_server_errors_are_counted_not_raised(
+    cluster: DevCluster,
+    start_agent: StartAgent,
+    base_config: dict[str, Any],
+    slack_server: SlackServer,
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test-token")
+    slack_server.fail_with = 500
+    agent = await start_agent(build_config(base_config, slack=slack_config(slack_server.base_url, attempts=2)))
+    await post(agent, payload(alert("MCPColdStartSlow")))
+    await settle(agent)
+    assert agent.metrics.sink_failures.labels(sink="slack")._value.get() == 1
+    slack_server.fail_with = None
+    await post(agent, payload(alert("MCPColdStartSlow", status="resolved")))
+    await settle(agent)
+    assert len(slack_server.messages) == 1 and "*revert*" in slack_server.messages[0]["text"]
+
+
+async def test_kubernetes_event_on_the_target(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    events = [obj.raw for (resource, _, _), obj in cluster.objects.items() if resource.plural == "events"]
+    [event] = events
+    assert event["involvedObject"] == {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "name": "mcp-http-scaler",
+        "namespace": NS,
+    }
+    assert event["reason"] == "ScalingAgentPauseApplied" and event["type"] == "Normal"
+    assert "paused-replicas: None → 3" in event["message"]
