@@ -213,6 +213,7 @@ class Executor:
                     applied_at=now,
                     expires_at=intent.expires_at,
                     revert_on_resolve=intent.revert_on_resolve,
+                    event_key=draft.trigger.event_key or "",
                 )
                 for name, value in intent.values.items()
             }

@@ -167,6 +167,7 @@ class Ownership:
     applied_at: datetime
     expires_at: datetime | None
     revert_on_resolve: bool
+    event_key: str = ""  # the delivery that caused it: re-processing that same event is a no-op
 
     def to_json(self) -> str:
         return json.dumps(
@@ -182,6 +183,7 @@ class Ownership:
                 "appliedAt": _iso(self.applied_at),
                 "expiresAt": _iso(self.expires_at),
                 "revertOnResolve": self.revert_on_resolve,
+                "eventKey": self.event_key,
             },
             sort_keys=True,
         )
@@ -201,6 +203,7 @@ class Ownership:
             applied_at=_from_iso(data["appliedAt"]) or utcnow(),
             expires_at=_from_iso(data.get("expiresAt")),
             revert_on_resolve=bool(data.get("revertOnResolve", True)),
+            event_key=data.get("eventKey", ""),
         )
 
 

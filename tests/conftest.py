@@ -163,6 +163,8 @@ class SlackServer:
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
         self.fail_with: int | None = None
+        self.rate_limit_next = 0
+        self.rate_limited = 0
         self.port = free_port()
         self.runner: web.AppRunner | None = None
 
@@ -171,6 +173,10 @@ class SlackServer:
         return f"http://127.0.0.1:{self.port}/api/"
 
     async def _post_message(self, request: web.Request) -> web.Response:
+        if self.rate_limit_next > 0:
+            self.rate_limit_next -= 1
+            self.rate_limited += 1
+            return web.json_response({"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": "1"})
         if self.fail_with is not None:
             return web.json_response({"ok": False, "error": "fatal_error"}, status=self.fail_with)
         data = await request.post() if request.content_type != "application/json" else await request.json()

@@ -128,3 +128,30 @@ async def test_alert_without_a_resolvable_target_is_a_recorded_noop(
     assert decisions[0].reason.startswith("no target")
     assert "no ScaledObject in cortex-mcp scales deployment no-such-deployment" in decisions[1].reason
     assert decisions[2].reason == "no rule matches SomethingElse"
+
+
+async def test_a_new_firing_raises_max_again_but_a_replay_does_not(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict
+) -> None:
+    from datetime import UTC, datetime
+
+    from agent.sources.alertmanager import PayloadV4, to_events
+    from agent.structs import InboxEntry, utcnow
+    from tests.conftest import build_config
+
+    agent = await start_agent(build_config(base_config, guard={"cooldown": "0s"}))
+    labels = {"namespace": NS, "deployment": "mcp-queue-processor"}
+    first = payload(alert("MCPAtMaximumScale", labels, starts_at=datetime(2026, 11, 29, 8, tzinfo=UTC)))
+    await post(agent, first)
+    await settle(agent)
+    second = payload(alert("MCPAtMaximumScale", labels, starts_at=datetime(2026, 11, 29, 9, tzinfo=UTC)))
+    await post(agent, second)
+    await settle(agent)
+    assert scaledobject(cluster, "mcp-queue-scaler")["spec"]["maxReplicaCount"] == 60
+    owned = json.loads(annotations(cluster, "mcp-queue-scaler")["scaling-agent.cortex.io/max-replicas"])
+    assert owned["before"] == 50  # the value to go back to stays the original one
+
+    # A crash between the patch and "processed" replays the same event: the object says it is done.
+    [event] = to_events(PayloadV4.model_validate(second), received_at=utcnow())
+    await agent.worker.process(InboxEntry(id=999, event=event))
+    assert scaledobject(cluster, "mcp-queue-scaler")["spec"]["maxReplicaCount"] == 60

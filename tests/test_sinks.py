@@ -82,3 +82,20 @@ async def test_kubernetes_event_on_the_target(cluster: DevCluster, start_agent: 
     }
     assert event["reason"] == "ScalingAgentPauseApplied" and event["type"] == "Normal"
     assert "paused-replicas: None → 3" in event["message"]
+
+
+async def test_slack_rate_limit_is_waited_out_and_delivered(
+    cluster: DevCluster,
+    start_agent: StartAgent,
+    base_config: dict[str, Any],
+    slack_server: SlackServer,
+    monkeypatch: Any,
+) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test-token")
+    slack_server.rate_limit_next = 1  # answer 429 with Retry-After once
+    agent = await start_agent(build_config(base_config, slack=slack_config(slack_server.base_url)))
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    assert slack_server.rate_limited == 1
+    assert len(slack_server.messages) == 1
+    assert agent.metrics.sink_failures.labels(sink="slack")._value.get() == 0

@@ -42,9 +42,10 @@ class SetMaxSpec(Spec):
     params: SetMaxParams
 
 
-def _keep_first_owner(state: TargetState, event: Event) -> Skip | None:
+def _same_event(state: TargetState, event: Event) -> Skip | None:
+    # Only the very same event is a repeat: a new firing of the alert (new startsAt) may raise again.
     owned = state.owned.get(MAX_REPLICAS)
-    if owned is not None and owned.fingerprint == event.fingerprint and owned.alertname == event.alertname:
+    if owned is not None and owned.event_key and owned.event_key == event.key:
         return Skip(Outcome.NOOP, f"already applied by decision {owned.decision}")
     return None
 
@@ -57,7 +58,7 @@ class RaiseMax:
     def decide(self, state: TargetState, spec: RaiseMaxSpec, *, event: Event, now: datetime, limits: Limits) -> Intent:
         if event.status == "resolved":
             return revert_on_resolved(state, (MAX_REPLICAS,), event=event)
-        if (skip := _keep_first_owner(state, event)) is not None:
+        if (skip := _same_event(state, event)) is not None:
             return skip
         current = state.values.get(MAX_REPLICAS)
         if current is None:
@@ -85,7 +86,7 @@ class SetMax:
     def decide(self, state: TargetState, spec: SetMaxSpec, *, event: Event, now: datetime, limits: Limits) -> Intent:
         if event.status == "resolved":
             return revert_on_resolved(state, (MAX_REPLICAS,), event=event)
-        if (skip := _keep_first_owner(state, event)) is not None:
+        if (skip := _same_event(state, event)) is not None:
             return skip
         wanted = spec.params.replicas
         if state.values.get(MAX_REPLICAS) == wanted:
