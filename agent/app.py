@@ -11,6 +11,7 @@ it listens only when it can take events. Stop runs the other way round.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 from aiohttp import web
@@ -79,6 +80,7 @@ class Agent:
         )
         self.alertmanager = AlertmanagerSource(config.webhook, intake=self.intake, metrics=self.metrics)
         self._runner: web.AppRunner | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
         self.port: int | None = None
 
     @property
@@ -100,6 +102,7 @@ class Agent:
             log.warning("first reconcile pass failed", error=str(exc))
         self.reconciler.start()
         await self.worker.resume_pending()
+        self._housekeeping = asyncio.create_task(self._prune_inbox_hourly(), name="ledger-housekeeping")
         app = build_app(
             routes=self.alertmanager.routes(),
             ledger=self.ledger,
@@ -123,6 +126,16 @@ class Agent:
             namespaces=self.config.kubernetes.namespaces,
         )
 
+    async def _prune_inbox_hourly(self) -> None:
+        while True:
+            try:
+                pruned = await self.ledger.prune_inbox()
+                if pruned:
+                    log.info("pruned processed events past the inbox retention", count=pruned)
+            except Exception as exc:
+                log.warning("inbox pruning failed; will try again", error=str(exc))
+            await asyncio.sleep(3600)
+
     async def _ping_kubernetes(self) -> None:
         namespaces = self.config.kubernetes.namespaces
         namespace = None if "*" in namespaces else namespaces[0]
@@ -133,6 +146,11 @@ class Agent:
         if self._runner is not None:
             await self._runner.cleanup()  # no new events
             self._runner = None
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+            self._housekeeping = None
         await self.reconciler.stop()
         await self.worker.stop()  # unprocessed events stay in the ledger for the next start
         for sink in self.sinks:

@@ -123,6 +123,9 @@ class SlackConfig(Model):
 class LedgerConfig(Model):
     url: str = "sqlite:////var/lib/scaling-agent/ledger.db"  # four slashes: an absolute path
     key_prefix: str = "scaling-agent"
+    # Processed events are kept this long so redeliveries are still recognised, then dropped;
+    # decisions are the audit record and are kept.
+    inbox_retention: Duration = timedelta(days=7)
 
     @field_validator("url")
     @classmethod

@@ -105,3 +105,32 @@ async def test_agent_runs_on_the_redis_ledger(
     await settle(agent)
     assert patches(cluster, "mcp-http-scaler") == 1
     assert [d.outcome for d in await agent.ledger.decisions()] == [Outcome.APPLIED, Outcome.NOOP]
+
+
+async def test_processed_events_past_the_retention_are_pruned(tmp_path: Path) -> None:
+    store = SqliteLedger(f"sqlite:///{tmp_path}/ledger.db", inbox_retention=timedelta(0))
+    await store.open()
+    try:
+        [done, waiting] = await store.accept([event("k1"), event("k2", fingerprint="f2")])
+        await store.mark_processed(done.id)
+        assert await store.prune_inbox() == 1
+        assert [p.id for p in await store.pending()] == [waiting.id]  # unprocessed events are never dropped
+    finally:
+        await store.close()
+
+
+async def test_redis_drops_processed_events_and_expires_dedup_keys(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    store = RedisLedger(redis_url, prefix=f"test-{uuid.uuid4().hex[:8]}", inbox_retention=timedelta(hours=1))
+    await store.open()
+    try:
+        [entry] = await store.accept([event("k1")])
+        await store.mark_processed(entry.id)
+        client = aioredis.from_url(redis_url)
+        assert await client.hlen(f"{store.prefix}:events") == 0
+        assert 0 < await client.ttl(f"{store.prefix}:event-key:k1") <= 3600
+        await client.aclose()
+        assert (await store.accept([event("k1")]))[0].duplicate_of == entry.id  # still recognised
+    finally:
+        await store.close()

@@ -15,8 +15,8 @@ from agent.ledger.sqlite import SqliteLedger
 
 def make_ledger(config: LedgerConfig) -> Ledger:
     if config.url.startswith("sqlite:///"):
-        return SqliteLedger(config.url)
-    return RedisLedger(config.url, prefix=config.key_prefix)
+        return SqliteLedger(config.url, inbox_retention=config.inbox_retention)
+    return RedisLedger(config.url, prefix=config.key_prefix, inbox_retention=config.inbox_retention)
 
 
 __all__ = ["Ledger", "LedgerUnavailable", "RedisLedger", "SqliteLedger", "make_ledger"]

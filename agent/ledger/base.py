@@ -34,6 +34,10 @@ class Ledger(Protocol):
 
     async def mark_processed(self, entry_id: int) -> None: ...
 
+    async def prune_inbox(self) -> int:
+        """Drop processed events older than the inbox retention; returns how many went."""
+        ...
+
     async def record(self, decision: Decision) -> None: ...
 
     async def decisions(

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -26,7 +26,10 @@ from agent.structs import Decision, Event, InboxEntry, Outcome, TargetRef
 
 
 class RedisLedger:
-    def __init__(self, url: str, *, prefix: str = "scaling-agent") -> None:
+    def __init__(
+        self, url: str, *, prefix: str = "scaling-agent", inbox_retention: timedelta = timedelta(days=7)
+    ) -> None:
+        self.inbox_retention = inbox_retention
         self.url = url
         self.prefix = prefix
         self._redis: aioredis.Redis | None = None  # decode_responses=True: every reply is str
@@ -62,7 +65,8 @@ class RedisLedger:
                 key = self._key("event-key", event.key)
                 # One MULTI: the dedup key, the event and its pending mark land together or not at all.
                 async with self._r.pipeline(transaction=True) as pipe:
-                    pipe.set(key, entry_id, nx=True)
+                    # The dedup key lives as long as the inbox keeps events; the TTL is set once, on first sight.
+                    pipe.set(key, entry_id, nx=True, ex=int(self.inbox_retention.total_seconds()))
                     pipe.get(key)
                     pipe.hset(self._key("events"), str(entry_id), event.to_json())
                     pipe.sadd(self._key("pending"), entry_id)
@@ -91,9 +95,15 @@ class RedisLedger:
 
     async def mark_processed(self, entry_id: int) -> None:
         try:
-            await self._r.srem(self._key("pending"), entry_id)
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.srem(self._key("pending"), entry_id)
+                pipe.hdel(self._key("events"), str(entry_id))  # the decisions keep what mattered of it
+                await pipe.execute()
         except RedisError as exc:
             raise LedgerUnavailable(f"redis write failed: {exc}") from exc
+
+    async def prune_inbox(self) -> int:
+        return 0  # processed events are dropped as they finish; dedup keys expire by themselves
 
     async def record(self, decision: Decision) -> None:
         body = json.dumps(decision.to_dict(), sort_keys=True)

@@ -20,7 +20,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,8 @@ Job = Callable[[aiosqlite.Connection], Any]
 
 
 class SqliteLedger:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, inbox_retention: timedelta = timedelta(days=7)) -> None:
+        self.inbox_retention = inbox_retention
         path, _, query = url.removeprefix("sqlite:///").partition("?")
         # As in SQLAlchemy: sqlite:///relative.db, sqlite:////absolute/path.db
         self.path = Path(path)
@@ -156,6 +157,18 @@ class SqliteLedger:
             await db.execute("UPDATE events SET processed_at = ? WHERE id = ?", (time.time(), entry_id))
 
         await self._write(job)
+
+    async def prune_inbox(self) -> int:
+        cutoff = time.time() - self.inbox_retention.total_seconds()
+
+        async def job(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "DELETE FROM events WHERE processed_at IS NOT NULL AND received_at < ?", (cutoff,)
+            )
+            return int(cursor.rowcount)
+
+        pruned: int = await self._write(job)
+        return pruned
 
     async def record(self, decision: Decision) -> None:
         async def job(db: aiosqlite.Connection) -> None:
