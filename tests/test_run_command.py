@@ -1,0 +1,64 @@
+"""`scaling-agent run` as a platform engineer starts it: a subprocess, a kubeconfig, a config file, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from agent.demo.alerts import alert, payload
+from agent.devcluster import DevCluster, kubeconfig_for
+from tests.conftest import NS, TOKEN, annotations, free_port
+
+
+async def test_run_acts_on_an_alert_and_stops_cleanly_on_sigterm(
+    cluster: DevCluster, base_config: dict[str, Any], tmp_path: Path
+) -> None:
+    port = free_port()
+    config = {**base_config, "webhook": {**base_config["webhook"], "port": port}, "log": {"format": "json"}}
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig_for(str(cluster.url).rstrip("/"))))
+    env = {**os.environ, "SCALING_AGENT_DEMO_TOKEN": TOKEN}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "run",
+        "--config", str(tmp_path / "agent.yaml"), "--kubeconfig", str(tmp_path / "kubeconfig"),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            for _ in range(200):  # bounded: up to ~20 s for the process to start listening
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{url}/readyz") as ready:
+                        if ready.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the agent did not become ready")
+            body = payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-http-scaler"}))
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with session.post(f"{url}/webhooks/alertmanager", json=body, headers=headers) as response:
+                assert response.status == 200
+            for _ in range(200):
+                if "autoscaling.keda.sh/paused-replicas" in annotations(cluster, "mcp-http-scaler"):
+                    break
+                await asyncio.sleep(0.05)
+        assert annotations(cluster, "mcp-http-scaler")["autoscaling.keda.sh/paused-replicas"] == "3"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    events = [line["event"] for line in lines]
+    assert "agent started" in events and "agent stopped" in events
+    [decision] = [line for line in lines if line.get("action") == "pause"]
+    assert decision["outcome"] == "applied" and decision["target"] == "ScaledObject/cortex-mcp/mcp-http-scaler"
+    assert TOKEN not in stderr.decode()  # the secret never reaches the log
