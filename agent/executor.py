@@ -299,17 +299,4 @@ def _finish(
     before: Mapping[str, Any] | None = None,
     after: Mapping[str, Any] | None = None,
 ) -> Decision:
-    return Decision(
-        id=draft.id,
-        at=draft.at,
-        trigger=draft.trigger,
-        rule=draft.rule,
-        action=draft.action,
-        target=draft.target,
-        before=before or {},
-        after=after or {},
-        reason=reason,
-        dry_run=draft.dry_run,
-        outcome=outcome,
-        error=error,
-    )
+    return replace(draft, outcome=outcome, reason=reason, error=error, before=before or {}, after=after or {})

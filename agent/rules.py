@@ -47,29 +47,19 @@ class Rules:
                 refs, reason, verdict = [], str(exc), Outcome.FAILED
             else:
                 verdict = None
-            if not refs:
-                plans.append(
-                    Plan(
-                        event=event,
-                        rule=rule.name,
-                        action=action.name,
-                        spec=rule.action,
-                        target=None,
-                        reason=reason,
-                        verdict=verdict,
-                    )
+            targets: list[TargetRef | None] = list(refs) or [None]  # no target is a plan too: a recorded no-op
+            plans.extend(
+                Plan(
+                    event=event,
+                    rule=rule.name,
+                    action=action.name,
+                    spec=rule.action,
+                    target=target,
+                    reason=reason,
+                    verdict=verdict,
                 )
-            for ref in refs:
-                plans.append(
-                    Plan(
-                        event=event,
-                        rule=rule.name,
-                        action=action.name,
-                        spec=rule.action,
-                        target=ref,
-                        reason=reason,
-                    )
-                )
+                for target in targets
+            )
         return plans
 
     async def resolve(self, spec: TargetSpec, labels: Mapping[str, str]) -> tuple[list[TargetRef], str]:

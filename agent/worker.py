@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 
 import structlog
 
@@ -158,17 +159,7 @@ class Worker:
                 f"{len(rule_plans)} targets ({first.reason}) exceed guard.max_targets_per_event={limit}; "
                 f"rule {rule} acted on none"
             )
-            result.append(
-                Plan(
-                    event=first.event,
-                    rule=rule,
-                    action=first.action,
-                    spec=first.spec,
-                    target=None,
-                    reason=reason,
-                    verdict=Outcome.REFUSED,
-                )
-            )
+            result.append(replace(first, target=None, reason=reason, verdict=Outcome.REFUSED))
         return result
 
     async def _note(
