@@ -119,8 +119,6 @@ async def test_decisions_command_lists_from_the_ledger(
     base_config,
     capsys: pytest.CaptureFixture[str],  # type: ignore[no-untyped-def]
 ) -> None:
-    import asyncio
-
     from agent.cli import _decisions, build_parser
     from agent.config import LedgerConfig
     from agent.demo.alerts import alert, payload
@@ -140,7 +138,6 @@ async def test_decisions_command_lists_from_the_ledger(
     args = build_parser().parse_args(["decisions", "--ledger", url, "--json"])
     assert await _decisions(args, LedgerConfig(url=url)) == 0
     assert len(capsys.readouterr().out.splitlines()) == 2
-    assert asyncio.get_running_loop() is not None
 
 
 def test_decisions_command_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:

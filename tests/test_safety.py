@@ -12,7 +12,6 @@ from agent.devcluster import DevCluster
 from agent.ledger import SqliteLedger
 from agent.sources.alertmanager import PayloadV4, to_events
 from agent.structs import Outcome, utcnow
-from agent.worker import Intake
 from tests.conftest import NS, StartAgent, annotations, build_config, patches, post, scaledobject, settle
 
 PAUSED = "autoscaling.keda.sh/paused-replicas"
@@ -255,7 +254,6 @@ async def test_events_acknowledged_before_a_crash_are_processed_at_start(
     await settle(agent)
     assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "3"
     assert await agent.ledger.pending() == []
-    assert isinstance(agent.intake, Intake)
 
 
 async def test_resume_that_does_not_take_is_recorded_and_posted(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -223,8 +222,3 @@ class ScaledObjectTarget:
             labels=meta.get("labels") or {},
             notes=tuple(notes),
         )
-
-
-def describe_annotations(state: TargetState) -> str:
-    """The agent's annotations on an object, for printing."""
-    return json.dumps({name: o.after for name, o in state.owned.items()})
