@@ -65,6 +65,7 @@ class Worker:
         self.guard = guard
         self._lanes: list[asyncio.Queue[InboxEntry]] = [asyncio.Queue() for _ in range(lanes)]
         self._tasks: list[asyncio.Task[None]] = []
+        metrics.pending_events.set_function(lambda: self.depth)  # read at scrape time, free per event
 
     @property
     def depth(self) -> int:
@@ -74,7 +75,6 @@ class Worker:
         for entry in entries:
             lane = zlib.crc32(entry.event.fingerprint.encode()) % len(self._lanes)
             self._lanes[lane].put_nowait(entry)
-        self.metrics.pending_events.set(self.depth)
 
     async def resume_pending(self) -> int:
         entries = await self.ledger.pending()
@@ -112,7 +112,6 @@ class Worker:
                 log.exception("event processing failed", event=entry.id, alertname=entry.event.alertname)
             finally:
                 lane.task_done()
-                self.metrics.pending_events.set(self.depth)
 
     async def process(self, entry: InboxEntry) -> list[Decision]:
         event = entry.event

@@ -199,7 +199,21 @@ async def serve_agent(kube_url: str, workdir: Path, *, workers: int, profile: Pa
     os._exit(0)
 
 
+SERVER_CPU = 0  # the server under test (bare or agent) runs alone on this core ...
+OTHERS_CPU = 1  # ... and everything else (wrk, the paced sender, the emulated API) shares this one
+
+
+def pin(cpu: int, args: argparse.Namespace) -> None:
+    """Give the server under test a core of its own, as its pod would have: the API server, Alertmanager and
+    the load are elsewhere in a real cluster. Without it, the emulated API and wrk take the server's CPU."""
+    if args.no_pin or os.environ.get("BENCH_NO_PIN"):
+        return
+    if (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
 def run_child(args: argparse.Namespace) -> int:
+    pin(OTHERS_CPU if args.serve == "cluster" else SERVER_CPU, args)
     if args.serve == "bare":
         asyncio.run(serve_bare())
     elif args.serve == "cluster":
@@ -378,7 +392,7 @@ def read_ledger(path: Path) -> dict[str, int]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         (events,) = db.execute("SELECT count(*) FROM events").fetchone()
-        (unique,) = db.execute("SELECT count(*) FROM events WHERE duplicate_of IS NULL").fetchone()
+        (unique,) = db.execute("SELECT count(*) FROM event_keys").fetchone()
         (processed,) = db.execute("SELECT count(*) FROM events WHERE processed_at IS NOT NULL").fetchone()
         (decisions,) = db.execute("SELECT count(*) FROM decisions").fetchone()
     finally:
@@ -769,6 +783,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-top", type=int, default=25, help="profile lines to print")
     parser.add_argument("--check", action="store_true", help="exit 1 unless every target is met")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (ledgers, logs, profile)")
+    parser.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not give the server under test a core of its own (default: pinned when there are 2+ cores)",
+    )
     # Internal: this script started as one of the servers.
     parser.add_argument("--serve", choices=["bare", "agent", "cluster"], help=argparse.SUPPRESS)
     parser.add_argument("--kube-url", help=argparse.SUPPRESS)
@@ -803,6 +822,9 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which(args.wrk) is None:
         print(f"wrk not found ({args.wrk}); on Debian/Ubuntu: apt-get install wrk", file=sys.stderr)
         return 2
+    if args.no_pin:
+        os.environ["BENCH_NO_PIN"] = "1"  # for the children
+    pin(OTHERS_CPU, args)  # the parent, and wrk which inherits it
     workdir = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
     try:
         met = asyncio.run(bench_main(args, workdir))

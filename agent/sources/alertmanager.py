@@ -19,9 +19,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 from aiohttp import web
@@ -126,6 +125,15 @@ class Authenticator:
         return hmac.compare_digest((header or "").encode(), self.expected)
 
 
+def _explain(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}"
+    if first["type"] == "model_type" and not first["loc"]:
+        return "payload must be a JSON object (Alertmanager webhook version 4)"
+    return "not an Alertmanager version 4 payload: " + "; ".join(format_errors(exc))
+
+
 def _error(status: int, reason: str, metrics: Metrics, **headers: str) -> web.Response:
     metrics.webhook_rejections.labels(code=str(status)).inc()
     return web.json_response({"status": "error", "error": reason}, status=status, headers=headers or None)
@@ -152,15 +160,9 @@ class AlertmanagerSource:
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"body is over the limit of {limit} bytes", self.metrics)
         try:
-            data: Any = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return _error(400, f"malformed JSON: {exc}", self.metrics)
-        if not isinstance(data, dict):
-            return _error(400, "payload must be a JSON object (Alertmanager webhook version 4)", self.metrics)
-        try:
-            payload = PayloadV4.model_validate(data)
+            payload = PayloadV4.model_validate_json(body)  # parse and check in one pass: this is the hot path
         except ValidationError as exc:
-            return _error(400, "not an Alertmanager version 4 payload: " + "; ".join(format_errors(exc)), self.metrics)
+            return _error(400, _explain(exc), self.metrics)
         events = to_events(payload, received_at=utcnow())
         try:
             entries = await self.intake.accept(events)

@@ -61,7 +61,6 @@ class ScaledObjectTarget:
 
     def __init__(self, api: client.ApiClient) -> None:
         self._custom = client.CustomObjectsApi(api)
-        self._apps = client.AppsV1Api(api)
 
     async def ping(self, namespace: str | None) -> None:
         if namespace is None:
@@ -154,16 +153,18 @@ class ScaledObjectTarget:
         if not target.get("name") or target.get("kind", "Deployment") != "Deployment":
             return None
         try:
-            deployment = await self._apps.read_namespaced_deployment(target["name"], namespace)
+            # Read as plain JSON: building the typed V1Deployment model costs more than the call itself.
+            deployment = await self._custom.get_namespaced_custom_object(
+                "apps", "v1", namespace, "deployments", target["name"]
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        if deployment.status is not None and deployment.status.replicas is not None:
-            return int(deployment.status.replicas)
-        if deployment.spec is not None and deployment.spec.replicas is not None:
-            return int(deployment.spec.replicas)
-        return None
+        status_replicas = (deployment.get("status") or {}).get("replicas")
+        if status_replicas is not None:
+            return _int_or_none(status_replicas)
+        return _int_or_none((deployment.get("spec") or {}).get("replicas"))
 
     async def _state(self, obj: Mapping[str, Any], *, with_replicas: bool) -> TargetState:
         meta = obj.get("metadata", {})
