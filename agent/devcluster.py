@@ -8,7 +8,9 @@ agent relies on and kmock lacks:
   carries a stale one (the agent's optimistic concurrency);
 - 201 Created on create, with ``uid`` and ``creationTimestamp`` filled in;
 - faults injected on purpose (``fail(...)``): a status answered N times for a
-  method and resource, to test retries and failure records.
+  method and resource, to test retries and failure records;
+- ``keep_requests=False`` for long runs (the demo, the bench): kmock's request
+  log, which makes every request slower than the last, is dropped as it goes.
 
 Needs the ``kmock`` package (the ``demo`` or ``dev`` extra).
 """
@@ -49,6 +51,9 @@ class Fault:
 @attrs.define(kw_only=True)
 class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
     faults: list[Fault] = attrs.field(factory=list)
+    # kmock logs every request for assertions, and matching a request walks that log: after a thousand
+    # requests each one costs ~250 ms of CPU. The demo and the bench need no log, only the objects.
+    keep_requests: bool = True
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -119,7 +124,11 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
                 meta.setdefault("uid", str(uuid.uuid4()))
                 meta.setdefault("creationTimestamp", datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
                 meta["resourceVersion"] = str(next(self._versions))
-        response: aiohttp.web.StreamResponse = await super()._handle(request)
+        try:
+            response: aiohttp.web.StreamResponse = await super()._handle(request)
+        finally:
+            if not self.keep_requests:
+                self._requests.clear()
         if request.action == kmock.action.CREATE and response.status == 200 and not response.prepared:
             response.set_status(201)
         return response

@@ -148,7 +148,7 @@ async def serve_cluster(files: list[Path]) -> None:
 
     from agent.devcluster import DevCluster
 
-    async with DevCluster() as cluster, kmock.Server(cluster) as server:
+    async with DevCluster(keep_requests=False) as cluster, kmock.Server(cluster) as server:
         cluster.load(files)
         _announce(str(server.url).rstrip("/"))
         await _wait_for_term()

@@ -172,7 +172,7 @@ async def run_demo(*, examples: str | None = None, pace: float = 0.3) -> int:
 
     with tempfile.TemporaryDirectory(prefix="scaling-agent-demo-") as tmp:
         config = parse_config(demo_config(Path(tmp) / "ledger.db"), source="<embedded demo config>")
-        async with DevCluster() as cluster, kmock.Server(cluster) as server:
+        async with DevCluster(keep_requests=False) as cluster, kmock.Server(cluster) as server:
             loaded = cluster.load(files)
             kinds = sorted({o["kind"] for o in loaded})
             print(f"Emulated Kubernetes API at {server.url} with {len(loaded)} objects ({', '.join(kinds)})")
