@@ -99,3 +99,14 @@ async def test_slack_rate_limit_is_waited_out_and_delivered(
     assert slack_server.rate_limited == 1
     assert len(slack_server.messages) == 1
     assert agent.metrics.sink_failures.labels(sink="slack")._value.get() == 0
+
+
+async def test_kubernetes_event_refused_is_counted_and_the_action_stands(
+    cluster: DevCluster, start_agent: StartAgent
+) -> None:
+    agent = await start_agent()
+    cluster.fail(method="POST", plural="events", status=403, times=1, message="events is forbidden")
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    assert annotations(cluster, "mcp-http-scaler")["autoscaling.keda.sh/paused-replicas"] == "3"
+    assert agent.metrics.sink_failures.labels(sink="kubernetes-event")._value.get() == 1
