@@ -183,9 +183,18 @@ class SlackServer:
         self.messages.append({**dict(data), "authorization": request.headers.get("Authorization")})
         return web.json_response({"ok": True, "channel": data.get("channel"), "ts": "1700000000.000100"})
 
+    async def _incoming_webhook(self, request: web.Request) -> web.Response:
+        self.messages.append({**(await request.json()), "via": "incoming-webhook"})
+        return web.Response(text="ok")
+
+    @property
+    def webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/services/T000/B000/XXXX"
+
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/api/chat.postMessage", self._post_message)
+        app.router.add_post("/services/T000/B000/XXXX", self._incoming_webhook)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()

@@ -110,3 +110,20 @@ async def test_kubernetes_event_refused_is_counted_and_the_action_stands(
     await settle(agent)
     assert annotations(cluster, "mcp-http-scaler")["autoscaling.keda.sh/paused-replicas"] == "3"
     assert agent.metrics.sink_failures.labels(sink="kubernetes-event")._value.get() == 1
+
+
+async def test_slack_incoming_webhook_url_from_a_mounted_file(
+    cluster: DevCluster,
+    start_agent: StartAgent,
+    base_config: dict[str, Any],
+    slack_server: SlackServer,
+    tmp_path: Any,
+) -> None:
+    secret = tmp_path / "slack-webhook-url"
+    secret.write_text(slack_server.webhook_url + "\n")
+    agent = await start_agent(build_config(base_config, slack={"webhook_url": {"file": str(secret)}}))
+    await post(agent, payload(alert("MCPColdStartSlow")))
+    await settle(agent)
+    [message] = slack_server.messages
+    assert message["via"] == "incoming-webhook"
+    assert "*set_min* `ScaledObject/cortex-mcp/mcp-scale-to-zero` — *applied*" in message["text"]
