@@ -127,3 +127,19 @@ async def test_slack_incoming_webhook_url_from_a_mounted_file(
     [message] = slack_server.messages
     assert message["via"] == "incoming-webhook"
     assert "*set_min* `ScaledObject/cortex-mcp/mcp-scale-to-zero` — *applied*" in message["text"]
+
+
+async def test_kubernetes_events_per_object_are_rate_limited_like_client_go(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    from agent.sinks.kube_events import BURST
+
+    agent = await start_agent(build_config(base_config, kubernetes={"namespaces": ["kube-system"]}))
+    # Refusals (namespace not allowed) are decisions on a target too: a storm of them on one object.
+    for i in range(BURST + 5):
+        await post(agent, payload(alert("MCPFrequentScaling", {**FREQUENT, "instance": str(i)})))
+    await settle(agent)
+    events = [obj for (resource, _, _), obj in cluster.objects.items() if resource.plural == "events"]
+    assert len(events) == BURST
+    assert agent.metrics.sink_dropped.labels(sink="kubernetes-event")._value.get() == 5
+    assert len(await agent.ledger.decisions()) == BURST + 5  # the ledger still has every one

@@ -1,20 +1,29 @@
 """
 A Kubernetes ``Event`` on the target object for each decision about it, so
 ``kubectl describe scaledobject …`` shows what the agent did and why.
+
+Like client-go's event recorder, it has a spam filter: each object gets a
+bucket of 25 Events that refills by one every 5 minutes, so an alert storm
+cannot flood the API server with Events. What the filter holds back is
+counted (``scaling_agent_sink_dropped_total{sink="kubernetes-event"}``); the
+ledger and Slack still have every decision.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 from kubernetes_asyncio import client
 
 from agent.metrics import Metrics
 from agent.sinks.base import Sink
-from agent.structs import Decision, Outcome
+from agent.structs import Decision, Outcome, TargetRef
 
 API_VERSIONS = {"ScaledObject": "keda.sh/v1alpha1"}
 COMPONENT = "scaling-agent"
+BURST = 25  # client-go's EventSourceObjectSpamFilter defaults
+REFILL_SECONDS = 300.0
 
 
 def event_reason(decision: Decision) -> str:
@@ -31,9 +40,20 @@ class KubeEventSink(Sink):
         outcomes = [str(o) for o in Outcome if o != Outcome.NOOP]
         super().__init__(metrics=metrics, outcomes=outcomes)
         self._core = client.CoreV1Api(api)
+        self._buckets: dict[TargetRef, tuple[float, float]] = {}  # target → (tokens, when counted)
 
     def wants(self, decision: Decision) -> bool:
-        return decision.target is not None and super().wants(decision)
+        if decision.target is None or not super().wants(decision):
+            return False
+        now = time.monotonic()
+        tokens, then = self._buckets.get(decision.target, (float(BURST), now))
+        tokens = min(float(BURST), tokens + (now - then) / REFILL_SECONDS)
+        if tokens < 1:
+            self._buckets[decision.target] = (tokens, now)
+            self.metrics.sink_dropped.labels(sink=self.name).inc()
+            return False
+        self._buckets[decision.target] = (tokens - 1, now)
+        return True
 
     async def deliver(self, decision: Decision) -> None:
         target = decision.target
