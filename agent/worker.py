@@ -28,6 +28,8 @@ from agent.structs import Decision, Event, InboxEntry, Outcome, Plan, Trigger, u
 
 log = structlog.get_logger("agent.worker")
 
+GIVE_WAY_SECONDS = 0.005
+
 
 class Intake:
     """What a source calls with the events it heard: record them durably, then queue them."""
@@ -38,7 +40,11 @@ class Intake:
         self.metrics = metrics
 
     async def accept(self, events: Sequence[Event]) -> list[InboxEntry]:
-        entries = await self.ledger.accept(events)  # raises LedgerUnavailable: the source must not ack
+        self.worker.intake_started()
+        try:
+            entries = await self.ledger.accept(events)  # raises LedgerUnavailable: the source must not ack
+        finally:
+            self.worker.intake_finished()
         for event in events:
             self.metrics.events_received.labels(source=event.source, status=event.status).inc()
         self.worker.submit(entries)
@@ -65,6 +71,9 @@ class Worker:
         self.guard = guard
         self._lanes: list[asyncio.Queue[InboxEntry]] = [asyncio.Queue() for _ in range(lanes)]
         self._tasks: list[asyncio.Task[None]] = []
+        self._intakes_in_flight = 0
+        self._intake_quiet = asyncio.Event()
+        self._intake_quiet.set()
         metrics.pending_events.set_function(lambda: self.depth)  # read at scrape time, free per event
 
     @property
@@ -96,6 +105,25 @@ class Worker:
                 await task
         self._tasks = []
 
+    def intake_started(self) -> None:
+        self._intakes_in_flight += 1
+        self._intake_quiet.clear()
+
+    def intake_finished(self) -> None:
+        self._intakes_in_flight -= 1
+        if not self._intakes_in_flight:
+            self._intake_quiet.set()
+
+    async def _give_way(self) -> None:
+        """
+        Let acknowledgements go first: while senders wait for their 2xx, a lane waits a moment before its
+        next event. In an alert storm an unanswered webhook is retried and multiplies the load, while the
+        events already taken in are safe in the ledger; the wait is bounded, so the lanes keep moving.
+        """
+        if not self._intake_quiet.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._intake_quiet.wait(), GIVE_WAY_SECONDS)
+
     async def idle(self) -> None:
         """Wait until every queued event is processed (tests, the demo, shutdown)."""
         for lane in self._lanes:
@@ -105,6 +133,7 @@ class Worker:
         while True:
             entry = await lane.get()
             try:
+                await self._give_way()
                 await self.process(entry)
             except asyncio.CancelledError:
                 raise

@@ -149,3 +149,14 @@ async def test_health_readiness_and_metrics(cluster: DevCluster, start_agent: St
     assert (
         'scaling_agent_pause_age_seconds{namespace="cortex-mcp",owner="agent",scaledobject="mcp-http-scaler"}' in text
     )
+
+
+async def test_worker_gives_way_to_intake_but_is_never_starved(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    agent.worker.intake_started()  # as if a sender were waiting for its ack the whole time
+    try:
+        await post(agent, FIRING)
+        await settle(agent)
+    finally:
+        agent.worker.intake_finished()
+    assert [d.outcome for d in await agent.ledger.decisions()] == [Outcome.APPLIED]
