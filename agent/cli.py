@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 
+import structlog
 import yaml
 
 from agent.config import Config, ConfigError, LedgerConfig, check_secrets, effective_config, load_config
@@ -60,7 +61,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _print_config_error(exc)
     setup_logging(level=config.log.level, fmt=config.log.format)
-    asyncio.run(_run(config, dry_run=args.dry_run, kubeconfig=args.kubeconfig, context=args.context))
+    try:
+        asyncio.run(_run(config, dry_run=args.dry_run, kubeconfig=args.kubeconfig, context=args.context))
+    except Exception as exc:  # no kubeconfig, a ledger it cannot open, a port in use: say so, no traceback
+        structlog.get_logger("agent").error("agent could not run", error=f"{type(exc).__name__}: {exc}")
+        return 1
     return 0
 
 

@@ -63,6 +63,8 @@ class Reconciler:
 
     async def _loop(self) -> None:
         while True:
+            # The first pass runs at start, before the agent listens (Agent.start); this loop continues after it.
+            await asyncio.sleep(self.kubernetes.reconcile_interval.total_seconds())
             try:
                 await self.reconcile_once()
                 self.metrics.reconcile_runs.labels(result="ok").inc()
@@ -71,7 +73,6 @@ class Reconciler:
             except Exception as exc:
                 self.metrics.reconcile_runs.labels(result="error").inc()
                 log.error("reconcile pass failed; will try again", error=describe_error(exc))
-            await asyncio.sleep(self.kubernetes.reconcile_interval.total_seconds())
 
     def _namespaces(self) -> list[str | None]:
         if "*" in self.kubernetes.namespaces:

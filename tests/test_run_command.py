@@ -62,3 +62,18 @@ async def test_run_acts_on_an_alert_and_stops_cleanly_on_sigterm(
     [decision] = [line for line in lines if line.get("action") == "pause"]
     assert decision["outcome"] == "applied" and decision["target"] == "ScaledObject/cortex-mcp/mcp-http-scaler"
     assert TOKEN not in stderr.decode()  # the secret never reaches the log
+
+
+def test_run_without_a_cluster_says_why_and_exits_1(base_config: dict[str, Any], tmp_path: Path) -> None:
+    import subprocess
+
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(base_config))
+    env = {**os.environ, "SCALING_AGENT_DEMO_TOKEN": TOKEN, "KUBERNETES_SERVICE_HOST": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "run", "--config", str(tmp_path / "agent.yaml"),
+         "--kubeconfig", str(tmp_path / "missing-kubeconfig")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "agent could not run" in result.stderr and "missing-kubeconfig" in result.stderr
+    assert "Traceback" not in result.stderr
