@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+import structlog
 
 from agent.ledger.base import COOLDOWN_ACTIONS, LedgerUnavailable
 from agent.structs import Decision, Event, InboxEntry, Outcome, TargetRef
@@ -69,6 +70,9 @@ CREATE INDEX IF NOT EXISTS decisions_target ON decisions (target, at);
 
 SQL_VARIABLES = 500  # per IN (...) list: well under sqlite's limit
 LINGER_SECONDS = 0.001
+CHECKPOINT_SECONDS = 1.0
+
+log = structlog.get_logger("agent.ledger.sqlite")
 
 
 @dataclass
@@ -115,6 +119,7 @@ class SqliteLedger:
         self._writer: asyncio.Task[None] | None = None
         self._last_id = 0
         self._thread: ThreadPoolExecutor | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
         self._writer_db: sqlite3.Connection | None = None  # used only in self._thread
 
     async def open(self) -> None:
@@ -125,17 +130,39 @@ class SqliteLedger:
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         self._writer = asyncio.create_task(self._write_loop(), name="ledger-writer")
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="ledger-checkpoint")
+
+    async def _checkpoint_loop(self) -> None:
+        """
+        Copy the WAL into the database file every second, beside the writer. Left to sqlite, the checkpoint
+        runs inside a commit every 1,000 pages and its fsync stalled that commit — and every webhook answer
+        waiting on it — for 16 to 18 ms (p99.9 of commits: 16 ms with auto-checkpoint, 0.9 ms without).
+        """
+        while True:
+            await asyncio.sleep(CHECKPOINT_SECONDS)
+            try:
+                assert self._db is not None
+                await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except Exception as exc:  # the next pass tries again; the WAL only grows meanwhile
+                log.warning("WAL checkpoint failed", error=str(exc))
 
     def _connect_writer(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
+        # Checkpoints (which fsync) run on the reader connection, off the commit path: see _checkpoint_loop.
+        db.execute("PRAGMA wal_autocheckpoint=0")
         db.executescript(SCHEMA)
         row = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
         self._last_id = int(row[0]) if row else 0
         return db
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpointer
+            self._checkpointer = None
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
