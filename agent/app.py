@@ -115,9 +115,9 @@ class Agent:
         site = web.TCPSite(self._runner, self.config.webhook.host, self.config.webhook.port)
         await site.start()
         self.port = self.config.webhook.port
-        server = site._server
-        if isinstance(server, asyncio.Server) and server.sockets:  # port 0: the one the OS picked
-            self.port = int(server.sockets[0].getsockname()[1])
+        sockets = getattr(site._server, "sockets", None)  # asyncio's or uvloop's server
+        if sockets:  # port 0: the one the OS picked
+            self.port = int(sockets[0].getsockname()[1])
         log.info(
             "agent started",
             url=self.url,

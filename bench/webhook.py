@@ -131,9 +131,9 @@ async def serve_bare() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server
-    assert isinstance(server, asyncio.Server) and server.sockets
-    _announce(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    sockets = getattr(site._server, "sockets", None)  # asyncio's or uvloop's server
+    assert sockets
+    _announce(f"http://127.0.0.1:{sockets[0].getsockname()[1]}")
     await _wait_for_term()
     await runner.cleanup()
 
