@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ import yaml
 from agent.config import Config, ConfigError, LedgerConfig, check_secrets, effective_config, load_config
 from agent.durations import parse_duration
 from agent.structs import TargetRef, utcnow
+
+CONFIG_ENV = "SCALING_AGENT_CONFIG"  # so `kubectl exec … scaling-agent decisions` needs no flags in the pod
 
 
 def _print_config_error(exc: ConfigError) -> int:
@@ -123,7 +126,7 @@ def cmd_decisions(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             return _print_config_error(exc)
     else:
-        print("decisions: give --config FILE or --ledger URL", file=sys.stderr)
+        print(f"decisions: give --config FILE or --ledger URL (or set {CONFIG_ENV})", file=sys.stderr)
         return 2
     if args.target and "/" not in args.target:
         print("decisions: --target must be NAMESPACE/NAME", file=sys.stderr)
@@ -145,7 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the agent")
-    run.add_argument("--config", required=True, help="config file (YAML)")
+    run.add_argument(
+        "--config",
+        default=os.environ.get(CONFIG_ENV),
+        required=CONFIG_ENV not in os.environ,
+        help=f"config file (YAML); default: ${CONFIG_ENV}",
+    )
     run.add_argument("--dry-run", action="store_true", help="decide and record, but patch nothing")
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster in a pod, else ~/.kube/config)")
     run.add_argument("--context", help="kubeconfig context")
@@ -162,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     decisions = sub.add_parser("decisions", help="list recorded decisions from the ledger")
-    decisions.add_argument("--config", help="config file whose ledger to read")
+    decisions.add_argument(
+        "--config", default=os.environ.get(CONFIG_ENV), help=f"config file whose ledger to read; default: ${CONFIG_ENV}"
+    )
     decisions.add_argument("--ledger", help="ledger URL instead of a config file (sqlite:///… or redis://…)")
     decisions.add_argument("--since", help="only decisions newer than this (e.g. 1h, 30m)")
     decisions.add_argument("--target", help="only decisions about NAMESPACE/NAME")

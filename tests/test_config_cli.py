@@ -159,3 +159,15 @@ def test_demo_runs_the_real_agent_end_to_end() -> None:
     assert "[applied] revert ScaledObject/cortex-mcp/mcp-keda min-replicas: 4 → 2" in out  # expired while "down"
     assert "slack │" in out
     assert "Final state of the ScaledObjects the agent touched" in out
+
+
+def test_config_path_can_come_from_the_environment(
+    write_yaml: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = write_yaml({**GOOD, "ledger": {"url": f"sqlite:///{tmp_path}/l.db"}})
+    monkeypatch.setenv("SCALING_AGENT_CONFIG", str(path))
+    assert main(["decisions", "--since", "1h"]) == 0  # the ledger from $SCALING_AGENT_CONFIG, empty
+    assert "(0 decisions)" in capsys.readouterr().err
