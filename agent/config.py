@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from agent.actions import ActionSpec
 from agent.durations import Duration
@@ -201,7 +201,12 @@ class Matcher(Model):
         return found if self.op == "=~" else not found
 
     def __str__(self) -> str:
-        return f'{self.label}{self.op}"{self.value}"'
+        escaped = self.value.replace('"', '\\"')  # the one escape split() undoes
+        return f'{self.label}{self.op}"{escaped}"'
+
+    @model_serializer
+    def _as_text(self) -> str:  # the effective config shows matchers the way they are written
+        return str(self)
 
 
 class TargetSpec(Model):

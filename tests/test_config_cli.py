@@ -171,3 +171,19 @@ def test_config_path_can_come_from_the_environment(
     monkeypatch.setenv("SCALING_AGENT_CONFIG", str(path))
     assert main(["decisions", "--since", "1h"]) == 0  # the ledger from $SCALING_AGENT_CONFIG, empty
     assert "(0 decisions)" in capsys.readouterr().err
+
+
+def test_effective_config_reads_back_as_the_same_config(
+    write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["rules"][0]["matchers"] = ['severity="warning"', r'namespace=~"cortex-\w+"', 'team!="a \\"b\\""']
+    first = load_config(write_yaml(data, "first.yaml"))
+    assert main(["check-config", str(write_yaml(data, "first.yaml"))]) == 0
+    printed = capsys.readouterr().out
+    again = load_config(write_yaml(printed, "again.yaml"))
+    assert again == first
+    assert first.rules[0].matches("MCPFrequentScaling", {"severity": "warning", "namespace": "cortex-mcp", "team": "x"})
+    assert not first.rules[0].matches(
+        "MCPFrequentScaling", {"severity": "warning", "namespace": "cortex-mcp", "team": 'a "b"'}
+    )
