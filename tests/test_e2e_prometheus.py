@@ -1,0 +1,280 @@
+"""
+End to end with the real monitoring stack: Prometheus evaluates the shipped PrometheusRule against a small
+exporter serving the seed's metric names (with the labels their real exporters use), Alertmanager routes the
+alerts through the shipped receiver to `scaling-agent run` (a subprocess), and the agent changes ScaledObjects
+on the emulated Kubernetes API. Only `for:`, the evaluation interval and Alertmanager's group intervals are
+shortened here (and Prometheus's resend delay, so Alertmanager's endsAt comes within seconds); the
+expressions, the route and the receiver are the ones in deploy/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from agent.devcluster import DevCluster, kubeconfig_for
+from tests.conftest import NS, ROOT, TOKEN, _require_binary, annotations, free_port, patches, scaledobject
+
+pytestmark = pytest.mark.e2e
+
+PROMETHEUS_RULE = ROOT / "deploy" / "base" / "prometheusrule.yaml"
+ALERTMANAGER_EXAMPLE = ROOT / "deploy" / "alertmanager" / "alertmanager.yaml"
+PAUSED = "autoscaling.keda.sh/paused-replicas"
+DEADLINE = 60.0  # seconds any one step may take: bounded waits, never an open-ended loop
+
+
+class Exporter:
+    """Serves /metrics in the text format from a table the test changes as it goes."""
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.types: dict[str, str] = {}
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    def set(self, name: str, labels: dict[str, str], value: float, *, kind: str = "gauge") -> None:
+        self.types[name] = kind
+        self.series[name, tuple(sorted(labels.items()))] = value
+
+    def add(self, name: str, labels: dict[str, str], amount: float) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        self.series[key] = self.series.get(key, 0.0) + amount
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        lines = []
+        for name in sorted(self.types):
+            lines.append(f"# TYPE {name} {self.types[name]}")
+            for (series_name, labels), value in sorted(self.series.items()):
+                if series_name == name:
+                    text = ",".join(f'{k}="{v}"' for k, v in labels)
+                    lines.append(f"{name}{{{text}}} {value}")
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    async def __aenter__(self) -> Exporter:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def process(
+    argv: list[str], *, ready_url: str, log: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out, env=env)
+    try:
+        await until(lambda: _answers(ready_url), f"{argv[0]} to become ready (log: {log})")
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def _answers(url: str) -> bool:
+    with contextlib.suppress(aiohttp.ClientError, OSError):
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return response.status == 200
+    return False
+
+
+async def until(check: Callable[[], Any], what: str, *, within: float = DEADLINE) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
+
+
+def rule_groups(*, for_: str) -> dict[str, Any]:
+    """The PrometheusRule's groups as a Prometheus rule file, with every `for:` shortened."""
+    rule = yaml.safe_load(PROMETHEUS_RULE.read_text())
+    groups = copy.deepcopy(rule["spec"]["groups"])
+    for group in groups:
+        group["interval"] = "1s"
+        for item in group["rules"]:
+            if "for" in item:
+                item["for"] = for_
+    return {"groups": groups}
+
+
+def alertmanager_config(*, agent_url: str, token_file: Path) -> dict[str, Any]:
+    """The shipped example, pointed at the agent on loopback, with short group intervals."""
+    config = yaml.safe_load(ALERTMANAGER_EXAMPLE.read_text())
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            if hook["url"].endswith("/webhooks/alertmanager"):
+                hook["url"] = f"{agent_url}/webhooks/alertmanager"
+                hook["http_config"]["authorization"]["credentials_file"] = str(token_file)
+
+    def shorten(route: dict[str, Any]) -> None:
+        route["group_wait"], route["group_interval"], route["repeat_interval"] = "1s", "2s", "4s"
+        for child in route.get("routes", []):
+            shorten(child)
+
+    shorten(config["route"])
+    return config
+
+
+async def decisions(agent_url: str) -> list[dict[str, Any]]:
+    """The agent's decisions as its /metrics counts them, by action and outcome."""
+    async with aiohttp.ClientSession() as session, session.get(f"{agent_url}/metrics") as response:
+        text = await response.text()
+    counts = []
+    for line in text.splitlines():
+        if line.startswith("scaling_agent_decisions_total{"):
+            labels = dict(part.split("=") for part in line[line.index("{") + 1 : line.index("}")].split(","))
+            counts.append({k: v.strip('"') for k, v in labels.items()} | {"n": float(line.rsplit(" ", 1)[1])})
+    return counts
+
+
+def count(rows: list[dict[str, Any]], action: str, outcome: str) -> float:
+    return sum(row["n"] for row in rows if row["action"] == action and row["outcome"] == outcome)
+
+
+async def test_prometheus_and_alertmanager_drive_the_agent(
+    cluster: DevCluster, base_config: dict[str, Any], tmp_path: Path
+) -> None:
+    prometheus = _require_binary("prometheus")
+    alertmanager = _require_binary("prometheus-alertmanager")
+    if not PROMETHEUS_RULE.exists() or not ALERTMANAGER_EXAMPLE.exists():
+        pytest.fail("deploy/ must ship the PrometheusRule and the Alertmanager example this test runs")
+
+    agent_port, prom_port, am_port = free_port(), free_port(), free_port()
+    agent_url = f"http://127.0.0.1:{agent_port}"
+    token_file = tmp_path / "webhook-token"
+    token_file.write_text(TOKEN)
+
+    config = {**base_config, "webhook": {**base_config["webhook"], "port": agent_port}, "log": {"format": "json"}}
+    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig_for(str(cluster.url).rstrip("/"))))
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_groups(for_="1s")))
+    (tmp_path / "alertmanager.yaml").write_text(
+        yaml.safe_dump(alertmanager_config(agent_url=agent_url, token_file=token_file))
+    )
+
+    async with Exporter() as exporter:
+        (tmp_path / "prometheus.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "rule_files": [str(tmp_path / "rules.yaml")],
+                    "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+                    "scrape_configs": [
+                        {
+                            "job_name": "mcp-exporters",
+                            "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
+                        }
+                    ],
+                }
+            )
+        )
+        env = {**os.environ, "SCALING_AGENT_DEMO_TOKEN": TOKEN}
+        agent_argv = [sys.executable, "-m", "agent", "run", "--config", str(tmp_path / "agent.yaml"),
+                      "--kubeconfig", str(tmp_path / "kubeconfig")]  # fmt: skip
+        am_argv = [alertmanager, f"--config.file={tmp_path / 'alertmanager.yaml'}",
+                   f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{am_port}",
+                   "--cluster.listen-address="]  # fmt: skip
+        prom_argv = [prometheus, f"--config.file={tmp_path / 'prometheus.yaml'}",
+                     f"--storage.tsdb.path={tmp_path / 'prom-data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
+                     "--rules.alert.resend-delay=1s"]  # fmt: skip
+
+        async with (
+            process(agent_argv, ready_url=f"{agent_url}/readyz", log=tmp_path / "agent.log", env=env),
+            process(am_argv, ready_url=f"http://127.0.0.1:{am_port}/-/ready", log=tmp_path / "am.log"),
+            process(prom_argv, ready_url=f"http://127.0.0.1:{prom_port}/-/ready", log=tmp_path / "prom.log") as prom,
+        ):
+            # Prometheus's discovery sends targets every few seconds: wait for its first scrape of the exporter.
+            await until(lambda: _scraped(prom_port), "Prometheus to scrape the exporter")
+            # Cold starts slow for the Deployment scaled by mcp-scale-to-zero: the MCP exporter's histogram per
+            # pod, and kube-state-metrics' owner series that map the pod to its Deployment.
+            pod = {"namespace": NS, "pod": "mcp-ephemeral-server-7d9f-abcde"}
+            exporter.set(
+                "kube_pod_owner", {**pod, "owner_kind": "ReplicaSet", "owner_name": "mcp-ephemeral-server-7d9f"}, 1
+            )
+            replicaset = {"namespace": NS, "replicaset": "mcp-ephemeral-server-7d9f"}
+            deployment = {"owner_kind": "Deployment", "owner_name": "mcp-ephemeral-server"}
+            exporter.set("kube_replicaset_owner", {**replicaset, **deployment}, 1)
+            exporter.set("mcp_pod_startup_duration_seconds_sum", pod, 45.0, kind="untyped")
+            exporter.set("mcp_pod_startup_duration_seconds_count", pod, 1.0, kind="untyped")
+            # KEDA's own metric, labelled scaledObject: a burst of scaler activity on mcp-http-scaler.
+            activity = {"namespace": NS, "scaledObject": "mcp-http-scaler", "scaler": "prometheus"}
+            exporter.set("keda_scaler_activity", activity, 0.0, kind="counter")
+            # rate(...[15m]) divides by the whole 15 minutes: > 0.5/s takes > 450 events in the window.
+            for _ in range(3):
+                await asyncio.sleep(1.0)
+                exporter.add("keda_scaler_activity", activity, 300.0)
+
+            await until(lambda: PAUSED in annotations(cluster, "mcp-http-scaler"), "MCPFrequentScaling to pause")
+            await until(
+                lambda: scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 1,
+                "MCPColdStartSlow to set a warm floor",
+            )
+            owned = json.loads(annotations(cluster, "mcp-http-scaler")["scaling-agent.cortex.io/paused-replicas"])
+            assert owned["alertname"] == "MCPFrequentScaling" and owned["after"] == 3
+
+            # Alertmanager repeats firing notifications (repeat_interval 4s here): no second change.
+            await until(
+                lambda: _redeliveries(agent_url), "Alertmanager's repeat notification to be recorded as a no-op"
+            )
+            assert patches(cluster, "mcp-http-scaler") == 1
+            assert patches(cluster, "mcp-scale-to-zero") == 1
+
+            # Cold starts are fast again, scaler activity stops: both alerts resolve, the agent gives back.
+            exporter.set("mcp_pod_startup_duration_seconds_sum", pod, 5.0, kind="untyped")
+            await until(
+                lambda: scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 0,
+                "MCPColdStartSlow's resolve to give the floor back",
+            )
+            # MCPFrequentScaling's 15-minute window cannot empty within a test. Alertmanager's own way out: when
+            # Prometheus stops re-sending an alert, it resolves once the alert's endsAt passes (4 x resend delay).
+            prom.send_signal(signal.SIGTERM)
+            await until(
+                lambda: PAUSED not in annotations(cluster, "mcp-http-scaler"),
+                "MCPFrequentScaling's resolve to remove the pause",
+            )
+            rows = await decisions(agent_url)
+            assert count(rows, "pause", "applied") == 1
+            assert count(rows, "set_min", "applied") == 1
+            assert count(rows, "revert", "applied") == 2
+            assert "scaling-agent.cortex.io/min-replicas" not in annotations(cluster, "mcp-scale-to-zero")
+
+
+async def _scraped(prom_port: int) -> bool:
+    url = f"http://127.0.0.1:{prom_port}/api/v1/query"
+    async with aiohttp.ClientSession() as session, session.get(url, params={"query": "up"}) as response:
+        result = (await response.json())["data"]["result"]
+    return any(r["metric"].get("job") == "mcp-exporters" and r["value"][1] == "1" for r in result)
+
+
+async def _redeliveries(agent_url: str) -> bool:
+    return count(await decisions(agent_url), "redelivery", "no-op") >= 1
