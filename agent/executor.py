@@ -194,6 +194,7 @@ class Executor:
         if isinstance(intent, Apply):
             try:
                 if not gives_back:
+                    self.guard.check_opt_out(state)
                     self.guard.check_bounds(state, intent)
                     await self.guard.check_cooldown(ref, now=now)
             except Refused as refusal:

@@ -1,7 +1,8 @@
 """
 The guard: every check between "a rule wants this" and "the API is called".
 
-In order: namespace allow-list, bounds (floor/ceiling, and min ≤ max), the
+In order: namespace allow-list, the object's own opt-out annotation
+(``scaling-agent.cortex.io/ignore: "true"``), bounds (floor/ceiling, and min ≤ max), the
 per-target cooldown, then the limit on changes in flight at once. Dry-run is
 the last word: everything is decided and recorded, nothing is patched. A
 check that says no returns the reason; the executor records it as a
@@ -22,7 +23,7 @@ from agent.actions.base import Limits
 from agent.config import GuardConfig, KubernetesConfig
 from agent.ledger import Ledger
 from agent.structs import TargetRef
-from agent.targets.base import MAX_REPLICAS, MIN_REPLICAS, TargetState
+from agent.targets.base import MAX_REPLICAS, MIN_REPLICAS, OPT_OUT_ANNOTATION, TargetState
 
 
 class Refused(Exception):
@@ -46,6 +47,10 @@ class Guard:
         if not self.kubernetes.allows(ref.namespace):
             allowed = ", ".join(self.kubernetes.namespaces)
             raise Refused(f"namespace {ref.namespace} is not one the agent may touch ({allowed})")
+
+    def check_opt_out(self, state: TargetState) -> None:
+        if state.opted_out:
+            raise Refused(f'the object opts out of the agent ({OPT_OUT_ANNOTATION}: "true")')
 
     def check_bounds(self, state: TargetState, intent: Apply) -> None:
         for name, value in intent.values.items():

@@ -323,3 +323,23 @@ async def test_dry_run_reports_an_expired_change_once(
     reverts = [d for d in await watcher.ledger.decisions() if d.action == "revert"]
     assert [d.outcome for d in reverts] == [Outcome.DRY_RUN]
     assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "3"  # dry-run patched nothing
+
+
+async def test_an_object_can_opt_out_and_still_gets_the_agents_changes_back(
+    cluster: DevCluster, start_agent: StartAgent
+) -> None:
+    agent = await start_agent()
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    set_annotations(cluster, "mcp-http-scaler", {"scaling-agent.cortex.io/ignore": "true"})
+    await post(agent, payload(alert("MCPColdStartSlow")))  # another object: unaffected
+    await post(agent, payload(alert("MCPAtMaximumScale", {"namespace": NS, "deployment": "mcp-http-server"})))
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT, status="resolved")))
+    await settle(agent)
+    refused = [d for d in await agent.ledger.decisions() if d.outcome == Outcome.REFUSED]
+    assert [d.target.name for d in refused if d.target] == ["mcp-http-scaler"]
+    assert "opts out" in refused[0].reason
+    assert scaledobject(cluster, "mcp-http-scaler")["spec"]["maxReplicaCount"] == 20  # not raised
+    assert scaledobject(cluster, "mcp-http-triggers")["spec"]["maxReplicaCount"] == 35  # its sibling was
+    assert PAUSED not in annotations(cluster, "mcp-http-scaler")  # its own pause was still given back
+    assert scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 1

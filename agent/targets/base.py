@@ -29,6 +29,8 @@ FIELDS = (PAUSED_REPLICAS, MIN_REPLICAS, MAX_REPLICAS)
 ANNOTATION_PREFIX = "scaling-agent.cortex.io/"
 OWNERSHIP_ANNOTATIONS = {name: f"{ANNOTATION_PREFIX}{name}" for name in FIELDS}
 RESUMED_ANNOTATION = f"{ANNOTATION_PREFIX}resumed"
+# Set to "true" by a person on an object the agent must not change (it still gives back its own changes).
+OPT_OUT_ANNOTATION = f"{ANNOTATION_PREFIX}ignore"
 
 
 class PauseOwner:
@@ -77,6 +79,7 @@ class TargetState:
     paused_condition: bool | None = None  # KEDA's status condition ``Paused``, if reported
     resumed: ResumeMark | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    opted_out: bool = False  # the object carries OPT_OUT_ANNOTATION: "true"
     notes: tuple[str, ...] = ()  # anything odd found while reading (e.g. an unreadable annotation)
 
 

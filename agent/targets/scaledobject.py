@@ -29,6 +29,7 @@ from agent.structs import Ownership, TargetRef, _from_iso
 from agent.targets.base import (
     MAX_REPLICAS,
     MIN_REPLICAS,
+    OPT_OUT_ANNOTATION,
     OWNERSHIP_ANNOTATIONS,
     PAUSED_REPLICAS,
     RESUMED_ANNOTATION,
@@ -221,5 +222,6 @@ class ScaledObjectTarget:
             paused_condition=paused_condition,
             resumed=resumed,
             labels=meta.get("labels") or {},
+            opted_out=str(annotations.get(OPT_OUT_ANNOTATION, "")).lower() == "true",
             notes=tuple(notes),
         )
