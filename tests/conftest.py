@@ -36,6 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "deploy" / "examples"
 TOKEN = "test-token-0123456789"
 NS = "cortex-mcp"
+SEED_ALERTS = (  # the seed's six alert rules, which the default rules answer
+    "MCPHighLatencyDespiteScaling",
+    "MCPAtMaximumScale",
+    "MCPFrequentScaling",
+    "MCPScaleToZeroStuck",
+    "MCPColdStartSlow",
+    "HighMCPCost",
+)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -14,7 +14,7 @@ import yaml
 from agent.cli import main
 from agent.config import ConfigError, load_config
 from agent.demo import demo_config
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SEED_ALERTS
 
 GOOD: dict[str, Any] = {
     "webhook": {"auth": {"type": "bearer", "token": {"env": "HOOK_TOKEN"}}},
@@ -37,14 +37,7 @@ def test_shipped_config_is_valid_and_has_the_demo_rules() -> None:
     demo = load_config_data(demo_config(Path("/tmp/x.db")))
     assert [r.model_dump() for r in config.rules] == [r.model_dump() for r in demo.rules]
     alertnames = {r.alertname for r in config.rules}
-    assert alertnames == {
-        "MCPHighLatencyDespiteScaling",
-        "MCPAtMaximumScale",
-        "MCPFrequentScaling",
-        "MCPScaleToZeroStuck",
-        "MCPColdStartSlow",
-        "HighMCPCost",
-    }
+    assert alertnames == set(SEED_ALERTS)
 
 
 def load_config_data(data: dict[str, Any]):  # type: ignore[no-untyped-def]

@@ -22,7 +22,7 @@ from agent.rules import Rules
 from agent.sources.alertmanager import PATH as WEBHOOK_PATH
 from agent.structs import Event
 from agent.targets import build_targets
-from tests.conftest import NS, ROOT, _require_binary
+from tests.conftest import NS, ROOT, SEED_ALERTS, _require_binary
 
 RULE_FILE = ROOT / "deploy" / "base" / "prometheusrule.yaml"
 PROMTOOL_TESTS = ROOT / "tests" / "promtool"
@@ -30,14 +30,6 @@ ALERTMANAGER = ROOT / "deploy" / "alertmanager"
 RUNBOOKS = ROOT / "runbooks"
 CONFIGS = [ROOT / "config" / "agent.yaml", ROOT / "deploy" / "base" / "agent.yaml"]
 
-SEED_ALERTS = (
-    "MCPHighLatencyDespiteScaling",
-    "MCPAtMaximumScale",
-    "MCPFrequentScaling",
-    "MCPScaleToZeroStuck",
-    "MCPColdStartSlow",
-    "HighMCPCost",
-)
 AGENT_ALERTS = ("ScalingAgentDown", "ScalingAgentPauseTooLong")
 RUNBOOK_URL = "https://github.com/cortex/mcp-scaling-agent/blob/main/runbooks/{}.md"
 

@@ -18,6 +18,17 @@ PAUSED = "autoscaling.keda.sh/paused-replicas"
 FREQUENT = {"namespace": NS, "scaledObject": "mcp-http-scaler"}
 
 
+def short_pause(base_config: dict[str, Any], duration: str) -> Any:
+    """The default config with one rule: MCPFrequentScaling pauses for `duration`."""
+    rule = {
+        "name": "short-pause",
+        "alertname": "MCPFrequentScaling",
+        "action": {"type": "pause", "params": {"for": duration}},
+        "target": {"namespace": NS},
+    }
+    return build_config(base_config, rules=[rule])
+
+
 def set_annotations(cluster: DevCluster, name: str, values: dict[str, Any]) -> None:
     cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, name].patch({"metadata": {"annotations": values}})
 
@@ -197,15 +208,7 @@ async def test_selector_hitting_too_many_targets_acts_on_none(
 async def test_expiry_is_reverted_by_the_reconciler_after_a_restart(
     cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
 ) -> None:
-    rules = [
-        {
-            "name": "short-pause",
-            "alertname": "MCPFrequentScaling",
-            "action": {"type": "pause", "params": {"for": "1s"}},
-            "target": {"namespace": NS},
-        }
-    ]
-    config = build_config(base_config, rules=rules)
+    config = short_pause(base_config, "1s")
     first = await start_agent(config)
     await post(first, payload(alert("MCPFrequentScaling", FREQUENT)))
     await settle(first)
@@ -304,15 +307,7 @@ async def test_resume_that_takes_clears_its_mark_quietly(cluster: DevCluster, st
 async def test_dry_run_reports_an_expired_change_once(
     cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
 ) -> None:
-    rules = [
-        {
-            "name": "short-pause",
-            "alertname": "MCPFrequentScaling",
-            "action": {"type": "pause", "params": {"for": "0s"}},
-            "target": {"namespace": NS},
-        }
-    ]
-    config = build_config(base_config, rules=rules)
+    config = short_pause(base_config, "0s")
     first = await start_agent(config)
     await post(first, payload(alert("MCPFrequentScaling", FREQUENT)))
     await settle(first)
