@@ -93,6 +93,11 @@ class WebhookConfig(Model):
     auth: BearerAuth | BasicAuth | NoAuth = Field(discriminator="type")
 
 
+# What Slack (or the console standing in for it) gets by default: everything but no-ops.
+PostedOutcome = Literal["applied", "no-op", "refused", "failed", "dry-run"]
+POSTED_OUTCOMES: tuple[PostedOutcome, ...] = ("applied", "refused", "failed", "dry-run")
+
+
 class SlackConfig(Model):
     """Bot token + channel (chat.postMessage), or an incoming-webhook URL. Absent: decisions go to the console."""
 
@@ -100,12 +105,7 @@ class SlackConfig(Model):
     channel: str | None = None
     webhook_url: SecretRef | None = None
     base_url: str = "https://slack.com/api/"
-    post_outcomes: list[Literal["applied", "no-op", "refused", "failed", "dry-run"]] = [
-        "applied",
-        "refused",
-        "failed",
-        "dry-run",
-    ]
+    post_outcomes: list[PostedOutcome] = list(POSTED_OUTCOMES)
     queue_size: int = Field(default=1000, ge=1)
     attempts: int = Field(default=5, ge=1, le=20)
 

@@ -277,13 +277,15 @@ class Decision:
             error=data.get("error"),
         )
 
+    def change(self) -> str:
+        """The fields it changed (or would have), as ``field: before → after``; empty when none."""
+        keys = sorted(set(self.before) | set(self.after))
+        return ", ".join(f"{k}: {self.before.get(k)} → {self.after.get(k)}" for k in keys)
+
     def summary(self) -> str:
         """One human line: what happened to what, and why."""
         target = str(self.target) if self.target else "-"
-        change = ""
-        if self.before or self.after:
-            keys = sorted(set(self.before) | set(self.after))
-            change = " " + ", ".join(f"{k}: {self.before.get(k)} → {self.after.get(k)}" for k in keys)
+        change = f" {self.change()}" if self.before or self.after else ""
         error = f" error: {self.error}" if self.error else ""
         dry = " [dry-run]" if self.dry_run and self.outcome != Outcome.DRY_RUN else ""
         return (

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kubernetes_asyncio import client
 
-from agent.config import Config
+from agent.config import POSTED_OUTCOMES, Config
 from agent.metrics import Metrics
 from agent.sinks.base import Sink
 from agent.sinks.kube_events import KubeEventSink
@@ -21,8 +21,7 @@ def build_sinks(config: Config, *, api: client.ApiClient, metrics: Metrics, cons
     if config.slack is not None:
         sinks.append(SlackSink(config.slack, metrics=metrics))
     else:
-        outcomes = ["applied", "refused", "failed", "dry-run"]
-        sinks.append(ConsoleSink(metrics=metrics, outcomes=outcomes, stream=console))
+        sinks.append(ConsoleSink(metrics=metrics, outcomes=list(POSTED_OUTCOMES), stream=console))
     if config.kubernetes.post_events:
         sinks.append(KubeEventSink(api, metrics=metrics))
     return sinks

@@ -39,8 +39,7 @@ def format_message(decision: Decision) -> str:
     target = f"`{decision.target}`" if decision.target else "no target"
     lines = [f"{ICONS[decision.outcome]} *{decision.action}* {target} — *{decision.outcome}*"]
     if decision.before or decision.after:
-        keys = sorted(set(decision.before) | set(decision.after))
-        lines.append(", ".join(f"{k}: {decision.before.get(k)} → {decision.after.get(k)}" for k in keys))
+        lines.append(decision.change())
     lines.append(decision.reason)
     if decision.error:
         lines.append(f"error: {decision.error}")
