@@ -28,7 +28,7 @@ from agent.rules import Rules
 from agent.server import build_app
 from agent.sinks import Sink, build_sinks
 from agent.sinks.slack import Console
-from agent.sources import AlertmanagerSource
+from agent.sources import DECODERS, AlertmanagerSource
 from agent.targets import build_targets
 from agent.worker import Intake, Worker
 
@@ -69,6 +69,7 @@ class Agent:
             metrics=self.metrics,
             guard=config.guard,
             lanes=config.workers,
+            decoders=DECODERS,
         )
         self.intake = Intake(ledger=self.ledger, worker=self.worker, metrics=self.metrics)
         self.reconciler = Reconciler(

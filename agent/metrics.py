@@ -48,7 +48,16 @@ class Metrics:
             ["operation", "status"],
             registry=r,
         )
-        self.pending_events = Gauge(f"{PREFIX}_pending_events", "Events taken in and not yet processed.", registry=r)
+        self.pending_events = Gauge(
+            f"{PREFIX}_pending_events",
+            "Deliveries taken in and not yet unpacked, plus events not yet processed.",
+            registry=r,
+        )
+        self.worker_throttled = Gauge(
+            f"{PREFIX}_worker_throttled",
+            "1 while an alert storm slows the worker so that acknowledgements go first.",
+            registry=r,
+        )
         self.pauses_in_force = Gauge(
             f"{PREFIX}_pauses_in_force",
             "ScaledObjects paused now, by who paused them (agent, human, kube-downscaler).",

@@ -1,10 +1,12 @@
 """
 The small immutable records that cross the stage boundaries.
 
-Data flows one way: a source turns what it hears into :class:`Event` records,
-the rules turn an event into :class:`Plan` records, the executor turns a plan
-into a :class:`Decision`. Each stage only reads the records of the stage before
-it, so a new source, action or target kind never has to know the others.
+Data flows one way: a source records what it hears as a :class:`Delivery`,
+which its decoder later unpacks into :class:`Event` records (or it builds the
+events itself); the rules turn an event into :class:`Plan` records, the
+executor turns a plan into a :class:`Decision`. Each stage only reads the
+records of the stage before it, so a new source, action or target kind never
+has to know the others.
 
 Records that are persisted (events in the inbox, decisions in the ledger,
 ownership annotations on objects) convert to and from plain JSON here, in one
@@ -85,6 +87,20 @@ class Event:
             starts_at=_from_iso(data["starts_at"]),
             received_at=_from_iso(data["received_at"]) or utcnow(),
         )
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """
+    What a source received, exactly as it came (an Alertmanager notification's body), once it is durably
+    recorded. The webhook acknowledges on this record alone; the worker later unpacks it into events with
+    the source's decoder, off the acknowledgement's path.
+    """
+
+    id: int
+    source: str
+    body: bytes
+    received_at: datetime
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,31 @@
 """
-The worker: takes recorded events off the inbox and drives them through rules → executor.
+The worker: takes recorded deliveries and events off the inbox and drives them through rules → executor.
 
-Events reach it only after the ledger has them (``Intake.accept``), so a crash
-loses nothing: at start, :meth:`Worker.resume_pending` re-queues every event
-not yet marked processed. Events of one alert (same fingerprint) always go to
-the same lane and run in order, so a ``resolved`` never overtakes its
-``firing``; different alerts run in parallel lanes.
+Everything reaches it only after the ledger has it (``Intake.receive`` and
+``Intake.accept``), so a crash loses nothing. One unpacker task reads the
+deliveries not yet unpacked from the ledger, oldest first, decodes each with
+its source's decoder and stores the events (``Ledger.unpack``); reading them
+back from the ledger rather than from memory keeps a backlog on disk, however
+large it grows, and makes the restart path the normal one. Events of one alert
+(same fingerprint) always go to the same lane and run in order, so a
+``resolved`` never overtakes its ``firing``; different alerts run in parallel
+lanes. At start, :meth:`Worker.resume_pending` re-queues every event not yet
+marked processed before the unpacker adds newer ones.
+
+Acknowledgements go first (:class:`Gate`): every unit of the worker's work
+waits for its turn, so that in an alert storm senders get their 2xx quickly
+and the work, safe in the ledger, catches up afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import datetime
 
 import structlog
 
@@ -24,29 +35,127 @@ from agent.executor import Executor, new_decision_id
 from agent.ledger import Ledger, LedgerUnavailable
 from agent.metrics import Metrics
 from agent.rules import Rules
-from agent.structs import Decision, Event, InboxEntry, Outcome, Plan, Trigger, utcnow
+from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, Plan, Trigger, utcnow
 
 log = structlog.get_logger("agent.worker")
 
+Decoder = Callable[[Delivery], list[Event]]  # a source's: the events of one of its deliveries
+
 GIVE_WAY_SECONDS = 0.005
+STORM_TURN_SECONDS = 0.02  # in a storm the worker takes one unit of work per 20 ms at most: ~50 events/s
+STORM_SHARE = 0.05  # ... and less if its units take long: at most this share of the time
+STORM_MAX_GAP_SECONDS = 1.0  # ... but never less than one unit a second
+STORM_BUSY = 0.75  # share of a core the event loop's thread used over the last sample
+STORM_SAMPLE_SECONDS = 0.1
+STORM_RECENT_SECONDS = 0.05  # an acknowledgement this recent means senders are still sending
+UNPACK_BATCH = 32  # deliveries per unpacker turn: one ledger read, one commit
+LEDGER_RETRY_SECONDS = (0.5, 30.0)  # the unpacker's backoff, first and longest, while the ledger is down
+
+
+class Gate:
+    """
+    Decides when the worker may take its next unit of work, so that acknowledgements go first.
+
+    Normally a unit waits at most 5 ms for the acknowledgements in flight. In a storm — the event loop's
+    thread busy for most of the last 100 ms while senders are still sending — the whole worker runs one unit
+    at a time and takes at most 5% of the time (see :meth:`turn`): a webhook left unanswered is retried and
+    multiplies the load, while what was acknowledged is safe in the ledger. The worker is never stopped,
+    only slowed, and it catches up once the storm passes (measured in bench/README.md).
+    """
+
+    def __init__(
+        self, *, on_storm: Callable[[bool], None] | None = None, cpu_time: Callable[[], float] = time.thread_time
+    ) -> None:
+        # Called on the event loop's thread, thread_time() is the loop's own CPU, not the ledger writer's.
+        self._cpu_time = cpu_time
+        self._in_flight = 0
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+        self._last_ack = -1e9
+        self._next_storm_turn = -1e9
+        self._sample_at = time.monotonic()
+        self._sample_cpu = cpu_time()
+        self._busy = 0.0
+        self._storm = False
+        self._on_storm = on_storm
+        self._lock = asyncio.Lock()
+
+    def intake_started(self) -> None:
+        self._in_flight += 1
+        self._quiet.clear()
+
+    def intake_finished(self) -> None:
+        self._in_flight -= 1
+        self._last_ack = time.monotonic()
+        if not self._in_flight:
+            self._quiet.set()
+
+    def storm(self) -> bool:
+        now = time.monotonic()
+        if now - self._sample_at >= STORM_SAMPLE_SECONDS:
+            cpu = self._cpu_time()
+            self._busy = (cpu - self._sample_cpu) / (now - self._sample_at)
+            self._sample_at, self._sample_cpu = now, cpu
+        storm = self._busy >= STORM_BUSY and (self._in_flight > 0 or now - self._last_ack < STORM_RECENT_SECONDS)
+        if storm != self._storm:
+            self._storm = storm
+            if self._on_storm is not None:
+                self._on_storm(storm)
+        return storm
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[bool]:
+        """
+        Run one unit of work inside ``async with gate.turn() as storm``. In a storm (``storm`` is True) units
+        run one at a time, and the next may start only when the worker has used at most 5% of the time since
+        this one started (at least 20 ms later, at most 1 s): a unit that waits on the Kubernetes API for 10 ms
+        makes the next one wait 200 ms. Take one small unit then (one event, one delivery), not a batch.
+        """
+        async with self._lock:
+            while self.storm():
+                wait = self._next_storm_turn - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                started = time.monotonic()
+                try:
+                    yield True
+                finally:
+                    spent = time.monotonic() - started
+                    gap = min(max(STORM_TURN_SECONDS, spent / STORM_SHARE), STORM_MAX_GAP_SECONDS)
+                    self._next_storm_turn = started + gap
+                return
+        if not self._quiet.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quiet.wait(), GIVE_WAY_SECONDS)
+        yield False
 
 
 class Intake:
-    """What a source calls with the events it heard: record them durably, then queue them."""
+    """What a source calls with what it heard: record it durably, then let the worker know."""
 
     def __init__(self, *, ledger: Ledger, worker: Worker, metrics: Metrics) -> None:
         self.ledger = ledger
         self.worker = worker
         self.metrics = metrics
 
-    async def accept(self, events: Sequence[Event]) -> list[InboxEntry]:
-        self.worker.intake_started()
+    async def receive(self, *, source: str, body: bytes, received_at: datetime) -> int:
+        """A delivery as it came, for the worker to decode; returns its id. Raises LedgerUnavailable: do not ack."""
+        self.worker.gate.intake_started()
         try:
-            entries = await self.ledger.accept(events)  # raises LedgerUnavailable: the source must not ack
+            delivery_id = await self.ledger.receive(source=source, body=body, received_at=received_at)
         finally:
-            self.worker.intake_finished()
-        for event in events:
-            self.metrics.events_received.labels(source=event.source, status=event.status).inc()
+            self.worker.gate.intake_finished()
+        self.worker.delivered()
+        return delivery_id
+
+    async def accept(self, events: Sequence[Event]) -> list[InboxEntry]:
+        """Events a source built itself. Raises LedgerUnavailable: the source must not ack."""
+        self.worker.gate.intake_started()
+        try:
+            entries = await self.ledger.accept(events)
+        finally:
+            self.worker.gate.intake_finished()
         self.worker.submit(entries)
         return entries
 
@@ -62,8 +171,10 @@ class Worker:
         metrics: Metrics,
         guard: GuardConfig,
         lanes: int,
+        decoders: Mapping[str, Decoder],
     ) -> None:
         self.ledger = ledger
+        self.decoders = decoders
         self.rules = rules
         self.executor = executor
         self.recorder = recorder
@@ -71,31 +182,42 @@ class Worker:
         self.guard = guard
         self._lanes: list[asyncio.Queue[InboxEntry]] = [asyncio.Queue() for _ in range(lanes)]
         self._tasks: list[asyncio.Task[None]] = []
-        self._intakes_in_flight = 0
-        self._intake_quiet = asyncio.Event()
-        self._intake_quiet.set()
+        self.gate = Gate(on_storm=self._storm_changed)
+        self._delivered = asyncio.Event()  # a delivery may be waiting to be unpacked
+        self._unpacked = asyncio.Event()  # the unpacker found none left
+        self._unpacked.set()
+        self._deliveries_waiting = 0
         metrics.pending_events.set_function(lambda: self.depth)  # read at scrape time, free per event
 
     @property
     def depth(self) -> int:
-        return sum(lane.qsize() for lane in self._lanes)
+        """Deliveries not yet unpacked and events not yet processed."""
+        return self._deliveries_waiting + sum(lane.qsize() for lane in self._lanes)
 
     def submit(self, entries: Sequence[InboxEntry]) -> None:
         for entry in entries:
             lane = zlib.crc32(entry.event.fingerprint.encode()) % len(self._lanes)
             self._lanes[lane].put_nowait(entry)
 
+    def delivered(self, count: int = 1) -> None:
+        self._deliveries_waiting += count
+        self._unpacked.clear()
+        self._delivered.set()
+
     async def resume_pending(self) -> int:
+        """Re-queue the events taken in before a restart, then let the unpacker look for deliveries left."""
         entries = await self.ledger.pending()
         self.submit(entries)
         if entries:
             log.info("re-queued events taken in before a restart", count=len(entries))
+        self.delivered(0)  # the unpacker starts here, after the older events: it finds any deliveries left
         return len(entries)
 
     def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._run(lane), name=f"worker-lane-{i}") for i, lane in enumerate(self._lanes)
         ]
+        self._tasks.append(asyncio.create_task(self._unpack_loop(), name="worker-unpacker"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -105,36 +227,65 @@ class Worker:
                 await task
         self._tasks = []
 
-    def intake_started(self) -> None:
-        self._intakes_in_flight += 1
-        self._intake_quiet.clear()
-
-    def intake_finished(self) -> None:
-        self._intakes_in_flight -= 1
-        if not self._intakes_in_flight:
-            self._intake_quiet.set()
-
-    async def _give_way(self) -> None:
-        """
-        Let acknowledgements go first: while senders wait for their 2xx, a lane waits a moment before its
-        next event. In an alert storm an unanswered webhook is retried and multiplies the load, while the
-        events already taken in are safe in the ledger; the wait is bounded, so the lanes keep moving.
-        """
-        if not self._intake_quiet.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._intake_quiet.wait(), GIVE_WAY_SECONDS)
+    def _storm_changed(self, storm: bool) -> None:
+        self.metrics.worker_throttled.set(1 if storm else 0)
 
     async def idle(self) -> None:
-        """Wait until every queued event is processed (tests, the demo, shutdown)."""
-        for lane in self._lanes:
-            await lane.join()
+        """Wait until every delivery is unpacked and every queued event processed (tests, the demo)."""
+        while True:
+            await self._unpacked.wait()
+            for lane in self._lanes:
+                await lane.join()
+            if self._unpacked.is_set():
+                return
+
+    async def _unpack_loop(self) -> None:
+        retry = LEDGER_RETRY_SECONDS[0]
+        while True:
+            await self._delivered.wait()
+            self._delivered.clear()  # before reading, so that a delivery stored meanwhile sets it again
+            while True:
+                try:
+                    async with self.gate.turn() as storm:
+                        deliveries = await self.ledger.pending_deliveries(limit=1 if storm else UNPACK_BATCH)
+                        if deliveries:
+                            await self._unpack(deliveries)
+                except LedgerUnavailable as exc:
+                    log.error("cannot unpack deliveries; will retry", error=str(exc), retry_in=retry)
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, LEDGER_RETRY_SECONDS[1])
+                    continue
+                retry = LEDGER_RETRY_SECONDS[0]
+                if not deliveries:
+                    break
+            if not self._delivered.is_set():
+                self._deliveries_waiting = 0
+                self._unpacked.set()
+
+    async def _unpack(self, deliveries: list[Delivery]) -> None:
+        decoded: list[list[Event]] = []
+        for delivery in deliveries:
+            try:
+                decoded.append(self.decoders[delivery.source](delivery))
+            except Exception as exc:  # stored but unreadable (a decoder bug, an upgrade): say so, keep the body
+                log.exception("delivery could not be decoded", delivery=delivery.id, source=delivery.source)
+                trigger = Trigger(source=delivery.source, alertname="", status="undecodable", fingerprint="")
+                reason = f"delivery #{delivery.id} could not be decoded; its body stays in the ledger"
+                await self._note(trigger, "decode", reason, outcome=Outcome.FAILED, error=exc)
+                decoded.append([])
+        stored = await self.ledger.unpack([(d.id, events) for d, events in zip(deliveries, decoded, strict=True)])
+        self._deliveries_waiting = max(0, self._deliveries_waiting - len(deliveries))
+        for entries in stored:
+            for entry in entries:
+                self.metrics.events_received.labels(source=entry.event.source, status=entry.event.status).inc()
+            self.submit(entries)
 
     async def _run(self, lane: asyncio.Queue[InboxEntry]) -> None:
         while True:
             entry = await lane.get()
             try:
-                await self._give_way()
-                await self.process(entry)
+                async with self.gate.turn():
+                    await self.process(entry)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -146,21 +297,20 @@ class Worker:
         event = entry.event
         decisions: list[Decision] = []
         if entry.duplicate_of is not None:
-            decisions.append(
-                await self._note(
-                    event, "redelivery", f"redelivery of event #{entry.duplicate_of} (same alert, status and start)"
-                )
-            )
+            reason = f"redelivery of event #{entry.duplicate_of} (same alert, status and start)"
+            decisions.append(await self._note(Trigger.of(event), "redelivery", reason))
         else:
             try:
                 plans = await self.rules.plan(event)
                 if not plans:
-                    decisions.append(await self._note(event, "match", f"no rule matches {event.alertname}"))
+                    decisions.append(await self._note(Trigger.of(event), "match", f"no rule matches {event.alertname}"))
                 for plan in self._limit_blast_radius(plans):
                     decisions.append(await self.executor.execute(plan))
             except Exception as exc:
                 log.exception("event could not be handled", event=entry.id)
-                decisions.append(await self._note(event, "error", "internal error", outcome=Outcome.FAILED, error=exc))
+                decisions.append(
+                    await self._note(Trigger.of(event), "error", "internal error", outcome=Outcome.FAILED, error=exc)
+                )
         latency = (utcnow() - event.received_at).total_seconds()
         for decision in decisions:
             self.metrics.action_latency.labels(action=decision.action).observe(latency)
@@ -191,13 +341,19 @@ class Worker:
         return result
 
     async def _note(
-        self, event: Event, action: str, reason: str, *, outcome: Outcome = Outcome.NOOP, error: Exception | None = None
+        self,
+        trigger: Trigger,
+        action: str,
+        reason: str,
+        *,
+        outcome: Outcome = Outcome.NOOP,
+        error: Exception | None = None,
     ) -> Decision:
         now = utcnow()
         decision = Decision(
             id=new_decision_id(now),
             at=now,
-            trigger=Trigger.of(event),
+            trigger=trigger,
             rule=None,
             action=action,
             target=None,

@@ -10,7 +10,7 @@ from typing import Any
 from agent.demo.alerts import alert, payload
 from agent.devcluster import DevCluster
 from agent.ledger import SqliteLedger
-from agent.sources.alertmanager import PayloadV4, to_events
+from agent.sources.alertmanager import decode
 from agent.structs import Outcome, utcnow
 from tests.conftest import NS, StartAgent, annotations, build_config, patches, post, scaledobject, settle
 
@@ -242,21 +242,29 @@ async def test_drifted_value_is_left_alone_on_revert(cluster: DevCluster, start_
     assert "changed by someone else" in (await agent.ledger.decisions())[-1].reason
 
 
-async def test_events_acknowledged_before_a_crash_are_processed_at_start(
+async def test_notifications_acknowledged_before_a_crash_are_processed_at_start(
     cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
 ) -> None:
     config = build_config(base_config)
-    # The webhook took the event in (200 sent), then the process died before processing it.
     ledger = SqliteLedger(config.ledger.url)
     await ledger.open()
-    body = PayloadV4.model_validate(payload(alert("MCPFrequentScaling", FREQUENT)))
-    await ledger.accept(to_events(body, received_at=utcnow()))
+    # The webhook stored a notification (200 sent); the worker unpacked it, and the process died before it
+    # processed the event ...
+    other = json.dumps(payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-filesystem-scaler"})))
+    delivery_id = await ledger.receive(source="alertmanager", body=other.encode(), received_at=utcnow())
+    [delivery] = await ledger.pending_deliveries(limit=10)
+    await ledger.unpack([(delivery_id, decode(delivery))])
+    # ... then it stored another notification (200 sent) and died before the worker unpacked it.
+    body = json.dumps(payload(alert("MCPFrequentScaling", FREQUENT))).encode()
+    await ledger.receive(source="alertmanager", body=body, received_at=utcnow())
     await ledger.close()
 
     agent = await start_agent(config)
     await settle(agent)
     assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "3"
+    assert PAUSED in annotations(cluster, "mcp-filesystem-scaler")
     assert await agent.ledger.pending() == []
+    assert await agent.ledger.pending_deliveries(limit=10) == []
 
 
 async def test_resume_that_does_not_take_is_recorded_and_posted(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import time
 
 import aiohttp
 
+from agent.app import Agent
 from agent.demo.alerts import alert, payload
 from agent.devcluster import DevCluster
 from agent.structs import Outcome
+from agent.worker import Gate
 from tests.conftest import NS, StartAgent, build_config, patches, post, settle
 
 FIRING = payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-http-scaler"}))
@@ -153,10 +157,41 @@ async def test_health_readiness_and_metrics(cluster: DevCluster, start_agent: St
 
 async def test_worker_gives_way_to_intake_but_is_never_starved(cluster: DevCluster, start_agent: StartAgent) -> None:
     agent = await start_agent()
-    agent.worker.intake_started()  # as if a sender were waiting for its ack the whole time
+    agent.worker.gate.intake_started()  # as if a sender were waiting for its ack the whole time
     try:
         await post(agent, FIRING)
         await settle(agent)
     finally:
-        agent.worker.intake_finished()
+        agent.worker.gate.intake_finished()
     assert [d.outcome for d in await agent.ledger.decisions()] == [Outcome.APPLIED]
+
+
+async def metric(agent: Agent, name: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(f"{agent.url}/metrics") as r:
+        return next(line for line in (await r.text()).splitlines() if line.startswith(name + " "))
+
+
+async def test_in_an_alert_storm_the_worker_is_slowed_not_stopped(cluster: DevCluster, start_agent: StartAgent) -> None:
+    agent = await start_agent()
+    cpu = {"busy": True}
+    # The event loop's CPU as the gate samples it: a storm uses all of it, a quiet agent none.
+    agent.worker.gate = Gate(
+        on_storm=agent.worker._storm_changed,
+        cpu_time=lambda: time.monotonic() if cpu["busy"] else 0.0,
+    )
+    agent.worker.gate.intake_started()  # senders keep waiting for acknowledgements
+    try:
+        await asyncio.sleep(0.15)  # one CPU sample
+        assert agent.worker.gate.storm()
+        assert await metric(agent, "scaling_agent_worker_throttled") == "scaling_agent_worker_throttled 1.0"
+        alerts = [alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": n}) for n in ("mcp-http-scaler", "a")]
+        for one in alerts:
+            assert (await post(agent, payload(one))).status == 200
+        await settle(agent)  # slowed to a turn per 20 ms, but every event still gets its decision
+        assert len(await agent.ledger.decisions()) == 2
+    finally:
+        agent.worker.gate.intake_finished()
+    cpu["busy"] = False
+    await asyncio.sleep(0.15)
+    assert not agent.worker.gate.storm()
+    assert await metric(agent, "scaling_agent_worker_throttled") == "scaling_agent_worker_throttled 0.0"

@@ -2,6 +2,8 @@
 The Redis ledger (``ledger.url: redis://…``), for agents that already run beside a Redis.
 
 Layout under one key prefix:
+- ``{p}:delivery-seq`` (counter), ``{p}:deliveries`` (hash id → JSON of source, time and the base64 body),
+  ``{p}:pending-deliveries`` (sorted set of the ids not yet unpacked, by id);
 - ``{p}:event-seq`` (counter), ``{p}:events`` (hash id → event JSON),
   ``{p}:event-key:{key}`` (first id of a key; SET NX makes the dedup atomic across replicas),
   ``{p}:pending`` (set of ids not yet processed);
@@ -14,15 +16,16 @@ acknowledged event can be lost only with the Redis host itself.
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from agent.ledger.base import COOLDOWN_ACTIONS, LedgerUnavailable
-from agent.structs import Decision, Event, InboxEntry, Outcome, TargetRef
+from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, TargetRef
 
 
 class RedisLedger:
@@ -57,25 +60,83 @@ class RedisLedger:
         except RedisError as exc:
             raise LedgerUnavailable(f"redis unreachable: {exc}") from exc
 
-    async def accept(self, events: Sequence[Event]) -> list[InboxEntry]:
+    async def receive(self, *, source: str, body: bytes, received_at: datetime) -> int:
+        record = {"source": source, "at": received_at.timestamp(), "body": base64.b64encode(body).decode()}
         try:
-            entries = []
-            for event in events:
-                entry_id = int(await self._r.incr(self._key("event-seq")))
-                key = self._key("event-key", event.key)
-                # One MULTI: the dedup key, the event and its pending mark land together or not at all.
-                async with self._r.pipeline(transaction=True) as pipe:
-                    # The dedup key lives as long as the inbox keeps events; the TTL is set once, on first sight.
-                    pipe.set(key, entry_id, nx=True, ex=int(self.inbox_retention.total_seconds()))
-                    pipe.get(key)
-                    pipe.hset(self._key("events"), str(entry_id), event.to_json())
-                    pipe.sadd(self._key("pending"), entry_id)
-                    _, first, _, _ = await pipe.execute()
-                duplicate_of = None if int(first) == entry_id else int(first)
-                entries.append(InboxEntry(id=entry_id, event=event, duplicate_of=duplicate_of))
-            return entries
+            delivery_id = int(await self._r.incr(self._key("delivery-seq")))
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.hset(self._key("deliveries"), str(delivery_id), json.dumps(record))
+                pipe.zadd(self._key("pending-deliveries"), {str(delivery_id): delivery_id})
+                await pipe.execute()
         except RedisError as exc:
             raise LedgerUnavailable(f"redis write failed: {exc}") from exc
+        return delivery_id
+
+    async def pending_deliveries(self, *, limit: int) -> list[Delivery]:
+        try:
+            ids = [int(str(i)) for i in await self._r.zrange(self._key("pending-deliveries"), 0, limit - 1)]
+            bodies = await self._r.hmget(self._key("deliveries"), [str(i) for i in ids]) if ids else []
+        except RedisError as exc:
+            raise LedgerUnavailable(f"redis read failed: {exc}") from exc
+        deliveries = []
+        for delivery_id, text in zip(ids, bodies, strict=True):
+            if text is None:
+                continue
+            record = json.loads(text)
+            deliveries.append(
+                Delivery(
+                    id=delivery_id,
+                    source=record["source"],
+                    body=base64.b64decode(record["body"]),
+                    received_at=datetime.fromtimestamp(record["at"], UTC),
+                )
+            )
+        return deliveries
+
+    async def unpack(self, unpacked: Sequence[tuple[int, Sequence[Event]]]) -> list[list[InboxEntry]]:
+        return await self._store_events(unpacked)
+
+    async def accept(self, events: Sequence[Event]) -> list[InboxEntry]:
+        [entries] = await self._store_events([(None, events)])
+        return entries
+
+    async def _store_events(self, groups: Sequence[tuple[int | None, Sequence[Event]]]) -> list[list[InboxEntry]]:
+        """Events in groups, each from a delivery (its id) or from a source directly (None)."""
+        count = sum(len(events) for _, events in groups)
+        try:
+            last_id = int(await self._r.incrby(self._key("event-seq"), count)) if count else 0
+            # One MULTI: the dedup keys, the events, their pending marks and the deliveries' unpacked marks land
+            # together or not at all.
+            async with self._r.pipeline(transaction=True) as pipe:
+                entry_id = last_id - count
+                for delivery_id, events in groups:
+                    for event in events:
+                        entry_id += 1
+                        key = self._key("event-key", event.key)
+                        # The dedup key lives as long as the inbox keeps events; its TTL is set once, on first sight.
+                        pipe.set(key, entry_id, nx=True, ex=int(self.inbox_retention.total_seconds()))
+                        pipe.get(key)
+                        pipe.hset(self._key("events"), str(entry_id), event.to_json())
+                        pipe.sadd(self._key("pending"), entry_id)
+                    if delivery_id is not None:
+                        pipe.zrem(self._key("pending-deliveries"), str(delivery_id))
+                        pipe.hdel(self._key("deliveries"), str(delivery_id))  # its events now hold what it said
+                replies = iter(await pipe.execute())
+        except RedisError as exc:
+            raise LedgerUnavailable(f"redis write failed: {exc}") from exc
+        result = []
+        entry_id = last_id - count
+        for delivery_id, events in groups:
+            entries = []
+            for event in events:
+                entry_id += 1
+                _, first, _, _ = next(replies), next(replies), next(replies), next(replies)
+                duplicate_of = None if int(first) == entry_id else int(first)
+                entries.append(InboxEntry(id=entry_id, event=event, duplicate_of=duplicate_of))
+            if delivery_id is not None:
+                next(replies), next(replies)
+            result.append(entries)
+        return result
 
     async def pending(self) -> list[InboxEntry]:
         try:

@@ -40,9 +40,14 @@ import aiosqlite
 import structlog
 
 from agent.ledger.base import COOLDOWN_ACTIONS, LedgerUnavailable
-from agent.structs import Decision, Event, InboxEntry, Outcome, TargetRef
+from agent.ledger.journal import Journal, JournalError
+from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, TargetRef
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
     key TEXT NOT NULL,
@@ -80,17 +85,25 @@ class _Batch:
     """One transaction's worth of queued writes, grouped by statement."""
 
     accepts: list[tuple[Sequence[Event], asyncio.Future[Any]]] = field(default_factory=list)
+    unpacks: list[tuple[Sequence[tuple[int, Sequence[Event]]], asyncio.Future[Any]]] = field(default_factory=list)
     processed: list[tuple[int, asyncio.Future[Any]]] = field(default_factory=list)
     decisions: list[tuple[Decision, asyncio.Future[Any]]] = field(default_factory=list)
     prunes: list[tuple[float, asyncio.Future[Any]]] = field(default_factory=list)
 
     def futures(self) -> list[asyncio.Future[Any]]:
-        groups: list[list[Any]] = [self.accepts, self.processed, self.decisions, self.prunes]
+        groups: list[list[Any]] = [
+            self.accepts,
+            self.unpacks,
+            self.processed,
+            self.decisions,
+            self.prunes,
+        ]
         return [future for group in groups for _, future in group]
 
     def plain(self) -> _Plain:
         return _Plain(
             accepts=[p for p, _ in self.accepts],
+            unpacks=[p for p, _ in self.unpacks],
             processed=[p for p, _ in self.processed],
             decisions=[p for p, _ in self.decisions],
             prunes=[p for p, _ in self.prunes],
@@ -102,6 +115,7 @@ class _Plain:
     """The batch as plain data, for the writer thread (futures stay on the event loop)."""
 
     accepts: list[Sequence[Event]]
+    unpacks: list[Sequence[tuple[int, Sequence[Event]]]]
     processed: list[int]
     decisions: list[Decision]
     prunes: list[float]
@@ -118,6 +132,9 @@ class SqliteLedger:
         self._queue: asyncio.Queue[tuple[str, Any, asyncio.Future[Any]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._last_id = 0
+        self._unpacked_through = 0  # read at open, for the journal
+        self._flush_waiters: list[asyncio.Future[None]] = []  # requests waiting for the journal's next write
+        self.journal = Journal(self.path.with_name(self.path.name + "-inbox"), fsync=self.synchronous == "FULL")
         self._thread: ThreadPoolExecutor | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._writer_db: sqlite3.Connection | None = None  # used only in self._thread
@@ -127,6 +144,7 @@ class SqliteLedger:
         loop = asyncio.get_running_loop()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
         self._writer_db = await loop.run_in_executor(self._thread, self._connect_writer)
+        self.journal.open(unpacked_through=self._unpacked_through)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         self._writer = asyncio.create_task(self._write_loop(), name="ledger-writer")
@@ -153,8 +171,9 @@ class SqliteLedger:
         # Checkpoints (which fsync) run on the reader connection, off the commit path: see _checkpoint_loop.
         db.execute("PRAGMA wal_autocheckpoint=0")
         db.executescript(SCHEMA)
-        row = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()
-        self._last_id = int(row[0]) if row else 0
+        self._last_id = int(db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+        row = db.execute("SELECT value FROM meta WHERE key = 'unpacked_through'").fetchone()
+        self._unpacked_through = int(row[0]) if row else 0
         return db
 
     async def close(self) -> None:
@@ -171,6 +190,9 @@ class SqliteLedger:
         if self._db is not None:
             await self._db.close()
             self._db = None
+        if self._flush_waiters:  # requests waiting on a write: let it happen, or fail them, before closing
+            self._flush_journal()
+        self.journal.close()
         if self._writer_db is not None and self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(self._thread, self._writer_db.close)
             self._writer_db = None
@@ -222,7 +244,18 @@ class SqliteLedger:
         results: list[Any] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            results.extend(self._insert_events(db, plain.accepts))
+            unpacked = [(i, events) for unpack in plain.unpacks for i, events in unpack]
+            entries = self._insert_events(db, [*plain.accepts, *(events for _, events in unpacked)])
+            results.extend(entries[: len(plain.accepts)])
+            position = len(plain.accepts)
+            for unpack in plain.unpacks:  # one result per unpack call: its deliveries' entries
+                results.append(entries[position : position + len(unpack)])
+                position += len(unpack)
+            if unpacked:  # the journal's cursor: deliveries are unpacked in order
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('unpacked_through', ?)",
+                    (max(i for i, _ in unpacked),),
+                )
             if plain.processed:
                 now = time.time()
                 db.executemany("UPDATE events SET processed_at = ? WHERE id = ?", [(now, i) for i in plain.processed])
@@ -297,6 +330,48 @@ class SqliteLedger:
         )
         return pruned
 
+    async def receive(self, *, source: str, body: bytes, received_at: datetime) -> int:
+        try:
+            delivery_id = self.journal.add(source=source, body=body, received_at=received_at.timestamp())
+        except JournalError as exc:
+            raise LedgerUnavailable(str(exc)) from exc
+        loop = asyncio.get_running_loop()
+        if not self._flush_waiters:
+            # Requests handled in this pass of the event loop share one write (and, if asked for, one fdatasync).
+            loop.call_soon(self._flush_journal)
+        written = loop.create_future()
+        self._flush_waiters.append(written)
+        await written
+        return delivery_id
+
+    def _flush_journal(self) -> None:
+        waiters, self._flush_waiters = self._flush_waiters, []
+        try:
+            self.journal.flush()
+        except JournalError as exc:
+            _settle(waiters, LedgerUnavailable(str(exc)))
+            return
+        if not self.journal.fsync:
+            _settle(waiters, None)
+            return
+        synced = asyncio.get_running_loop().run_in_executor(None, self.journal.sync)
+        synced.add_done_callback(lambda done: _settle(waiters, _sync_error(done)))
+
+    async def pending_deliveries(self, *, limit: int) -> list[Delivery]:
+        if not self.journal.is_open:
+            raise LedgerUnavailable("sqlite ledger is not open")
+        try:
+            return self.journal.pending(limit)
+        except OSError as exc:
+            raise LedgerUnavailable(f"journal read failed: {exc}") from exc
+
+    async def unpack(self, unpacked: Sequence[tuple[int, Sequence[Event]]]) -> list[list[InboxEntry]]:
+        if not unpacked:
+            return []
+        entries: list[list[InboxEntry]] = await self._write("unpacks", unpacked)
+        self.journal.unpacked(max(i for i, _ in unpacked))
+        return entries
+
     async def accept(self, events: Sequence[Event]) -> list[InboxEntry]:
         entries: list[InboxEntry] = await self._write("accepts", events)
         return entries
@@ -357,3 +432,18 @@ class SqliteLedger:
             (str(target), str(Outcome.APPLIED), *COOLDOWN_ACTIONS),
         )
         return Decision.from_dict(json.loads(rows[0][0])) if rows else None
+
+
+def _sync_error(synced: asyncio.Future[None]) -> LedgerUnavailable | None:
+    error = synced.exception()
+    return None if error is None else LedgerUnavailable(f"journal fdatasync failed: {error}")
+
+
+def _settle(waiters: list[asyncio.Future[None]], error: LedgerUnavailable | None) -> None:
+    for waiter in waiters:
+        if waiter.done():  # its request was cancelled (the client went away)
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
