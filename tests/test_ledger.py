@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from agent.ledger import Ledger, RedisLedger, SqliteLedger
+from agent.ledger import Ledger, LedgerUnavailable, RedisLedger, SqliteLedger
 from agent.structs import Decision, Event, Outcome, TargetRef, Trigger, utcnow
 
 
@@ -67,6 +68,24 @@ async def test_inbox_dedups_and_keeps_pending_until_processed(ledger: Ledger) ->
     assert (pending[0].event.key, dict(pending[0].event.labels)) == ("k1", dict(event("k1").labels))
     await ledger.mark_processed(first[0].id)
     assert [p.id for p in await ledger.pending()] == [first[1].id, again[0].id]
+
+
+async def test_deliveries_stay_pending_until_unpacked_with_their_events(ledger: Ledger) -> None:
+    at = datetime(2026, 11, 29, 8, tzinfo=UTC)
+    ids = [await ledger.receive(source="alertmanager", body=f'{{"n":{n}}}'.encode(), received_at=at) for n in range(3)]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    pending = await ledger.pending_deliveries(limit=2)
+    assert [(d.id, d.source, d.body, d.received_at) for d in pending] == [
+        (ids[0], "alertmanager", b'{"n":0}', at),
+        (ids[1], "alertmanager", b'{"n":1}', at),
+    ]
+    assert await ledger.pending_deliveries(limit=2) == pending  # the same ones until they are unpacked
+
+    [first, second] = await ledger.unpack([(ids[0], [event("k1")]), (ids[1], [event("k1"), event("k2")])])
+    assert [e.duplicate_of for e in first] == [None]
+    assert [e.duplicate_of for e in second] == [first[0].id, None]  # dedup also across one batch
+    assert [d.id for d in await ledger.pending_deliveries(limit=10)] == [ids[2]]
+    assert [e.id for e in await ledger.pending()] == [first[0].id, *(e.id for e in second)]
 
 
 async def test_decisions_by_time_and_target_and_last_change(ledger: Ledger) -> None:
@@ -132,5 +151,70 @@ async def test_redis_drops_processed_events_and_expires_dedup_keys(redis_url: st
         assert 0 < await client.ttl(f"{store.prefix}:event-key:k1") <= 3600
         await client.aclose()
         assert (await store.accept([event("k1")]))[0].duplicate_of == entry.id  # still recognised
+    finally:
+        await store.close()
+
+
+async def test_sqlite_journal_keeps_what_was_acknowledged_across_a_crash(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    at = datetime(2026, 11, 29, 8, tzinfo=UTC)
+    store = SqliteLedger(url)
+    await store.open()
+    ids = [await store.receive(source="alertmanager", body=b"x" * n, received_at=at) for n in (10, 20, 30)]
+    await store.unpack([(ids[0], [event("k1")])])
+    # Killed here: no close(). A write torn by a power loss leaves half a record at the end of the journal.
+    [segment] = (tmp_path / "ledger.db-inbox").glob("*.journal")
+    with segment.open("ab") as file:
+        file.write(b"\x40\x00\x00\x00partial")
+
+    again = SqliteLedger(url)
+    await again.open()
+    try:
+        assert [(d.id, d.body) for d in await again.pending_deliveries(limit=10)] == [
+            (ids[1], b"x" * 20),
+            (ids[2], b"x" * 30),
+        ]
+        after = await again.receive(source="alertmanager", body=b"new", received_at=at)
+        assert after == ids[2] + 1  # appended after the cut-off tail, never reusing an id
+        assert [d.body for d in await again.pending_deliveries(limit=10)] == [b"x" * 20, b"x" * 30, b"new"]
+    finally:
+        await again.close()
+        await store.close()
+
+
+async def test_sqlite_journal_drops_segments_once_unpacked(tmp_path: Path) -> None:
+    store = SqliteLedger(f"sqlite:///{tmp_path}/ledger.db")
+    store.journal.segment_bytes = 100  # a new segment every few deliveries
+    await store.open()
+    try:
+        at = utcnow()
+        ids = [await store.receive(source="alertmanager", body=b"y" * 40, received_at=at) for _ in range(6)]
+        journal = tmp_path / "ledger.db-inbox"
+        assert len(list(journal.glob("*.journal"))) >= 3
+        while pending := await store.pending_deliveries(limit=2):
+            await store.unpack([(d.id, []) for d in pending])
+        assert len(list(journal.glob("*.journal"))) == 1  # only the one being appended to is kept
+        assert await store.pending_deliveries(limit=10) == []
+        assert await store.receive(source="alertmanager", body=b"z", received_at=at) == ids[-1] + 1
+        assert [d.body for d in await store.pending_deliveries(limit=10)] == [b"z"]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_journal_write_failure_is_a_clean_503(tmp_path: Path) -> None:
+    store = SqliteLedger(f"sqlite:///{tmp_path}/ledger.db")
+    await store.open()
+    try:
+        first = await store.receive(source="alertmanager", body=b"ok", received_at=utcnow())
+        writable, store.journal._fd = store.journal._fd, os.open(os.devnull, os.O_RDONLY)  # writes now fail
+        with pytest.raises(LedgerUnavailable):
+            await store.receive(source="alertmanager", body=b"lost", received_at=utcnow())
+        os.close(store.journal._fd)
+        store.journal._fd = writable  # the disk is back: the next append lands cleanly after the first
+        second = await store.receive(source="alertmanager", body=b"ok again", received_at=utcnow())
+        assert [(d.id, d.body) for d in await store.pending_deliveries(limit=10)] == [
+            (first, b"ok"),
+            (second, b"ok again"),
+        ]
     finally:
         await store.close()

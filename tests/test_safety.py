@@ -267,6 +267,27 @@ async def test_notifications_acknowledged_before_a_crash_are_processed_at_start(
     assert await agent.ledger.pending_deliveries(limit=10) == []
 
 
+async def test_a_stored_delivery_that_cannot_be_decoded_is_a_recorded_failure_not_a_stuck_inbox(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    config = build_config(base_config)
+    ledger = SqliteLedger(config.ledger.url)
+    await ledger.open()
+    await ledger.receive(
+        source="alertmanager", body=b'{"version": "5"}', received_at=utcnow()
+    )  # e.g. after a downgrade
+    good = json.dumps(payload(alert("MCPFrequentScaling", FREQUENT))).encode()
+    await ledger.receive(source="alertmanager", body=good, received_at=utcnow())
+    await ledger.close()
+
+    agent = await start_agent(config)
+    await settle(agent)
+    decisions = await agent.ledger.decisions()
+    assert [(d.action, d.outcome) for d in decisions] == [("decode", Outcome.FAILED), ("pause", Outcome.APPLIED)]
+    assert "delivery #1 could not be decoded" in decisions[0].reason
+    assert await agent.ledger.pending_deliveries(limit=10) == []
+
+
 async def test_resume_that_does_not_take_is_recorded_and_posted(
     cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
 ) -> None:
