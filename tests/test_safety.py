@@ -273,9 +273,8 @@ async def test_a_stored_delivery_that_cannot_be_decoded_is_a_recorded_failure_no
     config = build_config(base_config)
     ledger = SqliteLedger(config.ledger.url)
     await ledger.open()
-    await ledger.receive(
-        source="alertmanager", body=b'{"version": "5"}', received_at=utcnow()
-    )  # e.g. after a downgrade
+    # Stored by a newer agent, say, and read after a downgrade.
+    await ledger.receive(source="alertmanager", body=b'{"version": "5"}', received_at=utcnow())
     good = json.dumps(payload(alert("MCPFrequentScaling", FREQUENT))).encode()
     await ledger.receive(source="alertmanager", body=good, received_at=utcnow())
     await ledger.close()
