@@ -1,25 +1,31 @@
 """
-The default ledger: one sqlite file in WAL mode.
+The default ledger: one sqlite file in WAL mode, and the inbox journal beside it.
 
-Writes are group-committed: callers put an operation on a queue and await a
-future; one writer task drains whatever is queued and hands the whole batch to
-a dedicated writer thread, which writes it in one transaction (one
+What the webhook acknowledges goes to the journal (:mod:`agent.ledger.journal`):
+one ``write()`` shared by the requests of one pass of the event loop, and
+nothing else on the acknowledgement's path. Everything else goes to sqlite:
+the events unpacked from the journal (with the journal's cursor, in the same
+transaction), the processed marks and the decisions.
+
+sqlite writes are group-committed: callers put an operation on a queue and
+await a future; one writer task drains whatever is queued and hands the whole
+batch to a dedicated writer thread, which writes it in one transaction (one
 ``executemany`` per kind of statement) and commits; then every future is
-resolved. Concurrent webhook requests thus share one commit and one thread
-hop, while each still answers only after its own rows are on disk. (Measured:
-with one aiosqlite call per statement, each of the ~9 hops of a batch waited
-for the GIL behind the busy event loop, and intake stalled at ~3,000 alerts/s
-with a p99 of 69 ms; see bench/README.md.) Reads go through aiosqlite on a
-second connection, which WAL lets run beside the writer.
+resolved. (Measured: with one aiosqlite call per statement, each of the ~9
+hops of a batch waited for the GIL behind the busy event loop; see
+bench/README.md.) Reads go through aiosqlite on a second connection, which WAL
+lets run beside the writer.
 
 The agent is the file's only writer (one replica; see the README), so event
 ids are handed out by the writer itself, and a redelivery is recognised by
 ``INSERT OR IGNORE`` into a table of first-seen keys.
 
-Durability promise: ``synchronous=NORMAL`` in WAL mode survives a killed or
-crashed agent process (the case that matters in a pod); it can lose the last
-transactions on a power loss of the node. Put ``?synchronous=full`` on the
-URL to survive that too, at a cost in throughput.
+Durability promise: ``synchronous=NORMAL`` in WAL mode, and a journal record
+once ``write()`` returned, survive a killed or crashed agent process (the case
+that matters in a pod); a power loss of the node can lose the last records and
+transactions. Put ``?synchronous=full`` on the URL to survive that too (sqlite
+``synchronous=FULL``, and an ``fdatasync`` of the journal before each answer),
+at a cost in throughput.
 """
 
 from __future__ import annotations
