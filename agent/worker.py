@@ -50,6 +50,7 @@ STORM_SAMPLE_SECONDS = 0.1
 STORM_RECENT_SECONDS = 0.05  # an acknowledgement this recent means senders are still sending
 UNPACK_BATCH = 32  # deliveries per unpacker turn: one ledger read, one commit
 LEDGER_RETRY_SECONDS = (0.5, 30.0)  # the unpacker's backoff, first and longest, while the ledger is down
+DECODE_FAILURE_EXCERPT = 2048  # bytes of an undecodable delivery's body put in the log
 
 
 class Gate:
@@ -250,8 +251,13 @@ class Worker:
                         deliveries = await self.ledger.pending_deliveries(limit=1 if storm else UNPACK_BATCH)
                         if deliveries:
                             await self._unpack(deliveries)
-                except LedgerUnavailable as exc:
-                    log.error("cannot unpack deliveries; will retry", error=str(exc), retry_in=retry)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the deliveries stay in the ledger; the unpacker must not die
+                    if isinstance(exc, LedgerUnavailable):
+                        log.error("cannot unpack deliveries; will retry", error=str(exc), retry_in=retry)
+                    else:
+                        log.exception("unpacking deliveries failed; will retry", retry_in=retry)
                     await asyncio.sleep(retry)
                     retry = min(retry * 2, LEDGER_RETRY_SECONDS[1])
                     continue
@@ -267,10 +273,15 @@ class Worker:
         for delivery in deliveries:
             try:
                 decoded.append(self.decoders[delivery.source](delivery))
-            except Exception as exc:  # stored but unreadable (a decoder bug, an upgrade): say so, keep the body
-                log.exception("delivery could not be decoded", delivery=delivery.id, source=delivery.source)
+            except Exception as exc:  # stored but unreadable (a decoder bug, a downgrade): say so, and skip it
+                log.exception(
+                    "delivery could not be decoded; skipped",
+                    delivery=delivery.id,
+                    source=delivery.source,
+                    body=delivery.body[:DECODE_FAILURE_EXCERPT].decode(errors="replace"),
+                )
                 trigger = Trigger(source=delivery.source, alertname="", status="undecodable", fingerprint="")
-                reason = f"delivery #{delivery.id} could not be decoded; its body stays in the ledger"
+                reason = f"delivery #{delivery.id} could not be decoded and was skipped; its body is in the log"
                 await self._note(trigger, "decode", reason, outcome=Outcome.FAILED, error=exc)
                 decoded.append([])
         stored = await self.ledger.unpack([(d.id, events) for d, events in zip(deliveries, decoded, strict=True)])

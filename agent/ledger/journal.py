@@ -83,6 +83,9 @@ class Journal:
         self._next_id = unpacked_through + 1
         self._segments = []
         for path in sorted(self.directory.glob("*" + SUFFIX)):
+            if not path.name.removesuffix(SUFFIX).isdigit():
+                log.warning("not a journal segment; left alone", file=str(path))
+                continue
             segment = self._scan(path)
             self._next_id = max(self._next_id, segment.last_id + 1)
             if segment.last_id <= unpacked_through:
