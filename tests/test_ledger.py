@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -216,5 +217,19 @@ async def test_sqlite_journal_write_failure_is_a_clean_503(tmp_path: Path) -> No
             (first, b"ok"),
             (second, b"ok again"),
         ]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_synchronous_full_syncs_the_journal_before_answering(tmp_path: Path) -> None:
+    store = SqliteLedger(f"sqlite:///{tmp_path}/ledger.db?synchronous=full")
+    await store.open()
+    try:
+        assert store.journal.fsync
+        ids = await asyncio.gather(
+            *(store.receive(source="alertmanager", body=f"{n}".encode(), received_at=utcnow()) for n in range(5))
+        )
+        assert [d.body for d in await store.pending_deliveries(limit=10)] == [b"0", b"1", b"2", b"3", b"4"]
+        assert sorted(ids) == list(ids)
     finally:
         await store.close()
