@@ -79,6 +79,13 @@ class RedisLedger:
         except RedisError as exc:
             raise LedgerUnavailable(f"redis read failed: {exc}") from exc
         deliveries = []
+        orphans = [str(i) for i, text in zip(ids, bodies, strict=True) if text is None]
+        if orphans:  # cannot happen through this class (one MULTI each way); never let one block the rest
+            try:
+                await self._r.zrem(self._key("pending-deliveries"), *orphans)
+            except RedisError as exc:
+                raise LedgerUnavailable(f"redis write failed: {exc}") from exc
+            return await self.pending_deliveries(limit=limit)
         for delivery_id, text in zip(ids, bodies, strict=True):
             if text is None:
                 continue
