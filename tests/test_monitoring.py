@@ -30,7 +30,7 @@ ALERTMANAGER = ROOT / "deploy" / "alertmanager"
 RUNBOOKS = ROOT / "runbooks"
 CONFIGS = [ROOT / "config" / "agent.yaml", ROOT / "deploy" / "base" / "agent.yaml"]
 
-AGENT_ALERTS = ("ScalingAgentDown", "ScalingAgentPauseTooLong")
+AGENT_ALERTS = ("ScalingAgentDown", "ScalingAgentPauseTooLong", "ScalingAgentBacklog")
 RUNBOOK_URL = "https://github.com/cortex/mcp-scaling-agent/blob/main/runbooks/{}.md"
 
 # The seed's recording rules (sections 10.1 and 9.4), which the PrometheusRule keeps unchanged.
@@ -143,7 +143,7 @@ def test_prometheusrule_is_an_operator_resource_the_default_selector_finds() -> 
     assert len(groups) == len(set(groups))
 
 
-def test_has_the_seeds_six_alerts_two_agent_alerts_and_the_seeds_recording_rules() -> None:
+def test_has_the_seeds_six_alerts_the_agents_own_and_the_seeds_recording_rules() -> None:
     alerts, records = rules_by_kind()
     assert set(alerts) == set(SEED_ALERTS) | set(AGENT_ALERTS)
     assert set(records) >= SEED_RECORD_NAMES
