@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,36 +83,40 @@ class Journal:
         self._unpacked_through = unpacked_through
         self._next_id = unpacked_through + 1
         self._segments = []
+        pending_at: tuple[int, int] | None = None
         for path in sorted(self.directory.glob("*" + SUFFIX)):
             if not path.name.removesuffix(SUFFIX).isdigit():
                 log.warning("not a journal segment; left alone", file=str(path))
                 continue
-            segment = self._scan(path)
+            segment, pending = self._scan(path, after=unpacked_through)
             self._next_id = max(self._next_id, segment.last_id + 1)
             if segment.last_id <= unpacked_through:
                 path.unlink()  # empty, or every delivery in it unpacked before the agent could delete it
                 continue
             self._segments.append(segment)
+            if pending_at is None and pending is not None:
+                pending_at = (segment.first_id, pending)
         if not self._segments:
             self._segments.append(self._new_segment(self._next_id))
         last = self._segments[-1]
         self._fd = os.open(last.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self._pending_at = self._find_pending()
+        self._pending_at = pending_at or (last.first_id, last.size)
         self._ends = {}
 
-    def _scan(self, path: Path) -> _Segment:
+    def _scan(self, path: Path, *, after: int) -> tuple[_Segment, int | None]:
+        """The segment, cut off after its last whole record, and the offset of its first delivery past ``after``."""
         first_id = int(path.name.removesuffix(SUFFIX))
         data = path.read_bytes()
-        offset, last_id = 0, first_id - 1
-        while offset < len(data):
-            record = _parse(data, offset)
-            if record is None:
-                log.warning("journal record torn or damaged; cut off", segment=path.name, offset=offset)
-                with open(path, "r+b") as file:
-                    file.truncate(offset)
-                break
-            last_id, offset = record[0], record[4]
-        return _Segment(path=path, first_id=first_id, last_id=last_id, size=offset)
+        size, last_id, pending = 0, first_id - 1, None
+        for offset, delivery_id, end in _records(data):
+            if pending is None and delivery_id > after:
+                pending = offset
+            size, last_id = end, delivery_id
+        if size < len(data):
+            log.warning("journal record torn or damaged; cut off", segment=path.name, offset=size)
+            with open(path, "r+b") as file:
+                file.truncate(size)
+        return _Segment(path=path, first_id=first_id, last_id=last_id, size=size), pending
 
     def _new_segment(self, first_id: int) -> _Segment:
         path = self.directory / f"{first_id:020d}{SUFFIX}"
@@ -122,14 +127,10 @@ class Journal:
         """The position of the first delivery after the cursor (reads the one segment it is in)."""
         for segment in self._segments:
             if segment.last_id > self._unpacked_through:
-                offset = 0
-                data = segment.path.read_bytes()
-                while offset < segment.size:
-                    record = _parse(data, offset)
-                    assert record is not None  # _scan checked every record
-                    if record[0] > self._unpacked_through:
+                data = segment.path.read_bytes()[: segment.size]
+                for offset, delivery_id, _ in _records(data):
+                    if delivery_id > self._unpacked_through:
                         return (segment.first_id, offset)
-                    offset = record[4]
         last = self._segments[-1]
         return (last.first_id, last.size)
 
@@ -254,6 +255,14 @@ class Journal:
             self._pending_at = end
         else:  # its segment is spent, or it was not read through pending(): look it up
             self._pending_at = self._find_pending()
+
+
+def _records(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(offset, delivery id, end) of each record from the start, up to the first one cut short or damaged."""
+    offset = 0
+    while (record := _parse(data, offset)) is not None:
+        yield offset, record[0], record[4]
+        offset = record[4]
 
 
 def _parse(data: bytes, offset: int) -> tuple[int, float, str, bytes, int] | None:

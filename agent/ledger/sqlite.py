@@ -138,7 +138,6 @@ class SqliteLedger:
         self._queue: asyncio.Queue[tuple[str, Any, asyncio.Future[Any]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._last_id = 0
-        self._unpacked_through = 0  # read at open, for the journal
         self._flush_waiters: list[asyncio.Future[None]] = []  # requests waiting for the journal's next write
         self.journal = Journal(self.path.with_name(self.path.name + "-inbox"), fsync=self.synchronous == "FULL")
         self._thread: ThreadPoolExecutor | None = None
@@ -149,8 +148,8 @@ class SqliteLedger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
-        self._writer_db = await loop.run_in_executor(self._thread, self._connect_writer)
-        self.journal.open(unpacked_through=self._unpacked_through)
+        self._writer_db, unpacked_through = await loop.run_in_executor(self._thread, self._connect_writer)
+        self.journal.open(unpacked_through=unpacked_through)
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         self._writer = asyncio.create_task(self._write_loop(), name="ledger-writer")
@@ -170,7 +169,8 @@ class SqliteLedger:
             except Exception as exc:  # the next pass tries again; the WAL only grows meanwhile
                 log.warning("WAL checkpoint failed", error=str(exc))
 
-    def _connect_writer(self) -> sqlite3.Connection:
+    def _connect_writer(self) -> tuple[sqlite3.Connection, int]:
+        """The writer's connection, and the journal's cursor as the file last recorded it."""
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -179,8 +179,7 @@ class SqliteLedger:
         db.executescript(SCHEMA)
         self._last_id = int(db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
         row = db.execute("SELECT value FROM meta WHERE key = 'unpacked_through'").fetchone()
-        self._unpacked_through = int(row[0]) if row else 0
-        return db
+        return db, int(row[0]) if row else 0
 
     async def close(self) -> None:
         if self._checkpointer is not None:
