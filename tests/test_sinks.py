@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
+
+from agent.app import Agent
 from agent.demo.alerts import alert, payload
 from agent.devcluster import DevCluster
 from agent.structs import Outcome
@@ -12,35 +16,39 @@ from tests.conftest import NS, SlackServer, StartAgent, annotations, build_confi
 FREQUENT = {"namespace": NS, "scaledObject": "mcp-http-scaler"}
 
 
-def slack_config(base_url: str, **extra: Any) -> dict[str, Any]:
-    return {"token": {"env": "SLACK_BOT_TOKEN"}, "channel": "#mcp-scaling", "base_url": base_url, **extra}
+SLACK_TOKEN = "xoxb-test-token"
+StartWithSlack = Callable[..., Awaitable[Agent]]
+
+
+@pytest.fixture
+def start_with_slack(start_agent: StartAgent, base_config: dict[str, Any], monkeypatch: Any) -> StartWithSlack:
+    """Start the agent posting to Slack's Web API at ``base_url`` with a bot token from the environment."""
+    monkeypatch.setenv("SLACK_BOT_TOKEN", SLACK_TOKEN)
+
+    async def start(base_url: str, **extra: Any) -> Agent:
+        slack = {"token": {"env": "SLACK_BOT_TOKEN"}, "channel": "#mcp-scaling", "base_url": base_url, **extra}
+        return await start_agent(build_config(base_config, slack=slack))
+
+    return start
 
 
 async def test_slack_gets_the_decision_through_slack_sdk(
-    cluster: DevCluster,
-    start_agent: StartAgent,
-    base_config: dict[str, Any],
-    slack_server: SlackServer,
-    monkeypatch: Any,
+    cluster: DevCluster, start_with_slack: StartWithSlack, slack_server: SlackServer
 ) -> None:
-    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test-token")
-    agent = await start_agent(build_config(base_config, slack=slack_config(slack_server.base_url)))
+    agent = await start_with_slack(slack_server.base_url)
     await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
     await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))  # a no-op redelivery: not posted
     await settle(agent)
     [message] = slack_server.messages
     assert message["channel"] == "#mcp-scaling"
-    assert message["authorization"] == "Bearer xoxb-test-token"
+    assert message["authorization"] == f"Bearer {SLACK_TOKEN}"
     assert "*pause* `ScaledObject/cortex-mcp/mcp-http-scaler` — *applied*" in message["text"]
     assert "paused-replicas: None → 3" in message["text"]
 
 
-async def test_slack_down_never_stops_the_action(
-    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], monkeypatch: Any
-) -> None:
-    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test-token")
+async def test_slack_down_never_stops_the_action(cluster: DevCluster, start_with_slack: StartWithSlack) -> None:
     nobody = f"http://127.0.0.1:{free_port()}/api/"  # nothing listens there
-    agent = await start_agent(build_config(base_config, slack=slack_config(nobody, attempts=2)))
+    agent = await start_with_slack(nobody, attempts=2)
     await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
     await settle(agent)
     assert annotations(cluster, "mcp-http-scaler")["autoscaling.keda.sh/paused-replicas"] == "3"
@@ -50,15 +58,10 @@ async def test_slack_down_never_stops_the_action(
 
 
 async def test_slack_server_errors_are_counted_not_raised(
-    cluster: DevCluster,
-    start_agent: StartAgent,
-    base_config: dict[str, Any],
-    slack_server: SlackServer,
-    monkeypatch: Any,
+    cluster: DevCluster, start_with_slack: StartWithSlack, slack_server: SlackServer
 ) -> None:
-    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test-token")
     slack_server.fail_with = 500
-    agent = await start_agent(build_config(base_config, slack=slack_config(slack_server.base_url, attempts=2)))
+    agent = await start_with_slack(slack_server.base_url, attempts=2)
     await post(agent, payload(alert("MCPColdStartSlow")))
     await settle(agent)
     assert agent.metrics.sink_failures.labels(sink="slack")._value.get() == 1
@@ -85,15 +88,10 @@ async def test_kubernetes_event_on_the_target(cluster: DevCluster, start_agent: 
 
 
 async def test_slack_rate_limit_is_waited_out_and_delivered(
-    cluster: DevCluster,
-    start_agent: StartAgent,
-    base_config: dict[str, Any],
-    slack_server: SlackServer,
-    monkeypatch: Any,
+    cluster: DevCluster, start_with_slack: StartWithSlack, slack_server: SlackServer
 ) -> None:
-    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test-token")
     slack_server.rate_limit_next = 1  # answer 429 with Retry-After once
-    agent = await start_agent(build_config(base_config, slack=slack_config(slack_server.base_url)))
+    agent = await start_with_slack(slack_server.base_url)
     await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
     await settle(agent)
     assert slack_server.rate_limited == 1
