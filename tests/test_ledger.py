@@ -213,6 +213,7 @@ async def test_sqlite_journal_write_failure_is_a_clean_503(tmp_path: Path) -> No
         os.close(store.journal._fd)
         store.journal._fd = writable  # the disk is back: the next append lands cleanly after the first
         second = await store.receive(source="alertmanager", body=b"ok again", received_at=utcnow())
+        assert second == first + 1  # the failed one's id is given again: ids stay gapless
         assert [(d.id, d.body) for d in await store.pending_deliveries(limit=10)] == [
             (first, b"ok"),
             (second, b"ok again"),
@@ -221,15 +222,27 @@ async def test_sqlite_journal_write_failure_is_a_clean_503(tmp_path: Path) -> No
         await store.close()
 
 
-async def test_sqlite_synchronous_full_syncs_the_journal_before_answering(tmp_path: Path) -> None:
+async def test_sqlite_synchronous_full_syncs_the_journal_before_answering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        synced.append(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
     store = SqliteLedger(f"sqlite:///{tmp_path}/ledger.db?synchronous=full")
     await store.open()
     try:
-        assert store.journal.fsync
         ids = await asyncio.gather(
             *(store.receive(source="alertmanager", body=f"{n}".encode(), received_at=utcnow()) for n in range(5))
         )
+        assert len(synced) == 1  # the five requests came together: one write, one fdatasync, then five answers
         assert [d.body for d in await store.pending_deliveries(limit=10)] == [b"0", b"1", b"2", b"3", b"4"]
         assert sorted(ids) == list(ids)
+        await store.receive(source="alertmanager", body=b"5", received_at=utcnow())
+        assert len(synced) == 2
     finally:
         await store.close()
