@@ -82,6 +82,17 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.task_crashes = Counter(
+            f"{PREFIX}_task_crashes_total",
+            "Crashes of the agent's background tasks (worker lanes, ledger writer, reconciler, sinks), by task.",
+            ["task"],
+            registry=r,
+        )
+        self.tasks_dead = Gauge(
+            f"{PREFIX}_tasks_dead",
+            "Background tasks that crashed too often and were given up on (then /healthz answers 503).",
+            registry=r,
+        )
         self.reconcile_runs = Counter(
             f"{PREFIX}_reconcile_runs_total", "Reconciler passes, by result.", ["result"], registry=r
         )

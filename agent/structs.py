@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import enum
 import json
+import os
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,11 +39,35 @@ def _from_iso(value: str | None) -> datetime | None:
 
 
 class Outcome(enum.StrEnum):
+    APPLYING = "applying"  # recorded before the patch is sent; completed (updated) once it is known
     APPLIED = "applied"
     NOOP = "no-op"
     REFUSED = "refused"
     FAILED = "failed"
     DRY_RUN = "dry-run"  # decided and recorded, deliberately not patched
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_ULID_LOCK = threading.Lock()
+_ulid_last = [0, 0]  # the last id handed out: milliseconds, 80 random bits
+
+
+def new_id() -> str:
+    """
+    A ULID (26 characters, sortable by time): 48 bits of milliseconds and 80 random bits, made monotonic in
+    the process (a second id in the same millisecond is the last one plus one), so two ids never collide
+    here by construction, and across processes only with odds of 2**-80 per millisecond. The ledgers insert
+    with the id as a key and fail loudly on a duplicate; they never replace.
+    """
+    with _ULID_LOCK:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _ulid_last[0]:
+            ms, rand = _ulid_last[0], _ulid_last[1] + 1  # a clock step back must not reuse an id either
+        else:
+            rand = int.from_bytes(os.urandom(10), "big") >> 1  # headroom for increments within one ms
+        _ulid_last[0], _ulid_last[1] = ms, rand
+    value = (ms << 80) | rand
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
 @dataclass(frozen=True)
@@ -184,6 +211,7 @@ class Ownership:
     expires_at: datetime | None
     revert_on_resolve: bool
     event_key: str = ""  # the delivery that caused it: re-processing that same event is a no-op
+    action: str = ""  # the decision's action (pause, set_min, …); "" on annotations written before it was kept
 
     def to_json(self) -> str:
         return json.dumps(
@@ -200,6 +228,7 @@ class Ownership:
                 "expiresAt": _iso(self.expires_at),
                 "revertOnResolve": self.revert_on_resolve,
                 "eventKey": self.event_key,
+                "action": self.action,
             },
             sort_keys=True,
         )
@@ -220,6 +249,7 @@ class Ownership:
             expires_at=_from_iso(data.get("expiresAt")),
             revert_on_resolve=bool(data.get("revertOnResolve", True)),
             event_key=data.get("eventKey", ""),
+            action=data.get("action", ""),
         )
 
 

@@ -12,14 +12,25 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from agent.ledger import Ledger, LedgerUnavailable, RedisLedger, SqliteLedger
-from agent.structs import Decision, Event, Outcome, TargetRef, Trigger, utcnow
+from agent.ledger import (
+    DuplicateDecision,
+    Ledger,
+    LedgerLocked,
+    LedgerNotFound,
+    LedgerUnavailable,
+    RedisLedger,
+    SqliteLedger,
+    UnknownDecision,
+)
+from agent.structs import Decision, Event, Outcome, TargetRef, Trigger, new_id, utcnow
 
 
-@pytest_asyncio.fixture(params=["sqlite", "redis"])
+@pytest_asyncio.fixture(params=["sqlite", "sqlite-inbox-table", "redis"])
 async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
     if request.param == "sqlite":
         store: Ledger = SqliteLedger(f"sqlite:///{tmp_path}/ledger.db")
+    elif request.param == "sqlite-inbox-table":
+        store = SqliteLedger(f"sqlite:///{tmp_path}/ledger.db?inbox=sqlite")
     else:
         url = request.getfixturevalue("redis_url")
         store = RedisLedger(url, prefix=f"test-{uuid.uuid4().hex[:8]}")
@@ -108,6 +119,51 @@ async def test_decisions_by_time_and_target_and_last_change(ledger: Ledger) -> N
     assert stored == decision("d1", at=stored.at, target="a")
 
 
+async def test_a_decision_id_is_written_once_and_never_replaced(ledger: Ledger) -> None:
+    now = utcnow()
+    await ledger.record(decision("d1", at=now, target="a"))
+    with pytest.raises(DuplicateDecision):
+        await ledger.record(decision("d1", at=now, target="b", outcome=Outcome.FAILED))
+    await ledger.record(decision("d2", at=now, target="b"))  # the ledger goes on taking other decisions
+    [first, second] = await ledger.decisions()
+    assert (first.id, first.target, first.outcome) == ("d1", TargetRef("ScaledObject", "cortex-mcp", "a"), "applied")
+    assert second.id == "d2"
+
+
+async def test_applying_rows_are_completed_in_place_and_count_for_the_cooldown(ledger: Ledger) -> None:
+    now = utcnow()
+    a = TargetRef("ScaledObject", "cortex-mcp", "a")
+    await ledger.record(decision("d1", at=now - timedelta(minutes=1), target="a"))
+    await ledger.record(decision("d2", at=now, target="a", outcome=Outcome.APPLYING))
+    await ledger.record(decision("d3", at=now, target="b", outcome=Outcome.APPLYING))
+    assert [d.id for d in await ledger.unfinished()] == ["d2", "d3"]
+    last = await ledger.last_change(a)
+    assert last is not None and last.id == "d2"  # a change whose outcome is not known yet still counts
+
+    await ledger.complete(decision("d2", at=now, target="a", outcome=Outcome.FAILED))
+    await ledger.complete(decision("d3", at=now, target="b", outcome=Outcome.APPLIED))
+    assert await ledger.unfinished() == []
+    assert [(d.id, d.outcome) for d in await ledger.decisions()] == [
+        ("d1", Outcome.APPLIED),
+        ("d2", Outcome.FAILED),
+        ("d3", Outcome.APPLIED),
+    ]
+    last = await ledger.last_change(a)
+    assert last is not None and last.id == "d1"  # the failed one no longer counts
+    with pytest.raises(UnknownDecision):
+        await ledger.complete(decision("d3", at=now, target="b", outcome=Outcome.FAILED))  # completed already
+    with pytest.raises(UnknownDecision):
+        await ledger.complete(decision("d9", at=now, target="b"))
+    assert await ledger.known(["d1", "d9", "d3"]) == {"d1", "d3"}
+
+
+def test_decision_ids_are_unique_and_ordered_by_construction() -> None:
+    ids = [new_id() for _ in range(100_000)]  # far more than a storm makes in one millisecond or one second
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert all(len(i) == 26 for i in ids)
+
+
 async def test_agent_runs_on_the_redis_ledger(
     cluster,
     start_agent,
@@ -163,7 +219,11 @@ async def test_sqlite_journal_keeps_what_was_acknowledged_across_a_crash(tmp_pat
     await store.open()
     ids = [await store.receive(source="alertmanager", body=b"x" * n, received_at=at) for n in (10, 20, 30)]
     await store.unpack([(ids[0], [event("k1")])])
-    # Killed here: no close(). A write torn by a power loss leaves half a record at the end of the journal.
+    # Killed here: no close(); the kernel drops a dead process's lock. A write torn by a power loss leaves half a
+    # record at the end of the journal.
+    assert store._lock_fd is not None
+    os.close(store._lock_fd)
+    store._lock_fd = None
     [segment] = (tmp_path / "ledger.db-inbox").glob("*.journal")
     with segment.open("ab") as file:
         file.write(b"\x40\x00\x00\x00partial")
@@ -246,3 +306,57 @@ async def test_sqlite_synchronous_full_syncs_the_journal_before_answering(
         assert len(synced) == 2
     finally:
         await store.close()
+
+
+async def test_a_reader_never_creates_a_ledger(tmp_path: Path) -> None:
+    reader = SqliteLedger(f"sqlite:///{tmp_path}/missing/ledger.db", readonly=True)
+    with pytest.raises(LedgerNotFound, match="ledger not found"):
+        await reader.open()
+    await reader.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("inbox", ["journal", "sqlite"])
+async def test_a_reader_beside_the_writer_changes_nothing(tmp_path: Path, inbox: str) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.db?inbox={inbox}"
+    writer = SqliteLedger(url)
+    await writer.open()
+    try:
+        first = await writer.receive(source="alertmanager", body=b"one", received_at=utcnow())
+        await writer.unpack([(first, [event("k1")])])  # everything acknowledged so far is unpacked
+        await writer.record(decision("d1", at=utcnow(), target="a"))
+        before = sorted((p.name, p.stat().st_size) for p in tmp_path.rglob("*") if p.is_file())
+        for _ in range(3):
+            reader = SqliteLedger(url, readonly=True)
+            await reader.open()
+            try:
+                assert [d.id for d in await reader.decisions()] == ["d1"]
+                with pytest.raises(LedgerUnavailable, match="read-only"):
+                    await reader.record(decision("d2", at=utcnow(), target="a"))
+            finally:
+                await reader.close()
+        after = sorted((p.name, p.stat().st_size) for p in tmp_path.rglob("*") if p.is_file())
+        assert [(n, s) for n, s in after if not n.endswith(("-wal", "-shm"))] == [
+            (n, s) for n, s in before if not n.endswith(("-wal", "-shm"))
+        ]
+        # The writer's inbox still works: what it acknowledges next is there to unpack.
+        second = await writer.receive(source="alertmanager", body=b"two", received_at=utcnow())
+        assert [(d.id, d.body) for d in await writer.pending_deliveries(limit=10)] == [(second, b"two")]
+    finally:
+        await writer.close()
+
+
+async def test_one_writer_per_ledger(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    first = SqliteLedger(url)
+    await first.open()
+    second = SqliteLedger(url)
+    try:
+        with pytest.raises(LedgerLocked, match=f"in use by another agent \\(pid {os.getpid()}\\)"):
+            await second.open()
+    finally:
+        await second.close()
+        await first.close()
+    third = SqliteLedger(url)  # the first let go: a restart is never blocked
+    await third.open()
+    await third.close()

@@ -13,6 +13,18 @@ unpacked, in one transaction. Sources that build events themselves use
 The inbox also deduplicates: an event whose key was seen before comes back
 with ``duplicate_of`` set, and becomes a recorded no-op rather than a second
 change.
+
+Decisions are inserted, never replaced: a second :meth:`Ledger.record` of an id
+raises :class:`DuplicateDecision`. A decision that changes the cluster is
+recorded twice over: first as ``applying`` (:meth:`Ledger.record`, before the
+patch is sent), then completed with its outcome (:meth:`Ledger.complete`, an
+update of that row). A crash between the two leaves an ``applying`` row, which
+the agent settles against the object at its next start
+(:meth:`Ledger.unfinished`); so no change in the cluster lacks its row.
+
+One process writes a ledger: ``scaling-agent run`` opens it for writing
+(:meth:`Ledger.open`), and readers such as ``scaling-agent decisions`` open it
+read-only (``readonly=True``), which changes nothing, ever.
 """
 
 from __future__ import annotations
@@ -26,6 +38,22 @@ from agent.structs import Decision, Delivery, Event, InboxEntry, TargetRef
 
 class LedgerUnavailable(Exception):
     """The ledger cannot take a write now; the caller should answer 503 so the sender retries."""
+
+
+class LedgerNotFound(LedgerUnavailable):
+    """A reader was pointed at a ledger that does not exist (a reader never creates one)."""
+
+
+class LedgerLocked(LedgerUnavailable):
+    """Another agent process holds the ledger for writing."""
+
+
+class DuplicateDecision(Exception):
+    """A decision id was recorded twice: a bug, never to be papered over by replacing the first row."""
+
+
+class UnknownDecision(Exception):
+    """:meth:`Ledger.complete` on an id that was never recorded as ``applying``."""
 
 
 class Ledger(Protocol):
@@ -60,16 +88,34 @@ class Ledger(Protocol):
         """Drop processed events and unpacked deliveries older than the inbox retention; returns how many went."""
         ...
 
-    async def record(self, decision: Decision) -> None: ...
+    async def record(self, decision: Decision) -> None:
+        """Insert a decision (``applying`` or final). Raises :class:`DuplicateDecision` if its id exists."""
+        ...
+
+    async def complete(self, decision: Decision) -> None:
+        """Give an ``applying`` row its outcome (same id). Raises :class:`UnknownDecision` if there is none."""
+        ...
+
+    async def unfinished(self) -> list[Decision]:
+        """The decisions still ``applying``, oldest first: at start, those a crash cut short."""
+        ...
+
+    async def known(self, ids: Sequence[str]) -> set[str]:
+        """Which of these decision ids the ledger has."""
+        ...
 
     async def decisions(
         self, *, since: datetime | None = None, target: TargetRef | None = None, limit: int = 1000
     ) -> list[Decision]: ...
 
     async def last_change(self, target: TargetRef) -> Decision | None:
-        """The newest applied decision on ``target`` that was not a give-back (for the cooldown)."""
+        """
+        The newest forward change on ``target``, applied or still applying (for the cooldown): a change whose
+        completion a crash cut short counts too.
+        """
         ...
 
 
 # Decisions that count for the cooldown: forward changes, not give-backs or posts.
 COOLDOWN_ACTIONS = ("pause", "set_min", "set_max", "raise_max")
+COOLDOWN_OUTCOMES = ("applied", "applying")

@@ -8,7 +8,16 @@ Layout under one key prefix:
   ``{p}:event-key:{key}`` (first id of a key; SET NX makes the dedup atomic across replicas),
   ``{p}:pending`` (set of ids not yet processed);
 - ``{p}:decisions`` (sorted set by time of decision ids), ``{p}:decision`` (hash id → JSON),
-  ``{p}:last-change`` (hash target → JSON of the newest forward change, for the cooldown).
+  ``{p}:applying`` (set of the ids recorded ``applying`` and not yet completed),
+  ``{p}:changes:{target}`` (sorted set by time of the forward changes applied or applying on a target,
+  for the cooldown).
+
+A decision is inserted with HSETNX inside a Lua script (atomic with its index entries): a second record of
+the same id fails loudly and changes nothing. Completing an ``applying`` decision is another script.
+
+One agent writes a Redis ledger (a key prefix) until high availability arrives: nothing stops a second one
+yet, so give each agent its own ``ledger.key_prefix``. Readers (``scaling-agent decisions``) open it with
+``readonly=True`` and only read.
 
 Durability is Redis's own: with ``appendonly yes`` and ``appendfsync everysec`` an
 acknowledged event can be lost only with the Redis host itself.
@@ -20,21 +29,58 @@ import base64
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from agent.ledger.base import COOLDOWN_ACTIONS, LedgerUnavailable
+from agent.ledger.base import (
+    COOLDOWN_ACTIONS,
+    COOLDOWN_OUTCOMES,
+    DuplicateDecision,
+    LedgerUnavailable,
+    UnknownDecision,
+)
 from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, TargetRef
+
+# KEYS: decision hash, decisions by time, the target's changes, the applying set.
+# ARGV: id, body, time, counts for the cooldown ("1"/"0"), applying ("1"/"0").
+RECORD = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+if ARGV[4] == '1' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) end
+if ARGV[5] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
+return 1
+"""
+COMPLETE = """
+if redis.call('SREM', KEYS[4], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] == '1' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1]) else redis.call('ZREM', KEYS[3], ARGV[1]) end
+return 1
+"""
+
+
+def _counts_for_cooldown(decision: Decision) -> bool:
+    return (
+        decision.target is not None
+        and str(decision.outcome) in COOLDOWN_OUTCOMES
+        and decision.action in COOLDOWN_ACTIONS
+    )
 
 
 class RedisLedger:
     def __init__(
-        self, url: str, *, prefix: str = "scaling-agent", inbox_retention: timedelta = timedelta(days=7)
+        self,
+        url: str,
+        *,
+        prefix: str = "scaling-agent",
+        inbox_retention: timedelta = timedelta(days=7),
+        readonly: bool = False,
     ) -> None:
         self.inbox_retention = inbox_retention
         self.url = url
         self.prefix = prefix
+        self.readonly = readonly
         self._redis: aioredis.Redis | None = None  # decode_responses=True: every reply is str
 
     def _key(self, *parts: str) -> str:
@@ -46,8 +92,21 @@ class RedisLedger:
             raise LedgerUnavailable("redis ledger is not open")
         return self._redis
 
+    @property
+    def _w(self) -> aioredis.Redis:
+        if self.readonly:
+            raise LedgerUnavailable("the ledger is open read-only")
+        return self._r
+
     async def open(self) -> None:
-        self._redis = aioredis.from_url(self.url, decode_responses=True)
+        try:
+            self._redis = aioredis.from_url(self.url, decode_responses=True)
+        except ValueError as exc:  # a URL redis-py cannot parse
+            raise LedgerUnavailable(f"bad redis URL: {exc}") from exc
+        self._record = self._redis.register_script(RECORD)
+        self._complete = self._redis.register_script(COMPLETE)
+        if self.readonly:
+            await self.ping()  # a reader wants one clear line now, not a traceback at its first read
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -57,13 +116,13 @@ class RedisLedger:
     async def ping(self) -> None:
         try:
             await self._r.ping()
-        except RedisError as exc:
-            raise LedgerUnavailable(f"redis unreachable: {exc}") from exc
+        except (RedisError, OSError) as exc:
+            raise LedgerUnavailable(f"redis unreachable at {self.url}: {exc}") from exc
 
     async def receive(self, *, source: str, body: bytes, received_at: datetime) -> int:
         record = {"source": source, "at": received_at.timestamp(), "body": base64.b64encode(body).decode()}
         try:
-            delivery_id = int(await self._r.incr(self._key("delivery-seq")))
+            delivery_id = int(await self._w.incr(self._key("delivery-seq")))
             async with self._r.pipeline(transaction=True) as pipe:
                 pipe.hset(self._key("deliveries"), str(delivery_id), json.dumps(record))
                 pipe.zadd(self._key("pending-deliveries"), {str(delivery_id): delivery_id})
@@ -82,7 +141,7 @@ class RedisLedger:
         orphans = [str(i) for i, text in zip(ids, bodies, strict=True) if text is None]
         if orphans:  # cannot happen through this class (one MULTI each way); never let one block the rest
             try:
-                await self._r.zrem(self._key("pending-deliveries"), *orphans)
+                await self._w.zrem(self._key("pending-deliveries"), *orphans)
             except RedisError as exc:
                 raise LedgerUnavailable(f"redis write failed: {exc}") from exc
             return await self.pending_deliveries(limit=limit)
@@ -111,7 +170,7 @@ class RedisLedger:
         """Events in groups, each from a delivery (its id) or from a source directly (None)."""
         count = sum(len(events) for _, events in groups)
         try:
-            last_id = int(await self._r.incrby(self._key("event-seq"), count)) if count else 0
+            last_id = int(await self._w.incrby(self._key("event-seq"), count)) if count else 0
             # One MULTI: the dedup keys, the events, their pending marks and the deliveries' unpacked marks land
             # together or not at all.
             async with self._r.pipeline(transaction=True) as pipe:
@@ -163,7 +222,7 @@ class RedisLedger:
 
     async def mark_processed(self, entry_id: int) -> None:
         try:
-            async with self._r.pipeline(transaction=True) as pipe:
+            async with self._w.pipeline(transaction=True) as pipe:
                 pipe.srem(self._key("pending"), entry_id)
                 pipe.hdel(self._key("events"), str(entry_id))  # the decisions keep what mattered of it
                 await pipe.execute()
@@ -174,20 +233,50 @@ class RedisLedger:
         return 0  # processed events are dropped as they finish; dedup keys expire by themselves
 
     async def record(self, decision: Decision) -> None:
-        body = json.dumps(decision.to_dict(), sort_keys=True)
+        if not await self._script(self._record, decision):
+            raise DuplicateDecision(f"decision {decision.id} is already in the ledger")
+
+    async def complete(self, decision: Decision) -> None:
+        if not await self._script(self._complete, decision):
+            raise UnknownDecision(f"no applying decision {decision.id} to complete")
+
+    async def _script(self, script: Any, decision: Decision) -> bool:
+        self._w  # noqa: B018 (raises on a read-only ledger)
+        target = "-" if decision.target is None else str(decision.target)
+        keys = [self._key("decision"), self._key("decisions"), self._key("changes", target), self._key("applying")]
+        args = [
+            decision.id,
+            json.dumps(decision.to_dict(), sort_keys=True),
+            decision.at.timestamp(),
+            "1" if _counts_for_cooldown(decision) else "0",
+            "1" if decision.outcome == Outcome.APPLYING else "0",
+        ]
         try:
-            async with self._r.pipeline(transaction=True) as pipe:
-                pipe.hset(self._key("decision"), decision.id, body)
-                pipe.zadd(self._key("decisions"), {decision.id: decision.at.timestamp()})
-                if (
-                    decision.target is not None
-                    and decision.outcome == Outcome.APPLIED
-                    and decision.action in COOLDOWN_ACTIONS
-                ):
-                    pipe.hset(self._key("last-change"), str(decision.target), body)
-                await pipe.execute()
+            return bool(await script(keys=keys, args=args))
         except RedisError as exc:
             raise LedgerUnavailable(f"redis write failed: {exc}") from exc
+
+    async def unfinished(self) -> list[Decision]:
+        try:
+            ids = sorted(str(i) for i in await self._r.smembers(self._key("applying")))
+            bodies = await self._r.hmget(self._key("decision"), ids) if ids else []
+        except RedisError as exc:
+            raise LedgerUnavailable(f"redis read failed: {exc}") from exc
+        found = [Decision.from_dict(json.loads(body)) for body in bodies if body is not None]
+        return sorted(found, key=lambda d: (d.at, d.id))
+
+    async def known(self, ids: Sequence[str]) -> set[str]:
+        unique = list(dict.fromkeys(ids))
+        if not unique:
+            return set()
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for decision_id in unique:
+                    pipe.hexists(self._key("decision"), decision_id)
+                present = await pipe.execute()
+        except RedisError as exc:
+            raise LedgerUnavailable(f"redis read failed: {exc}") from exc
+        return {decision_id for decision_id, there in zip(unique, present, strict=True) if there}
 
     async def decisions(
         self, *, since: datetime | None = None, target: TargetRef | None = None, limit: int = 1000
@@ -207,7 +296,8 @@ class RedisLedger:
 
     async def last_change(self, target: TargetRef) -> Decision | None:
         try:
-            body = await self._r.hget(self._key("last-change"), str(target))
+            newest = await self._r.zrevrange(self._key("changes", str(target)), 0, 0)
+            body = await self._r.hget(self._key("decision"), str(newest[0])) if newest else None
         except RedisError as exc:
             raise LedgerUnavailable(f"redis read failed: {exc}") from exc
         return None if body is None else Decision.from_dict(json.loads(body))

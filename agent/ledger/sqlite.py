@@ -18,7 +18,18 @@ lets run beside the writer.
 
 The agent is the file's only writer (one replica; see the README), so event
 ids are handed out by the writer itself, and a redelivery is recognised by
-``INSERT OR IGNORE`` into a table of first-seen keys.
+``INSERT OR IGNORE`` into a table of first-seen keys. The writer holds an
+exclusive lock on ``<file>.lock`` (``flock``) while it is open: a second agent
+on the same file fails at start with a clear message instead of corrupting
+it, and the kernel drops the lock with the process, so a restart after
+``kill -9`` is never blocked. A reader (``readonly=True``: ``scaling-agent
+decisions``) opens the file with ``mode=ro`` and nothing else: no journal, no
+writer, no checkpoint, no lock; it cannot change the ledger, and a missing
+file is an error, never created.
+
+Decisions are inserted, never replaced (a duplicate id fails that one write,
+loudly, and nothing else in its batch); an ``applying`` row is completed by an
+update of that row.
 
 Durability promise: ``synchronous=NORMAL`` in WAL mode, and a journal record
 once ``write()`` returned, survive a killed or crashed agent process (the case
@@ -32,22 +43,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import aiosqlite
 import structlog
 
-from agent.ledger.base import COOLDOWN_ACTIONS, LedgerUnavailable
+from agent.ledger.base import (
+    COOLDOWN_ACTIONS,
+    COOLDOWN_OUTCOMES,
+    DuplicateDecision,
+    LedgerLocked,
+    LedgerNotFound,
+    LedgerUnavailable,
+    UnknownDecision,
+)
 from agent.ledger.journal import Journal, JournalError
 from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, TargetRef
+from agent.supervisor import Supervisor
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -77,6 +100,13 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
 CREATE INDEX IF NOT EXISTS decisions_target ON decisions (target, at);
+CREATE INDEX IF NOT EXISTS decisions_applying ON decisions (at) WHERE outcome = 'applying';
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL,
+    body BLOB NOT NULL,
+    received_at REAL NOT NULL
+);
 """
 
 SQL_VARIABLES = 500  # per IN (...) list: well under sqlite's limit
@@ -90,28 +120,34 @@ log = structlog.get_logger("agent.ledger.sqlite")
 class _Batch:
     """One transaction's worth of queued writes, grouped by statement."""
 
+    receives: list[tuple[tuple[str, bytes, float], asyncio.Future[Any]]] = field(default_factory=list)
     accepts: list[tuple[Sequence[Event], asyncio.Future[Any]]] = field(default_factory=list)
     unpacks: list[tuple[Sequence[tuple[int, Sequence[Event]]], asyncio.Future[Any]]] = field(default_factory=list)
     processed: list[tuple[int, asyncio.Future[Any]]] = field(default_factory=list)
     decisions: list[tuple[Decision, asyncio.Future[Any]]] = field(default_factory=list)
+    completes: list[tuple[Decision, asyncio.Future[Any]]] = field(default_factory=list)
     prunes: list[tuple[float, asyncio.Future[Any]]] = field(default_factory=list)
 
     def futures(self) -> list[asyncio.Future[Any]]:
         groups: list[list[Any]] = [
+            self.receives,
             self.accepts,
             self.unpacks,
             self.processed,
             self.decisions,
+            self.completes,
             self.prunes,
         ]
         return [future for group in groups for _, future in group]
 
     def plain(self) -> _Plain:
         return _Plain(
+            receives=[p for p, _ in self.receives],
             accepts=[p for p, _ in self.accepts],
             unpacks=[p for p, _ in self.unpacks],
             processed=[p for p, _ in self.processed],
             decisions=[p for p, _ in self.decisions],
+            completes=[p for p, _ in self.completes],
             prunes=[p for p, _ in self.prunes],
         )
 
@@ -120,40 +156,98 @@ class _Batch:
 class _Plain:
     """The batch as plain data, for the writer thread (futures stay on the event loop)."""
 
+    receives: list[tuple[str, bytes, float]]
     accepts: list[Sequence[Event]]
     unpacks: list[Sequence[tuple[int, Sequence[Event]]]]
     processed: list[int]
     decisions: list[Decision]
+    completes: list[Decision]
     prunes: list[float]
 
 
 class SqliteLedger:
-    def __init__(self, url: str, *, inbox_retention: timedelta = timedelta(days=7)) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        inbox_retention: timedelta = timedelta(days=7),
+        readonly: bool = False,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         path, _, query = url.removeprefix("sqlite:///").partition("?")
+        options = {k.lower(): v[-1].lower() for k, v in parse_qs(query).items()}
         # As in SQLAlchemy: sqlite:///relative.db, sqlite:////absolute/path.db
         self.path = Path(path)
-        self.synchronous = "FULL" if "synchronous=full" in query.lower() else "NORMAL"
+        self.synchronous = "FULL" if options.get("synchronous") == "full" else "NORMAL"
+        # Where acknowledged deliveries go: the journal beside the file, or a table in it (bench/README.md).
+        self.inbox = options.get("inbox", "journal")
+        if self.inbox not in ("journal", "sqlite"):
+            raise ValueError(f"inbox={self.inbox}: must be journal or sqlite")
         self.inbox_retention = inbox_retention
+        self.readonly = readonly
+        self.supervisor = supervisor or Supervisor()
         self._db: aiosqlite.Connection | None = None
         self._queue: asyncio.Queue[tuple[str, Any, asyncio.Future[Any]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._last_id = 0
+        self._last_delivery_id = 0
         self._flush_waiters: list[asyncio.Future[None]] = []  # requests waiting for the journal's next write
         self.journal = Journal(self.path.with_name(self.path.name + "-inbox"), fsync=self.synchronous == "FULL")
         self._thread: ThreadPoolExecutor | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._writer_db: sqlite3.Connection | None = None  # used only in self._thread
+        self._lock_fd: int | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
 
     async def open(self) -> None:
+        if self.readonly:
+            await self._open_reader()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        loop = asyncio.get_running_loop()
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
-        self._writer_db, unpacked_through = await loop.run_in_executor(self._thread, self._connect_writer)
-        self.journal.open(unpacked_through=unpacked_through)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
-        self._writer = asyncio.create_task(self._write_loop(), name="ledger-writer")
-        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="ledger-checkpoint")
+        self._lock()
+        try:
+            loop = asyncio.get_running_loop()
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+            self._writer_db, unpacked_through = await loop.run_in_executor(self._thread, self._connect_writer)
+            if self.inbox == "journal":
+                self.journal.open(unpacked_through=unpacked_through)
+            self._db = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
+        except BaseException:
+            await self.close()
+            raise
+        self._writer = self.supervisor.spawn("ledger-writer", self._write_loop)
+        self._checkpointer = self.supervisor.spawn("ledger-checkpoint", self._checkpoint_loop)
+
+    async def _open_reader(self) -> None:
+        """Read-only: the file must exist, and nothing is created, recovered, pruned or checkpointed."""
+        if not self.path.is_file():
+            raise LedgerNotFound(f"ledger not found: {self.path} (is this the path the agent writes?)")
+        try:
+            self._db = await aiosqlite.connect(f"file:{self.path.resolve()}?mode=ro", uri=True, isolation_level=None)
+            await self._db.execute("SELECT 1 FROM decisions LIMIT 1")
+        except Exception as exc:
+            await self.close()
+            raise LedgerUnavailable(f"cannot read the ledger {self.path}: {exc}") from exc
+
+    def _lock(self) -> None:
+        """Take the writer's lock, or say which process holds it. The kernel releases it when we die."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LedgerLocked(
+                f"ledger {self.path} is in use by another agent (pid {holder}): one agent writes a ledger;"
+                " stop the other one, or give this one its own ledger.url"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
 
     async def _checkpoint_loop(self) -> None:
         """
@@ -170,7 +264,7 @@ class SqliteLedger:
                 log.warning("WAL checkpoint failed", error=str(exc))
 
     def _connect_writer(self) -> tuple[sqlite3.Connection, int]:
-        """The writer's connection, and the journal's cursor as the file last recorded it."""
+        """The writer's connection, and the inbox's cursor as the file last recorded it."""
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -179,19 +273,16 @@ class SqliteLedger:
         db.executescript(SCHEMA)
         self._last_id = int(db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
         row = db.execute("SELECT value FROM meta WHERE key = 'unpacked_through'").fetchone()
-        return db, int(row[0]) if row else 0
+        unpacked_through = int(row[0]) if row else 0
+        newest = int(db.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0])
+        self._last_delivery_id = max(unpacked_through, newest)
+        return db, unpacked_through
 
     async def close(self) -> None:
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpointer
-            self._checkpointer = None
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
+        await self.supervisor.cancel(self._checkpointer)
+        self._checkpointer = None
+        await self.supervisor.cancel(self._writer)
+        self._writer = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -204,6 +295,9 @@ class SqliteLedger:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
             self._thread = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     async def ping(self) -> None:
         await self._read("SELECT 1")
@@ -211,6 +305,8 @@ class SqliteLedger:
     # --- writes ------------------------------------------------------------------------------------------
 
     async def _write(self, kind: str, payload: Any) -> Any:
+        if self.readonly:
+            raise LedgerUnavailable("the ledger is open read-only")
         if self._writer_db is None or self._writer is None or self._writer.done():
             raise LedgerUnavailable("sqlite ledger is not open")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -221,26 +317,33 @@ class SqliteLedger:
         loop = asyncio.get_running_loop()
         while True:
             batch = _Batch()
-            queued = [await self._queue.get()]
-            # Linger a moment so a commit carries many writes: one commit costs ~150 µs of the writer's time
-            # whether it holds one row or a hundred, and at 1,000 alerts/s each alert brings three writes.
-            await asyncio.sleep(LINGER_SECONDS)
-            while not self._queue.empty():
-                queued.append(self._queue.get_nowait())
-            for kind, payload, future in queued:
-                getattr(batch, kind).append((payload, future))
             try:
-                # One call into the writer thread per batch: every extra hop waits for the GIL behind the loop.
-                results = await loop.run_in_executor(self._thread, self._commit, batch.plain())
-            except Exception as exc:
-                error = LedgerUnavailable(f"sqlite write failed: {exc}")
-                for future in batch.futures():
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for future, result in zip(batch.futures(), results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+                queued = [await self._queue.get()]
+                # Linger a moment so a commit carries many writes: one commit costs ~150 µs of the writer's time
+                # whether it holds one row or a hundred, and at 1,000 alerts/s each alert brings three writes.
+                await asyncio.sleep(LINGER_SECONDS)
+                while not self._queue.empty():
+                    queued.append(self._queue.get_nowait())
+                for kind, payload, future in queued:
+                    getattr(batch, kind).append((payload, future))
+                try:
+                    # One call into the writer thread per batch: every extra hop waits for the GIL behind the loop.
+                    results = await loop.run_in_executor(self._thread, self._commit, batch.plain())
+                except Exception as exc:
+                    _fail(batch.futures(), LedgerUnavailable(f"sqlite write failed: {exc}"))
+                    continue
+                for future, result in zip(batch.futures(), results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+            except BaseException:
+                # Cancelled (closing) or crashed (the supervisor restarts the loop): whoever waits on this batch
+                # must hear of it, never hang.
+                _fail(batch.futures(), LedgerUnavailable("the ledger writer stopped; retry"))
+                raise
 
     def _commit(self, plain: _Plain) -> list[Any]:
         """Runs in the writer thread: the whole batch in one transaction; results in the batch's order."""
@@ -249,6 +352,13 @@ class SqliteLedger:
         results: list[Any] = []
         db.execute("BEGIN IMMEDIATE")
         try:
+            if plain.receives:
+                first = self._last_delivery_id + 1
+                db.executemany(
+                    "INSERT INTO deliveries (id, source, body, received_at) VALUES (?, ?, ?, ?)",
+                    [(first + i, source, body, at) for i, (source, body, at) in enumerate(plain.receives)],
+                )
+                results.extend(range(first, first + len(plain.receives)))
             unpacked = [(i, events) for unpack in plain.unpacks for i, events in unpack]
             entries = self._insert_events(db, [*plain.accepts, *(events for _, events in unpacked)])
             results.extend(entries[: len(plain.accepts)])
@@ -256,38 +366,44 @@ class SqliteLedger:
             for unpack in plain.unpacks:  # one result per unpack call: its deliveries' entries
                 results.append(entries[position : position + len(unpack)])
                 position += len(unpack)
-            if unpacked:  # the journal's cursor: deliveries are unpacked in order
+            if unpacked:  # the inbox's cursor: deliveries are unpacked in order
                 db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('unpacked_through', ?)",
                     (max(i for i, _ in unpacked),),
                 )
+                if self.inbox == "sqlite":
+                    db.executemany("DELETE FROM deliveries WHERE id = ?", [(i,) for i, _ in unpacked])
             if plain.processed:
                 now = time.time()
                 db.executemany("UPDATE events SET processed_at = ? WHERE id = ?", [(now, i) for i in plain.processed])
             results.extend(None for _ in plain.processed)
-            if plain.decisions:
-                db.executemany(
-                    "INSERT OR REPLACE INTO decisions (id, at, target, action, outcome, body)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            d.id,
-                            d.at.timestamp(),
-                            None if d.target is None else str(d.target),
-                            d.action,
-                            str(d.outcome),
-                            json.dumps(d.to_dict(), sort_keys=True),
-                        )
-                        for d in plain.decisions
-                    ],
+            for decision in plain.decisions:
+                # One statement each: a duplicate id fails its own write (the statement is undone, the
+                # transaction goes on), never the other writes of the batch, and never replaces the first row.
+                try:
+                    db.execute(
+                        "INSERT INTO decisions (id, at, target, action, outcome, body) VALUES (?, ?, ?, ?, ?, ?)",
+                        _decision_row(decision),
+                    )
+                    results.append(None)
+                except sqlite3.IntegrityError:
+                    results.append(DuplicateDecision(f"decision {decision.id} is already in the ledger"))
+            for decision in plain.completes:
+                cursor = db.execute(
+                    "UPDATE decisions SET at = ?, target = ?, action = ?, outcome = ?, body = ?"
+                    " WHERE id = ? AND outcome = 'applying'",
+                    (*_decision_row(decision)[1:], decision.id),
                 )
-            results.extend(None for _ in plain.decisions)
+                missing = cursor.rowcount == 0
+                results.append(UnknownDecision(f"no applying decision {decision.id} to complete") if missing else None)
             results.extend(self._prune(db, cutoff) for cutoff in plain.prunes)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
                 db.execute("ROLLBACK")
             raise
+        if plain.receives:
+            self._last_delivery_id += len(plain.receives)  # only once committed: a rolled-back id is given again
         return results
 
     def _insert_events(self, db: sqlite3.Connection, accepts: list[Sequence[Event]]) -> list[list[InboxEntry]]:
@@ -336,6 +452,11 @@ class SqliteLedger:
         return pruned
 
     async def receive(self, *, source: str, body: bytes, received_at: datetime) -> int:
+        if self.inbox == "sqlite":
+            delivery_id: int = await self._write("receives", (source, body, received_at.timestamp()))
+            return delivery_id
+        if self.readonly:
+            raise LedgerUnavailable("the ledger is open read-only")
         try:
             delivery_id = self.journal.add(source=source, body=body, received_at=received_at.timestamp())
         except JournalError as exc:
@@ -363,6 +484,14 @@ class SqliteLedger:
         synced.add_done_callback(lambda done: _settle(waiters, _sync_error(done)))
 
     async def pending_deliveries(self, *, limit: int) -> list[Delivery]:
+        if self.inbox == "sqlite":
+            rows = await self._read(
+                "SELECT id, source, body, received_at FROM deliveries ORDER BY id LIMIT ?", (max(0, limit),)
+            )
+            return [
+                Delivery(id=int(i), source=str(src), body=bytes(body), received_at=datetime.fromtimestamp(at, UTC))
+                for i, src, body, at in rows
+            ]
         if not self.journal.is_open:
             raise LedgerUnavailable("sqlite ledger is not open")
         try:
@@ -374,7 +503,8 @@ class SqliteLedger:
         if not unpacked:
             return []
         entries: list[list[InboxEntry]] = await self._write("unpacks", unpacked)
-        self.journal.unpacked(max(i for i, _ in unpacked))
+        if self.inbox == "journal":
+            self.journal.unpacked(max(i for i, _ in unpacked))
         return entries
 
     async def accept(self, events: Sequence[Event]) -> list[InboxEntry]:
@@ -386,6 +516,9 @@ class SqliteLedger:
 
     async def record(self, decision: Decision) -> None:
         await self._write("decisions", decision)
+
+    async def complete(self, decision: Decision) -> None:
+        await self._write("completes", decision)
 
     async def prune_inbox(self) -> int:
         pruned: int = await self._write("prunes", time.time() - self.inbox_retention.total_seconds())
@@ -430,13 +563,42 @@ class SqliteLedger:
         return [Decision.from_dict(json.loads(row[0])) for row in reversed(rows)]
 
     async def last_change(self, target: TargetRef) -> Decision | None:
-        marks = ",".join("?" for _ in COOLDOWN_ACTIONS)
+        actions = ",".join("?" for _ in COOLDOWN_ACTIONS)
+        outcomes = ",".join("?" for _ in COOLDOWN_OUTCOMES)
         rows = await self._read(
-            f"SELECT body FROM decisions WHERE target = ? AND outcome = ? AND action IN ({marks})"
+            f"SELECT body FROM decisions WHERE target = ? AND outcome IN ({outcomes}) AND action IN ({actions})"
             " ORDER BY at DESC LIMIT 1",
-            (str(target), str(Outcome.APPLIED), *COOLDOWN_ACTIONS),
+            (str(target), *COOLDOWN_OUTCOMES, *COOLDOWN_ACTIONS),
         )
         return Decision.from_dict(json.loads(rows[0][0])) if rows else None
+
+    async def unfinished(self) -> list[Decision]:
+        rows = await self._read(
+            "SELECT body FROM decisions WHERE outcome = ? ORDER BY at, rowid", (str(Outcome.APPLYING),)
+        )
+        return [Decision.from_dict(json.loads(row[0])) for row in rows]
+
+    async def known(self, ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), SQL_VARIABLES):
+            chunk = unique[start : start + SQL_VARIABLES]
+            marks = ",".join("?" for _ in chunk)
+            rows = await self._read(f"SELECT id FROM decisions WHERE id IN ({marks})", chunk)
+            found.update(str(row[0]) for row in rows)
+        return found
+
+
+def _decision_row(d: Decision) -> tuple[Any, ...]:
+    target = None if d.target is None else str(d.target)
+    body = json.dumps(d.to_dict(), sort_keys=True)
+    return (d.id, d.at.timestamp(), target, d.action, str(d.outcome), body)
+
+
+def _fail(futures: list[asyncio.Future[Any]], error: Exception) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
 
 
 def _sync_error(synced: asyncio.Future[None]) -> LedgerUnavailable | None:
