@@ -5,18 +5,26 @@ Recording decisions: the ledger first, then a fan-out that never blocks.
 logs a structlog line and counts the metric, then *offers* the decision to
 each sink's own queue and returns. Slack being slow or down, or the API
 server refusing an Event, never delays the next change.
+
+A decision that changes the cluster is written twice: :meth:`begin` inserts it
+as ``applying`` before the patch is sent (if that write fails, the executor
+does not patch), and :meth:`record` then completes that same row with the
+outcome. The recorder remembers which ids it began, so :meth:`record` knows an
+update from an insert, and the reconciler can tell a change in flight from one
+a crash cut short (:attr:`in_flight`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import structlog
 
-from agent.ledger import Ledger, LedgerUnavailable
+from agent.ledger import DuplicateDecision, Ledger, LedgerUnavailable, UnknownDecision
 from agent.metrics import Metrics
 from agent.sinks.base import Sink
-from agent.structs import Decision
+from agent.structs import Decision, Outcome
 
 log = structlog.get_logger("agent.decisions")
 
@@ -26,13 +34,44 @@ class DecisionRecorder:
         self.ledger = ledger
         self.sinks = list(sinks)
         self.metrics = metrics
+        self._begun: set[str] = set()
+
+    @property
+    def in_flight(self) -> frozenset[str]:
+        """Ids recorded ``applying`` by this process whose outcome is not recorded yet."""
+        return frozenset(self._begun)
+
+    async def begin(self, decision: Decision) -> None:
+        """Record a change as ``applying`` before its patch. Raises LedgerUnavailable: then do not patch."""
+        await self.ledger.record(replace(decision, outcome=Outcome.APPLYING))
+        self._begun.add(decision.id)
+
+    def abandon(self, decision_id: str) -> None:
+        """The executor gave up on a begun decision without an outcome: the reconciler settles it."""
+        self._begun.discard(decision_id)
 
     async def record(self, decision: Decision) -> None:
+        """Record a decision: complete its ``applying`` row if :meth:`begin` wrote one, else insert it."""
+        begun = decision.id in self._begun
+        self._begun.discard(decision.id)  # whatever happens below, the reconciler may settle it from now on
+        await self._write(decision, complete=begun)
+
+    async def complete(self, decision: Decision) -> None:
+        """Give an ``applying`` row left by an earlier process its outcome (the reconciler, at start)."""
+        await self._write(decision, complete=True)
+
+    async def _write(self, decision: Decision, *, complete: bool) -> None:
         try:
-            await self.ledger.record(decision)
+            if complete:
+                await self.ledger.complete(decision)
+            else:
+                await self.ledger.record(decision)
         except LedgerUnavailable as exc:
-            # The change (if any) is already made; losing the fan-out too would hide it. Say so loudly.
+            # A change (if any) is already made and its `applying` row, if any, is in the ledger for the
+            # reconciler to settle; losing the fan-out too would hide it. Say so loudly.
             log.error("decision not written to the ledger", decision=decision.id, error=str(exc))
+        except (DuplicateDecision, UnknownDecision) as exc:
+            log.error("decision refused by the ledger; this is a bug", decision=decision.id, error=str(exc))
         self.metrics.decisions.labels(action=decision.action, outcome=str(decision.outcome)).inc()
         data = decision.to_dict()
         log.info(

@@ -7,6 +7,12 @@ that is allowed, and patches — with retries on transient API errors and a
 re-read on a 409 conflict. Every path ends in a :class:`Decision`, recorded
 through the recorder (ledger first); nothing here raises to the caller.
 
+A change is recorded before it is made: the decision's row is written as
+``applying`` (:meth:`DecisionRecorder.begin`) before the patch is sent, and
+completed with its outcome after. If that first write fails, nothing is
+patched. So a crash at any moment leaves, for every change in the cluster, a
+row the reconciler can settle against the object at the next start.
+
 The executor never knows which source an event came from: alerts, queues and
 the calendar all arrive as plans. The reconciler uses :meth:`Executor.revert`
 for expiries, which runs the same lock, guard and record path.
@@ -15,7 +21,6 @@ for expiries, which runs the same lock, guard and record path.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -31,8 +36,9 @@ from agent.actions import ACTIONS, Apply, Intent, Revert, Skip
 from agent.config import KubernetesConfig
 from agent.decisions import DecisionRecorder
 from agent.guard import Guard, Refused
+from agent.ledger import LedgerUnavailable
 from agent.metrics import Metrics
-from agent.structs import Decision, Outcome, Ownership, Plan, TargetRef, Trigger, utcnow
+from agent.structs import Decision, Outcome, Ownership, Plan, TargetRef, Trigger, new_id, utcnow
 from agent.targets.base import PAUSED_REPLICAS, UNSET, ResumeMark, TargetKind, TargetState, Unset
 
 log = structlog.get_logger("agent.executor")
@@ -40,10 +46,6 @@ T = TypeVar("T")
 
 TRANSIENT_STATUSES = {0, 429, 500, 502, 503, 504}
 CONFLICT_ATTEMPTS = 3
-
-
-def new_decision_id(now: datetime) -> str:
-    return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -82,7 +84,7 @@ class Executor:
     async def execute(self, plan: Plan) -> Decision:
         now = utcnow()
         draft = Decision(
-            id=new_decision_id(now),
+            id=new_id(),
             at=now,
             trigger=Trigger.of(plan.event),
             rule=plan.rule,
@@ -119,7 +121,7 @@ class Executor:
         """Give back fields the agent owns on ``ref`` (expiry), re-checked under the lock."""
         now = utcnow()
         draft = Decision(
-            id=new_decision_id(now),
+            id=new_id(),
             at=now,
             trigger=trigger,
             rule=None,
@@ -156,21 +158,36 @@ class Executor:
             return _finish(draft, Outcome.REFUSED, refusal.reason)
         kind = self.targets[ref.kind]
         async with self._locks[ref]:
-            for _ in range(CONFLICT_ATTEMPTS):
-                try:
-                    return await self._attempt(draft, kind, ref, decide, gives_back=gives_back)
-                except Conflict:
-                    log.info("conflict on patch; reading again", target=str(ref))
-                    continue
-                except ApiException as exc:
-                    if exc.status == 404:
-                        return _finish(draft, Outcome.FAILED, f"{ref} not found", error=describe_error(exc))
-                    return _finish(draft, Outcome.FAILED, "Kubernetes API call failed", error=describe_error(exc))
-                except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-                    return _finish(draft, Outcome.FAILED, "Kubernetes API unreachable", error=describe_error(exc))
-            return _finish(
-                draft, Outcome.FAILED, f"the object kept changing under the agent ({CONFLICT_ATTEMPTS} conflicts)"
-            )
+            try:
+                return await self._attempts(draft, kind, ref, decide, gives_back=gives_back)
+            except BaseException:
+                self.recorder.abandon(draft.id)  # no outcome: its `applying` row, if any, is the reconciler's now
+                raise
+
+    async def _attempts(
+        self,
+        draft: Decision,
+        kind: TargetKind,
+        ref: TargetRef,
+        decide: Callable[[TargetState], Intent],
+        *,
+        gives_back: bool,
+    ) -> Decision:
+        for _ in range(CONFLICT_ATTEMPTS):
+            try:
+                return await self._attempt(draft, kind, ref, decide, gives_back=gives_back)
+            except Conflict:
+                log.info("conflict on patch; reading again", target=str(ref))
+                continue
+            except ApiException as exc:
+                if exc.status == 404:
+                    return _finish(draft, Outcome.FAILED, f"{ref} not found", error=describe_error(exc))
+                return _finish(draft, Outcome.FAILED, "Kubernetes API call failed", error=describe_error(exc))
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                return _finish(draft, Outcome.FAILED, "Kubernetes API unreachable", error=describe_error(exc))
+        return _finish(
+            draft, Outcome.FAILED, f"the object kept changing under the agent ({CONFLICT_ATTEMPTS} conflicts)"
+        )
 
     async def _attempt(
         self,
@@ -196,7 +213,7 @@ class Executor:
                 if not gives_back:
                     self.guard.check_opt_out(state)
                     self.guard.check_bounds(state, intent)
-                    await self.guard.check_cooldown(ref, now=now)
+                    await self.guard.check_cooldown(ref, now=now, deciding=draft.id)
             except Refused as refusal:
                 return _finish(draft, Outcome.REFUSED, refusal.reason, before=_values(state, intent.values))
             values = dict(intent.values)
@@ -215,6 +232,7 @@ class Executor:
                     expires_at=intent.expires_at,
                     revert_on_resolve=intent.revert_on_resolve,
                     event_key=draft.trigger.event_key or "",
+                    action=draft.action,
                 )
                 for name, value in intent.values.items()
             }
@@ -234,6 +252,12 @@ class Executor:
             return _finish(draft, Outcome.DRY_RUN, f"would: {reason}", before=before, after=after)
         try:
             async with self.guard.slot():
+                if draft.id not in self.recorder.in_flight:  # a re-plan after a 409 has its row already
+                    try:
+                        await self.recorder.begin(_finish(draft, Outcome.APPLYING, reason, before=before, after=after))
+                    except LedgerUnavailable as exc:
+                        reason = "not applied: the ledger cannot record the change before it is made"
+                        return _finish(draft, Outcome.FAILED, reason, error=str(exc), before=before, after=after)
                 await self._call("patch", kind.patch, state, values=values, owned=owned, resumed=resumed)
         except Refused as refusal:
             return _finish(draft, Outcome.REFUSED, refusal.reason, before=before, after=after)

@@ -63,12 +63,14 @@ class Guard:
         if new_min is not None and new_max is not None and new_min > new_max:
             raise Refused(f"min-replicas {new_min} would exceed max-replicas {new_max}")
 
-    async def check_cooldown(self, ref: TargetRef, *, now: datetime) -> None:
+    async def check_cooldown(self, ref: TargetRef, *, now: datetime, deciding: str | None = None) -> None:
+        """Refuse a change within the cooldown of the last one (applied, or still applying after a crash).
+        ``deciding`` is the decision being made: its own ``applying`` row (a re-plan after a 409) does not count."""
         cooldown = self.config.cooldown
         if not cooldown:
             return
         last = await self.ledger.last_change(ref)
-        if last is not None and now - last.at < cooldown:
+        if last is not None and last.id != deciding and now - last.at < cooldown:
             age = int((now - last.at).total_seconds())
             raise Refused(
                 f"cooldown: last change {age}s ago (decision {last.id}); cooldown is {int(cooldown.total_seconds())}s"

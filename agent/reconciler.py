@@ -6,6 +6,12 @@ It reads everything from the objects' annotations, never from memory, so it
 finishes after a restart what an earlier process started (level-triggered:
 an expiry passed while the agent was down is reverted on the first pass).
 It also:
+- settles what a crash cut short (first, on every pass): a decision still
+  ``applying`` in the ledger is completed against its object (``applied`` if
+  the object carries the change, ``failed`` if it does not), and an ownership
+  annotation naming a decision the ledger lacks is recorded as a recovered
+  decision under its own id, so every change in the cluster has its row and
+  the cooldown sees it;
 - checks each resume the agent made: if KEDA still reports ``Paused=True``
   past ``kubernetes.resume_check_after``, that is recorded (``failed``) and posted;
 - publishes the pauses in force (agent, human, kube-downscaler) with their age.
@@ -14,22 +20,27 @@ It also:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 
 import structlog
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from agent.config import KubernetesConfig
 from agent.decisions import DecisionRecorder
-from agent.executor import Executor, describe_error, new_decision_id
+from agent.executor import Executor, describe_error
 from agent.metrics import Metrics
-from agent.structs import Decision, Outcome, TargetRef, Trigger, utcnow
-from agent.targets.base import PauseOwner, TargetKind, TargetState
+from agent.structs import Decision, Outcome, Ownership, TargetRef, Trigger, new_id, utcnow
+from agent.supervisor import Supervisor
+from agent.targets.base import MAX_REPLICAS, MIN_REPLICAS, PAUSED_REPLICAS, PauseOwner, TargetKind, TargetState
 
 log = structlog.get_logger("agent.reconciler")
 
 SOURCE = "reconciler"
+GIVE_BACKS = ("revert", "resume")
+# The action an ownership annotation stands for, when it predates annotations that name their action.
+ACTION_OF_FIELD = {PAUSED_REPLICAS: "pause", MIN_REPLICAS: "set_min", MAX_REPLICAS: "set_max"}
 
 
 class Reconciler:
@@ -47,19 +58,19 @@ class Reconciler:
         self.recorder = recorder
         self.metrics = metrics
         self.kubernetes = kubernetes
+        self._supervisor: Supervisor | None = None
         self._task: asyncio.Task[None] | None = None
         self._first_seen: dict[str, datetime] = {}
         self._reported_in_dry_run: set[tuple[TargetRef, str, str]] = set()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="reconciler")
+    def start(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._task = supervisor.spawn("reconciler", self._loop)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._supervisor is not None:
+            await self._supervisor.cancel(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:
@@ -81,17 +92,58 @@ class Reconciler:
 
     async def reconcile_once(self) -> list[Decision]:
         now = utcnow()
-        decisions: list[Decision] = []
+        decisions: list[Decision] = await self._settle_unfinished()
         states: list[TargetState] = []
         for kind in self.targets.values():
             for namespace in self._namespaces():
                 states.extend(await kind.list(namespace))
+        decisions.extend(await self._record_unknown_changes(states))
         for state in states:
             try:
                 decisions.extend(await self._reconcile_object(state, now))
             except Exception as exc:  # one bad object must not stop the others
                 log.error("reconciling an object failed", target=str(state.ref), error=describe_error(exc))
         self._publish_pauses(states, now)
+        return decisions
+
+    # --- what a crash cut short -----------------------------------------------------------------------------
+
+    async def _settle_unfinished(self) -> list[Decision]:
+        """Complete every ``applying`` row not in flight here: the process that wrote it died before the outcome."""
+        decisions = []
+        in_flight = self.recorder.in_flight
+        for row in await self.recorder.ledger.unfinished():
+            if row.id in in_flight or row.target is None:
+                continue
+            try:
+                state = await self.targets[row.target.kind].get(row.target.namespace, row.target.name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    log.warning("cannot settle a decision yet", decision=row.id, error=describe_error(exc))
+                    continue  # the next pass tries again
+                state = None
+            decision = _settled(row, state)
+            await self.recorder.complete(decision)
+            decisions.append(decision)
+        return decisions
+
+    async def _record_unknown_changes(self, states: list[TargetState]) -> list[Decision]:
+        """Record, under its own id, each change the objects carry whose decision the ledger lacks."""
+        by_decision: dict[str, list[tuple[TargetState, Ownership]]] = {}
+        for state in states:
+            for ownership in state.owned.values():
+                by_decision.setdefault(ownership.decision, []).append((state, ownership))
+        if not by_decision:
+            return []
+        known = await self.recorder.ledger.known(list(by_decision))
+        in_flight = self.recorder.in_flight
+        decisions = []
+        for decision_id, owned in by_decision.items():
+            if decision_id in known or decision_id in in_flight:
+                continue
+            decision = _recovered(decision_id, owned)
+            await self.recorder.record(decision)
+            decisions.append(decision)
         return decisions
 
     async def _reconcile_object(self, state: TargetState, now: datetime) -> list[Decision]:
@@ -133,7 +185,7 @@ class Reconciler:
         if state.paused_condition is True:
             waited = int((now - mark.at).total_seconds())
             decision = Decision(
-                id=new_decision_id(now),
+                id=new_id(),
                 at=now,
                 trigger=Trigger(source=SOURCE, alertname="", status="resume-check", fingerprint=""),
                 rule=None,
@@ -174,3 +226,46 @@ class Reconciler:
                 del self._first_seen[key]
         for owner, count in counts.items():
             self.metrics.pauses_in_force.labels(owner=owner).set(count)
+
+
+def _settled(row: Decision, state: TargetState | None) -> Decision:
+    """An ``applying`` row's outcome, read from the object: does it carry the change the row describes?"""
+    if state is None:
+        return replace(row, outcome=Outcome.FAILED, reason=f"{row.reason} — settled at start: the object is gone")
+    if row.action in GIVE_BACKS:
+        landed = all(name not in state.owned and state.values.get(name) == value for name, value in row.after.items())
+    else:
+        landed = all(name in state.owned and state.owned[name].decision == row.id for name in row.after)
+    if landed:
+        note = "settled at start: the object carries this change; the agent stopped before recording its outcome"
+        return replace(row, outcome=Outcome.APPLIED, reason=f"{row.reason} — {note}")
+    note = "settled at start: not applied; the agent stopped before the patch was confirmed and the object lacks it"
+    return replace(row, outcome=Outcome.FAILED, reason=f"{row.reason} — {note}")
+
+
+def _recovered(decision_id: str, owned: list[tuple[TargetState, Ownership]]) -> Decision:
+    """A change found on an object with no row in the ledger, recorded under the id the object names."""
+    state, first = owned[0]
+    mine = [o for s, o in owned if s.ref == state.ref]
+    return Decision(
+        id=decision_id,
+        at=first.applied_at,
+        trigger=Trigger(
+            source=SOURCE,
+            alertname=first.alertname,
+            status="recovered",
+            fingerprint=first.fingerprint,
+            event_key=first.event_key or None,
+        ),
+        rule=first.rule or None,
+        action=first.action or ACTION_OF_FIELD.get(first.field, "unknown"),
+        target=state.ref,
+        before={o.field: o.before for o in mine},
+        after={o.field: o.after for o in mine},
+        reason=(
+            f"{first.reason} — recovered: the object carries this change but the ledger had no record of it"
+            " (written before the agent recorded changes first, or the ledger was replaced); recorded now"
+        ),
+        dry_run=False,
+        outcome=Outcome.APPLIED,
+    )

@@ -1,0 +1,159 @@
+"""
+Every change in the cluster has its row: a decision is recorded `applying` before its patch, and what a crash
+cut short (an `applying` row, an ownership annotation the ledger lacks) is settled into a recorded decision at
+the next start.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from agent.demo.alerts import alert, payload
+from agent.devcluster import DevCluster
+from agent.ledger import LedgerUnavailable, SqliteLedger
+from agent.structs import Decision, Outcome, Ownership, TargetRef, Trigger, utcnow
+from tests.conftest import NS, StartAgent, annotations, build_config, patches, post, settle
+
+PAUSED = "autoscaling.keda.sh/paused-replicas"
+OWNED_PAUSE = "scaling-agent.cortex.io/paused-replicas"
+FREQUENT = {"namespace": NS, "scaledObject": "mcp-http-scaler"}
+HTTP_SCALER = TargetRef("ScaledObject", NS, "mcp-http-scaler")
+
+
+async def test_the_row_exists_before_the_patch_is_sent(
+    cluster: DevCluster, start_agent: StartAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = await start_agent()
+    kind = agent.targets["ScaledObject"]
+    real_patch = kind.patch
+    seen: list[list[tuple[str, str]]] = []
+
+    async def patch(state: Any, **kwargs: Any) -> Any:
+        seen.append([(d.action, d.outcome) for d in await agent.ledger.decisions()])
+        return await real_patch(state, **kwargs)
+
+    monkeypatch.setattr(kind, "patch", patch)
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    assert seen == [[("pause", Outcome.APPLYING)]]
+    [done] = await agent.ledger.decisions()
+    assert (done.action, done.outcome) == ("pause", Outcome.APPLIED)
+    assert json.loads(annotations(cluster, "mcp-http-scaler")[OWNED_PAUSE])["decision"] == done.id
+
+
+async def test_no_patch_when_the_change_cannot_be_recorded_first(
+    cluster: DevCluster, start_agent: StartAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = await start_agent()
+    real_record = agent.ledger.record
+
+    async def record(decision: Decision) -> None:
+        if decision.outcome == Outcome.APPLYING:
+            raise LedgerUnavailable("disk full")
+        await real_record(decision)
+
+    monkeypatch.setattr(agent.ledger, "record", record)
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    assert patches(cluster, "mcp-http-scaler") == 0
+    [decision] = await agent.ledger.decisions()
+    assert decision.outcome == Outcome.FAILED and "cannot record the change before" in decision.reason
+
+
+async def test_a_change_whose_outcome_was_never_recorded_is_settled_at_the_next_start(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = build_config(base_config)
+    first = await start_agent(config)
+
+    async def dies_before_completing(decision: Decision) -> None:
+        raise LedgerUnavailable("the process is being killed")
+
+    monkeypatch.setattr(first.ledger, "complete", dies_before_completing)
+    await post(first, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(first)
+    assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "3"  # the patch landed ...
+    [row] = await first.ledger.unfinished()  # ... and its row says only `applying`
+    await post(first, payload(alert("MCPAtMaximumScale", {"namespace": NS, "deployment": "mcp-http-server"})))
+    await settle(first)
+    refusal = [d for d in await first.ledger.decisions() if d.target == HTTP_SCALER][-1]
+    assert refusal.outcome == Outcome.REFUSED and f"decision {row.id}" in refusal.reason  # the cooldown saw it
+    await first.stop()
+
+    second = await start_agent(config)
+    assert await second.ledger.unfinished() == []
+    settled = next(d for d in await second.ledger.decisions() if d.id == row.id)
+    assert settled.outcome == Outcome.APPLIED and "settled at start: the object carries this change" in settled.reason
+    # The resolve gives the pause back, as for any change.
+    await post(second, payload(alert("MCPFrequentScaling", FREQUENT, status="resolved")))
+    await settle(second)
+    assert PAUSED not in annotations(cluster, "mcp-http-scaler")
+
+
+async def test_a_change_that_never_reached_the_object_is_settled_as_failed(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    config = build_config(base_config)
+    ledger = SqliteLedger(config.ledger.url)
+    await ledger.open()
+    row = Decision(
+        id="01KDEAD0000000000000000000",
+        at=utcnow(),
+        trigger=Trigger("alertmanager", "MCPFrequentScaling", "firing", "f1"),
+        rule="pause-frequent-scaling",
+        action="pause",
+        target=HTTP_SCALER,
+        before={"paused-replicas": None},
+        after={"paused-replicas": 3},
+        reason="MCPFrequentScaling: pause at 3 replicas for 2h",
+        dry_run=False,
+        outcome=Outcome.APPLYING,
+    )
+    await ledger.record(row)  # killed here, before the patch
+    await ledger.close()
+
+    agent = await start_agent(config)
+    [settled] = await agent.ledger.decisions()
+    assert settled.id == row.id and settled.outcome == Outcome.FAILED
+    assert "not applied" in settled.reason
+    assert PAUSED not in annotations(cluster, "mcp-http-scaler")
+    # A failed change does not hold the cooldown: the alert, redelivered, pauses now.
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "3"
+
+
+async def test_a_change_on_an_object_that_the_ledger_lacks_is_recorded_under_its_own_id(
+    cluster: DevCluster, start_agent: StartAgent
+) -> None:
+    # Written by an agent from before decisions were recorded first, or with a ledger since replaced.
+    ownership = Ownership(
+        field="paused-replicas",
+        before=None,
+        after=2,
+        decision="20261201T080000-abc123",
+        rule="pause-frequent-scaling",
+        alertname="MCPFrequentScaling",
+        fingerprint="f-old",
+        reason="MCPFrequentScaling: pause at 2 replicas for 2h",
+        applied_at=utcnow(),
+        expires_at=None,
+        revert_on_resolve=True,
+    )
+    cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, "mcp-http-scaler"].patch(
+        {"metadata": {"annotations": {PAUSED: "2", OWNED_PAUSE: ownership.to_json()}}}
+    )
+    agent = await start_agent()
+    [recovered] = await agent.ledger.decisions()
+    assert (recovered.id, recovered.action, recovered.outcome) == (ownership.decision, "pause", Outcome.APPLIED)
+    assert recovered.target == HTTP_SCALER and dict(recovered.after) == {"paused-replicas": 2}
+    assert "recovered" in recovered.reason
+    assert await agent.reconciler.reconcile_once() == []  # recorded once
+    # The cooldown sees that change, and "already applied" names a decision the ledger has.
+    await post(agent, payload(alert("MCPAtMaximumScale", {"namespace": NS, "deployment": "mcp-http-server"})))
+    await settle(agent)
+    refusal = [d for d in await agent.ledger.decisions() if d.target == HTTP_SCALER][-1]
+    assert refusal.outcome == Outcome.REFUSED and ownership.decision in refusal.reason
