@@ -3,15 +3,16 @@ The running agent: wires the stages together and owns their lifecycles.
 
 ``scaling-agent run``, the demo and the tests all start the agent through
 :class:`Agent`, so they exercise one code path. Start order follows the data:
-ledger, sinks, executor and worker, the reconciler's first pass, re-queued
-events from before a restart, and only then the HTTP server — the agent says
-it listens only when it can take events. Stop runs the other way round.
+ledger, sinks, executor and worker, the reconciler's first pass (which first
+settles what a crash cut short), re-queued events from before a restart, and
+only then the HTTP server — the agent says it listens only when it can take
+events. Stop runs the other way round. Every background task runs under one
+:class:`~agent.supervisor.Supervisor`, whose verdict ``/healthz`` reports.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 
 import structlog
@@ -30,6 +31,7 @@ from agent.server import build_app
 from agent.sinks import Sink, build_sinks
 from agent.sinks.slack import Console
 from agent.sources import DECODERS, AlertmanagerSource
+from agent.supervisor import Supervisor
 from agent.targets import build_targets
 from agent.worker import Intake, Worker
 
@@ -49,7 +51,8 @@ class Agent:
         self.config = config
         self.api = api
         self.metrics = Metrics()
-        self.ledger = ledger or make_ledger(config.ledger)
+        self.supervisor = Supervisor(metrics=self.metrics)
+        self.ledger = ledger or make_ledger(config.ledger, supervisor=self.supervisor)
         self.targets = build_targets(api)
         self.sinks: list[Sink] = build_sinks(config, api=api, metrics=self.metrics, console=console)
         self.recorder = DecisionRecorder(ledger=self.ledger, sinks=self.sinks, metrics=self.metrics)
@@ -96,15 +99,15 @@ class Agent:
     async def start(self) -> None:
         await self.ledger.open()
         for sink in self.sinks:
-            sink.start()
-        self.worker.start()
+            sink.start(self.supervisor)
+        self.worker.start(self.supervisor)
         try:
             await self.reconciler.reconcile_once()
         except Exception as exc:  # the loop retries; a slow API at start must not stop the agent
             log.warning("first reconcile pass failed", error=str(exc))
-        self.reconciler.start()
+        self.reconciler.start(self.supervisor)
         await self.worker.resume_pending()
-        self._housekeeping = asyncio.create_task(self._prune_inbox_hourly(), name="ledger-housekeeping")
+        self._housekeeping = self.supervisor.spawn("ledger-housekeeping", self._prune_inbox_hourly)
         # Put what start-up made (modules, config, clients: ~120,000 objects) out of the cyclic collector's
         # reach. Left in, each full collection walked them all and stalled the event loop for 70-110 ms,
         # under load: the webhook's p99 went from ~10 ms to ~50 ms in those rounds (bench/README.md).
@@ -114,6 +117,7 @@ class Agent:
             routes=self.alertmanager.routes(),
             ledger=self.ledger,
             ping_kubernetes=self._ping_kubernetes,
+            dead_tasks=lambda: self.supervisor.dead,
             metrics=self.metrics,
             max_body_bytes=self.config.webhook.max_body_bytes,
         )
@@ -153,11 +157,8 @@ class Agent:
         if self._runner is not None:
             await self._runner.cleanup()  # no new events
             self._runner = None
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
-            self._housekeeping = None
+        await self.supervisor.cancel(self._housekeeping)
+        self._housekeeping = None
         await self.reconciler.stop()
         await self.worker.stop()  # unprocessed events stay in the ledger for the next start
         for sink in self.sinks:

@@ -1,13 +1,15 @@
 """
 The agent's HTTP server (aiohttp): the sources' webhooks plus
-``/healthz`` (the process answers), ``/readyz`` (the Kubernetes API and the
-ledger both answer) and ``/metrics`` (prometheus-client text format).
+``/healthz`` (the process answers and none of its background tasks died for
+good: a pod that acknowledges alerts but no longer acts must be restarted, so
+the liveness probe fails then), ``/readyz`` (the Kubernetes API and the ledger
+both answer) and ``/metrics`` (prometheus-client text format).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -23,6 +25,7 @@ def build_app(
     routes: list[web.RouteDef],
     ledger: Ledger,
     ping_kubernetes: Callable[[], Awaitable[None]],
+    dead_tasks: Callable[[], Mapping[str, str]],
     metrics: Metrics,
     max_body_bytes: int,
 ) -> web.Application:
@@ -30,6 +33,9 @@ def build_app(
     app = web.Application(client_max_size=max_body_bytes)
 
     async def healthz(request: web.Request) -> web.Response:
+        dead = dict(dead_tasks())
+        if dead:
+            return web.json_response({"status": "unhealthy", "dead_tasks": dead}, status=503)
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -31,11 +32,12 @@ import structlog
 
 from agent.config import GuardConfig
 from agent.decisions import DecisionRecorder
-from agent.executor import Executor, new_decision_id
+from agent.executor import Executor
 from agent.ledger import Ledger, LedgerUnavailable
 from agent.metrics import Metrics
 from agent.rules import Rules
-from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, Plan, Trigger, utcnow
+from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, Plan, Trigger, new_id, utcnow
+from agent.supervisor import Supervisor
 
 log = structlog.get_logger("agent.worker")
 
@@ -214,11 +216,14 @@ class Worker:
         self.delivered(0)  # the unpacker starts here, after the older events: it finds any deliveries left
         return len(entries)
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor) -> None:
+        """Run the lanes and the unpacker under the supervisor: each may be restarted, as its work is queued
+        (the lane's queue) or in the ledger (the deliveries), never only in the crashed coroutine."""
         self._tasks = [
-            asyncio.create_task(self._run(lane), name=f"worker-lane-{i}") for i, lane in enumerate(self._lanes)
+            supervisor.spawn(f"worker-lane-{i}", functools.partial(self._run, lane))
+            for i, lane in enumerate(self._lanes)
         ]
-        self._tasks.append(asyncio.create_task(self._unpack_loop(), name="worker-unpacker"))
+        self._tasks.append(supervisor.spawn("worker-unpacker", self._unpack_loop))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -300,7 +305,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("event processing failed", event=entry.id, alertname=entry.event.alertname)
+                log.exception("event processing failed", entry=entry.id, alertname=entry.event.alertname)
             finally:
                 lane.task_done()
 
@@ -318,7 +323,7 @@ class Worker:
                 for plan in self._limit_blast_radius(plans):
                     decisions.append(await self.executor.execute(plan))
             except Exception as exc:
-                log.exception("event could not be handled", event=entry.id)
+                log.exception("event could not be handled", entry=entry.id)
                 decisions.append(
                     await self._note(Trigger.of(event), "error", "internal error", outcome=Outcome.FAILED, error=exc)
                 )
@@ -329,7 +334,7 @@ class Worker:
             await self.ledger.mark_processed(entry.id)
         except LedgerUnavailable as exc:
             # It will run again after a restart; the redelivery is then a recorded no-op or an idempotent no-op.
-            log.error("could not mark event processed", event=entry.id, error=str(exc))
+            log.error("could not mark event processed", entry=entry.id, error=str(exc))
         return decisions
 
     def _limit_blast_radius(self, plans: list[Plan]) -> list[Plan]:
@@ -362,7 +367,7 @@ class Worker:
     ) -> Decision:
         now = utcnow()
         decision = Decision(
-            id=new_decision_id(now),
+            id=new_id(),
             at=now,
             trigger=trigger,
             rule=None,

@@ -17,6 +17,7 @@ import structlog
 
 from agent.metrics import Metrics
 from agent.structs import Decision
+from agent.supervisor import Supervisor
 
 log = structlog.get_logger("agent.sinks")
 
@@ -42,8 +43,8 @@ class Sink(ABC):
             self.metrics.sink_dropped.labels(sink=self.name).inc()
             log.warning("sink queue full; decision not delivered to it", sink=self.name, decision=decision.id)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"sink-{self.name}")
+    def start(self, supervisor: Supervisor) -> None:
+        self._task = supervisor.spawn(f"sink-{self.name}", self._run)
 
     async def flush(self) -> None:
         """Wait until everything offered so far is delivered (or given up on)."""
