@@ -18,8 +18,17 @@ from datetime import datetime
 
 import structlog
 import yaml
+from pydantic import ValidationError
 
-from agent.config import Config, ConfigError, LedgerConfig, check_secrets, effective_config, load_config
+from agent.config import (
+    Config,
+    ConfigError,
+    LedgerConfig,
+    check_secrets,
+    effective_config,
+    format_errors,
+    load_config,
+)
 from agent.durations import parse_duration
 from agent.structs import TargetRef, utcnow
 
@@ -90,17 +99,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _decisions(args: argparse.Namespace, ledger_config: LedgerConfig) -> int:
-    from agent.ledger import make_ledger
+    from agent.ledger import LedgerUnavailable, make_ledger
 
     since: datetime | None = utcnow() - parse_duration(args.since) if args.since else None
     target = None
     if args.target:
         namespace, _, name = args.target.partition("/")
         target = TargetRef(kind=args.kind, namespace=namespace, name=name)
-    ledger = make_ledger(ledger_config)
-    await ledger.open()
+    # Read-only: a reader beside the running agent must never change its ledger (nor create one).
+    ledger = make_ledger(ledger_config, readonly=True)
     try:
+        await ledger.open()
         decisions = await ledger.decisions(since=since, target=target, limit=args.limit)
+    except LedgerUnavailable as exc:
+        print(f"decisions: {exc}", file=sys.stderr)
+        return 1
     finally:
         await ledger.close()
     for decision in decisions:
@@ -117,8 +130,8 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     if args.ledger:
         try:
             ledger_config = LedgerConfig(url=args.ledger)
-        except ValueError as exc:
-            print(f"--ledger: {exc}", file=sys.stderr)
+        except ValidationError as exc:
+            print(f"decisions: --ledger {args.ledger}: {format_errors(exc)[0].partition(': ')[2]}", file=sys.stderr)
             return 2
     elif args.config:
         try:
@@ -138,6 +151,16 @@ def cmd_decisions(args: argparse.Namespace) -> int:
             print(f"decisions: --since: {exc}", file=sys.stderr)
             return 2
     return asyncio.run(_decisions(args, ledger_config))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     decisions.add_argument("--since", help="only decisions newer than this (e.g. 1h, 30m)")
     decisions.add_argument("--target", help="only decisions about NAMESPACE/NAME")
     decisions.add_argument("--kind", default="ScaledObject", help="kind for --target (default ScaledObject)")
-    decisions.add_argument("--limit", type=int, default=1000)
+    decisions.add_argument("--limit", type=_positive, default=1000, help="the newest N decisions (default 1000)")
     decisions.add_argument("--json", action="store_true", help="one JSON object per line")
     decisions.set_defaults(func=cmd_decisions)
     return parser

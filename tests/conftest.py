@@ -6,6 +6,7 @@ and a real redis-server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import os
@@ -138,11 +139,24 @@ async def post(agent: Agent, body: Any, *, token: str | None = TOKEN) -> aiohttp
         return response
 
 
-async def settle(agent: Agent) -> None:
-    """Wait until every event taken in is processed and every sink has delivered what it was given."""
-    await agent.worker.idle()
-    for sink in agent.sinks:
-        await sink.flush()
+SETTLE_SECONDS = 30.0
+
+
+async def settle(agent: Agent, *, timeout: float = SETTLE_SECONDS) -> None:
+    """
+    Wait until every event taken in is processed and every sink has delivered what it was given; raise
+    TimeoutError (failing the test, not hanging it) if that takes longer than ``timeout`` seconds.
+    """
+
+    async def idle() -> None:
+        await agent.worker.idle()
+        for sink in agent.sinks:
+            await sink.flush()
+
+    try:
+        await asyncio.wait_for(idle(), timeout)
+    except TimeoutError:
+        raise TimeoutError(f"the agent did not settle within {timeout:.0f} s (depth {agent.worker.depth})") from None
 
 
 def scaledobject(cluster: DevCluster, name: str) -> dict[str, Any]:
