@@ -238,27 +238,46 @@ def test_custom_resources_have_a_shape() -> None:
     assert monitor["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
 
 
+# The oldest kustomize the overlay builds with: its runbook replacement uses `*` in a fieldPath and relies on
+# rules without a runbook_url being skipped, which kustomize does from v5.0 (kubectl 1.27).
+KUSTOMIZE_MINIMUM = (5, 0)
+
+
+def _at_least_minimum(version: str) -> bool:
+    match = re.search(r"v(\d+)\.(\d+)", version)
+    if match is None:
+        return False
+    return (int(match.group(1)), int(match.group(2))) >= KUSTOMIZE_MINIMUM
+
+
 def kustomize_command() -> list[str] | None:
     if shutil.which("kustomize"):
-        return ["kustomize", "build"]
+        result = subprocess.run(["kustomize", "version"], capture_output=True, text=True, timeout=30)
+        if result.returncode == 0 and _at_least_minimum(result.stdout):
+            return ["kustomize", "build"]
     if shutil.which("kubectl"):
         # kubectl's embedded kustomize: old kubectl (Debian's 1.20) carries kustomize v2, which lacks the
-        # overlay's `labels`; use it from kustomize v4.2 on (kubectl 1.22).
-        result = subprocess.run(["kubectl", "version", "--client", "-o", "json"], capture_output=True, text=True)
+        # overlay's `labels` and `replacements`; use it from kustomize v5.0 on (kubectl 1.27).
+        result = subprocess.run(
+            ["kubectl", "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=30
+        )
         version = (json.loads(result.stdout or "{}") if result.returncode == 0 else {}).get("kustomizeVersion", "")
-        match = re.match(r"v(\d+)\.(\d+)", version)
-        if match and (int(match.group(1)), int(match.group(2))) >= (4, 2):
+        if _at_least_minimum(version):
             return ["kubectl", "kustomize"]
     return None
 
 
-def test_the_overlay_builds_with_kustomize_where_one_is_installed() -> None:
+def kustomize_build(folder: Path) -> list[dict[str, Any]]:
     command = kustomize_command()
     if command is None:
-        pytest.skip("no kustomize ≥ 4.2 (standalone or in kubectl ≥ 1.22) on the PATH; the file checks still ran")
-    result = subprocess.run([*command, str(OVERLAY)], capture_output=True, text=True, timeout=120)
+        pytest.skip("no kustomize ≥ 5.0 (standalone or in kubectl ≥ 1.27) on the PATH; the file checks still ran")
+    result = subprocess.run([*command, str(folder)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def test_the_overlay_builds_with_kustomize_where_one_is_installed() -> None:
+    objects = kustomize_build(OVERLAY)
     for obj in objects:
         if not is_crd_kind(obj):
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -279,6 +298,107 @@ def test_the_overlay_builds_with_kustomize_where_one_is_installed() -> None:
     for obj in objects:
         if api_group(obj) == "monitoring.coreos.com":
             assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # The runbook links: the overlay's one value, before /runbooks/<Alert>.md; its holder is not in the output.
+    assert runbook_urls(one(objects, "PrometheusRule")) == expected_runbook_urls(overlay_runbook_base_url())
+    assert RUNBOOK_HOLDER not in {obj["metadata"]["name"] for obj in objects}
+
+
+# --- the runbook links: one value in the overlay --------------------------------------------------------------
+
+RUNBOOK_HOLDER = "runbook-links"  # the overlay's ConfigMap that holds the value (local-config: never applied)
+RUNBOOK_KEY = "runbook-base-url"
+RUNBOOK_FIELD = "spec.groups.*.rules.*.annotations.runbook_url"
+RUNBOOK_DELIMITER = "/runbooks/"
+
+
+def runbook_urls(rule: dict[str, Any]) -> dict[str, str]:
+    """Every alert of a PrometheusRule and its runbook_url."""
+    return {
+        item["alert"]: item["annotations"]["runbook_url"]
+        for group in rule["spec"]["groups"]
+        for item in group["rules"]
+        if "alert" in item
+    }
+
+
+def expected_runbook_urls(base_url: str) -> dict[str, str]:
+    alerts = runbook_urls(one(base_objects(), "PrometheusRule"))
+    return {name: f"{base_url}{RUNBOOK_DELIMITER}{name}.md" for name in alerts}
+
+
+def overlay_runbook_base_url(kustomization: Path = OVERLAY / "kustomization.yaml") -> str:
+    data = yaml.safe_load(kustomization.read_text())
+    [holder] = [entry for entry in data.get("configMapGenerator") or [] if entry["name"] == RUNBOOK_HOLDER]
+    [literal] = holder["literals"]
+    key, value = str(literal).split("=", 1)
+    assert key == RUNBOOK_KEY
+    return value
+
+
+def test_base_runbook_urls_end_in_runbooks_and_the_alert() -> None:
+    # The overlay's replacement rewrites what comes before the one `/runbooks/` of each runbook_url, so every
+    # alert has one, with exactly one `/runbooks/`, followed by the alert's runbook file.
+    rule = one(base_objects(), "PrometheusRule")
+    alerts = [item["alert"] for group in rule["spec"]["groups"] for item in group["rules"] if "alert" in item]
+    urls = runbook_urls(rule)
+    assert sorted(urls) == sorted(alerts)
+    for name, url in urls.items():
+        head, tail = url.split(RUNBOOK_DELIMITER)  # exactly one
+        assert tail == f"{name}.md", name
+        assert head.startswith("https://") and not head.endswith("/"), name
+        assert (ROOT / "runbooks" / tail).is_file(), name
+    # The example overlay's value is the base's placeholder, so that the base alone renders the same links.
+    assert urls == expected_runbook_urls(overlay_runbook_base_url())
+
+
+def test_overlay_sets_every_runbook_url_from_one_value() -> None:
+    data = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
+    [holder] = [entry for entry in data["configMapGenerator"] if entry["name"] == RUNBOOK_HOLDER]
+    assert holder["options"]["disableNameSuffixHash"] is True  # the replacement finds it by this name
+    assert holder["options"]["annotations"] == {"config.kubernetes.io/local-config": "true"}  # not applied
+    value = overlay_runbook_base_url()
+    assert re.fullmatch(r"https://[^\s]+[^/]", value), value
+    [replacement] = data["replacements"]
+    assert replacement["source"] == {"kind": "ConfigMap", "name": RUNBOOK_HOLDER, "fieldPath": f"data.{RUNBOOK_KEY}"}
+    [target] = replacement["targets"]
+    rule = one(base_objects(), "PrometheusRule")
+    assert target["select"] == {
+        "group": api_group(rule),
+        "kind": rule["kind"],
+        "name": rule["metadata"]["name"],
+    }
+    assert target["fieldPaths"] == [RUNBOOK_FIELD]
+    assert target["options"] == {"delimiter": RUNBOOK_DELIMITER, "index": 0}
+    # The field path names where the base keeps the links.
+    for group in rule["spec"]["groups"]:
+        for item in group["rules"]:
+            if "alert" in item:
+                assert "runbook_url" in item["annotations"], item["alert"]
+
+
+def test_changing_the_one_value_moves_every_runbook_link(tmp_path: Path) -> None:
+    # A copy of deploy/ (kustomize does not load a base from an absolute path), with the overlay's one line
+    # changed: every alert's link follows, and nothing else in the build changes.
+    copy = tmp_path / "deploy"
+    shutil.copytree(BASE, copy / "base")
+    shutil.copytree(OVERLAY, copy / "overlays" / "example")
+    kustomization = copy / "overlays" / "example" / "kustomization.yaml"
+    before = overlay_runbook_base_url()
+    after = "https://git.example.com/platform/mcp-scaling-agent/-/blob/v0.1.0"
+    text = kustomization.read_text()
+    line = f"{RUNBOOK_KEY}={before}"
+    assert text.count(line) == 1, "the value is written once in the overlay"
+    kustomization.write_text(text.replace(line, f"{RUNBOOK_KEY}={after}"))
+    assert overlay_runbook_base_url(kustomization) == after
+
+    moved = kustomize_build(copy / "overlays" / "example")
+    assert runbook_urls(one(moved, "PrometheusRule")) == expected_runbook_urls(after)
+    example = kustomize_build(OVERLAY)
+    for obj in (one(moved, "PrometheusRule"), one(example, "PrometheusRule")):
+        for group in obj["spec"]["groups"]:
+            for item in group["rules"]:
+                (item.get("annotations") or {}).pop("runbook_url", None)
+    assert moved == example
 
 
 # --- the agent's config in the cluster ---------------------------------------------------------------------

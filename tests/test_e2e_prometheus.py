@@ -1,10 +1,12 @@
 """
 End to end with the real monitoring stack: Prometheus evaluates the shipped PrometheusRule against a small
-exporter serving the seed's metric names (with the labels their real exporters use), Alertmanager routes the
-alerts through the shipped receiver to `scaling-agent run` (a subprocess), and the agent changes ScaledObjects
-on the emulated Kubernetes API. Only `for:`, the evaluation interval and Alertmanager's group intervals are
-shortened here (and Prometheus's resend delay, so Alertmanager's endsAt comes within seconds); the
-expressions, the route and the receiver are the ones in deploy/.
+exporter serving the series the rules read (the metric names and labels of their real exporters: the MCP
+servers' and kube-state-metrics'), Alertmanager routes the alerts through the shipped receiver to
+`scaling-agent run` (a subprocess), and the agent changes ScaledObjects on the emulated Kubernetes API. Only
+`for:`, the evaluation interval, MCPFrequentScaling's 15-minute window (cut to 15 s, as `for:` is cut from
+minutes to seconds, so that its resolve comes from the metrics within the test), Alertmanager's group
+intervals and Prometheus's resend delay are shortened here; the rest of the expressions, the route and the
+receiver are the ones in deploy/.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ PROMETHEUS_RULE = ROOT / "deploy" / "base" / "prometheusrule.yaml"
 ALERTMANAGER_EXAMPLE = ROOT / "deploy" / "alertmanager" / "alertmanager.yaml"
 PAUSED = "autoscaling.keda.sh/paused-replicas"
 DEADLINE = 60.0  # seconds any one step may take: bounded waits, never an open-ended loop
+# MCPFrequentScaling counts the changes of the desired replicas of KEDA's HPA in a 15-minute window; here the
+# window is 15 s. The exporter flips the count more slowly than Prometheus scrapes (every 1 s), so that every
+# flip is one change: 12 in any 15 s, above the rule's 6.
+FREQUENT_WINDOW = ("[15m]", "[15s]")
+FLIP_EVERY = 1.25
 
 
 class Exporter:
@@ -48,10 +55,6 @@ class Exporter:
     def set(self, name: str, labels: dict[str, str], value: float, *, kind: str = "gauge") -> None:
         self.types[name] = kind
         self.series[name, tuple(sorted(labels.items()))] = value
-
-    def add(self, name: str, labels: dict[str, str], amount: float) -> None:
-        key = (name, tuple(sorted(labels.items())))
-        self.series[key] = self.series.get(key, 0.0) + amount
 
     async def _metrics(self, request: web.Request) -> web.Response:
         lines = []
@@ -116,7 +119,8 @@ async def until(check: Callable[[], Any], what: str, *, within: float = DEADLINE
 
 
 def rule_groups(*, for_: str) -> dict[str, Any]:
-    """The PrometheusRule's groups as a Prometheus rule file, with every `for:` shortened."""
+    """The PrometheusRule's groups as a Prometheus rule file, with every `for:` and MCPFrequentScaling's window
+    shortened."""
     rule = yaml.safe_load(PROMETHEUS_RULE.read_text())
     groups = copy.deepcopy(rule["spec"]["groups"])
     for group in groups:
@@ -124,7 +128,20 @@ def rule_groups(*, for_: str) -> dict[str, Any]:
         for item in group["rules"]:
             if "for" in item:
                 item["for"] = for_
+            if item.get("alert") == "MCPFrequentScaling":
+                window, shorter = FREQUENT_WINDOW
+                assert item["expr"].count(window) == 1, "MCPFrequentScaling's window is not the one this test cuts"
+                item["expr"] = item["expr"].replace(window, shorter)
     return {"groups": groups}
+
+
+async def flap(exporter: Exporter, labels: dict[str, str], *, low: float, high: float) -> None:
+    """KEDA's HPA flapping: its desired replica count switches between `low` and `high` until cancelled, for at
+    most three deadlines."""
+    name = "kube_horizontalpodautoscaler_status_desired_replicas"
+    for step in range(int(3 * DEADLINE / FLIP_EVERY)):
+        exporter.set(name, labels, high if step % 2 else low)
+        await asyncio.sleep(FLIP_EVERY)
 
 
 def alertmanager_config(*, agent_url: str, token_file: Path) -> dict[str, Any]:
@@ -211,7 +228,7 @@ async def test_prometheus_and_alertmanager_drive_the_agent(
         async with (
             process(agent_argv, ready_url=f"{agent_url}/readyz", log=tmp_path / "agent.log", env=env),
             process(am_argv, ready_url=f"http://127.0.0.1:{am_port}/-/ready", log=tmp_path / "am.log"),
-            process(prom_argv, ready_url=f"http://127.0.0.1:{prom_port}/-/ready", log=tmp_path / "prom.log") as prom,
+            process(prom_argv, ready_url=f"http://127.0.0.1:{prom_port}/-/ready", log=tmp_path / "prom.log"),
         ):
             # Prometheus's discovery sends targets every few seconds: wait for its first scrape of the exporter.
             await until(lambda: _scraped(prom_port), "Prometheus to scrape the exporter")
@@ -226,42 +243,45 @@ async def test_prometheus_and_alertmanager_drive_the_agent(
             exporter.set("kube_replicaset_owner", {**replicaset, **deployment}, 1)
             exporter.set("mcp_pod_startup_duration_seconds_sum", pod, 45.0, kind="untyped")
             exporter.set("mcp_pod_startup_duration_seconds_count", pod, 1.0, kind="untyped")
-            # KEDA's own metric, labelled scaledObject: a burst of scaler activity on mcp-http-scaler.
-            activity = {"namespace": NS, "scaledObject": "mcp-http-scaler", "scaler": "prometheus"}
-            exporter.set("keda_scaler_activity", activity, 0.0, kind="counter")
-            # rate(...[15m]) divides by the whole 15 minutes: > 0.5/s takes > 450 events in the window.
-            for _ in range(3):
-                await asyncio.sleep(1.0)
-                exporter.add("keda_scaler_activity", activity, 300.0)
+            # kube-state-metrics' series of the HPA that KEDA made for mcp-http-scaler (keda-hpa-<name>): its
+            # desired replica count flaps between 3 and 4, until the test has seen the agent's pause and
+            # Alertmanager's repeats, then stops, as the pause holds it.
+            hpa = {"namespace": NS, "horizontalpodautoscaler": "keda-hpa-mcp-http-scaler"}
+            flapping = asyncio.create_task(flap(exporter, hpa, low=3, high=4))
+            try:
+                await until(lambda: PAUSED in annotations(cluster, "mcp-http-scaler"), "MCPFrequentScaling to pause")
+                await until(
+                    lambda: scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 1,
+                    "MCPColdStartSlow to set a warm floor",
+                )
+                paused = annotations(cluster, "mcp-http-scaler")["scaling-agent.cortex.io/paused-replicas"]
+                owned = json.loads(paused)
+                assert owned["alertname"] == "MCPFrequentScaling" and owned["after"] == 3
 
-            await until(lambda: PAUSED in annotations(cluster, "mcp-http-scaler"), "MCPFrequentScaling to pause")
-            await until(
-                lambda: scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 1,
-                "MCPColdStartSlow to set a warm floor",
-            )
-            owned = json.loads(annotations(cluster, "mcp-http-scaler")["scaling-agent.cortex.io/paused-replicas"])
-            assert owned["alertname"] == "MCPFrequentScaling" and owned["after"] == 3
+                # Alertmanager repeats firing notifications (repeat_interval 4s here): no second change.
+                await until(
+                    lambda: _redeliveries(agent_url), "Alertmanager's repeat notification to be recorded as a no-op"
+                )
+                assert patches(cluster, "mcp-http-scaler") == 1
+                assert patches(cluster, "mcp-scale-to-zero") == 1
+            finally:
+                flapping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flapping
 
-            # Alertmanager repeats firing notifications (repeat_interval 4s here): no second change.
-            await until(
-                lambda: _redeliveries(agent_url), "Alertmanager's repeat notification to be recorded as a no-op"
-            )
-            assert patches(cluster, "mcp-http-scaler") == 1
-            assert patches(cluster, "mcp-scale-to-zero") == 1
-
-            # Cold starts are fast again, scaler activity stops: both alerts resolve, the agent gives back.
+            # Cold starts are fast again, and the HPA's count has stopped changing since the pause: both alerts
+            # resolve from the metrics (MCPFrequentScaling once 6 or fewer changes are left in its window), and
+            # the agent gives back.
             exporter.set("mcp_pod_startup_duration_seconds_sum", pod, 5.0, kind="untyped")
             await until(
                 lambda: scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 0,
                 "MCPColdStartSlow's resolve to give the floor back",
             )
-            # MCPFrequentScaling's 15-minute window cannot empty within a test. Alertmanager's own way out: when
-            # Prometheus stops re-sending an alert, it resolves once the alert's endsAt passes (4 x resend delay).
-            prom.send_signal(signal.SIGTERM)
             await until(
                 lambda: PAUSED not in annotations(cluster, "mcp-http-scaler"),
                 "MCPFrequentScaling's resolve to remove the pause",
             )
+            assert not {"MCPFrequentScaling", "MCPColdStartSlow"} & await _firing(prom_port)
             rows = await decisions(agent_url)
             assert count(rows, "pause", "applied") == 1
             assert count(rows, "set_min", "applied") == 1
@@ -274,6 +294,14 @@ async def _scraped(prom_port: int) -> bool:
     async with aiohttp.ClientSession() as session, session.get(url, params={"query": "up"}) as response:
         result = (await response.json())["data"]["result"]
     return any(r["metric"].get("job") == "mcp-exporters" and r["value"][1] == "1" for r in result)
+
+
+async def _firing(prom_port: int) -> set[str]:
+    """The alerts Prometheus has firing now."""
+    url = f"http://127.0.0.1:{prom_port}/api/v1/alerts"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        alerts = (await response.json())["data"]["alerts"]
+    return {alert["labels"]["alertname"] for alert in alerts if alert["state"] == "firing"}
 
 
 async def _redeliveries(agent_url: str) -> bool:
