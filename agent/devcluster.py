@@ -10,7 +10,10 @@ agent relies on and kmock lacks:
 - faults injected on purpose (``fail(...)``): a status answered N times for a
   method and resource, to test retries and failure records;
 - ``keep_requests=False`` for long runs (the demo, the bench): kmock's request
-  log, which makes every request slower than the last, is dropped as it goes.
+  log, which makes every request slower than the last, is dropped as it goes;
+- ``writes``: every write the API server accepted (method, plural, namespace,
+  name, body), in order, so a test can tell the changes that landed from the
+  requests that were refused (kept only with ``keep_requests``).
 
 Needs the ``kmock`` package (the ``demo`` or ``dev`` extra).
 """
@@ -48,12 +51,24 @@ class Fault:
     message: str = "injected fault"
 
 
+@dataclass(frozen=True)
+class Write:
+    """A write the emulated API server accepted (answered 2xx)."""
+
+    method: str
+    plural: str
+    namespace: str | None
+    name: str | None
+    body: Any
+
+
 @attrs.define(kw_only=True)
 class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
     faults: list[Fault] = attrs.field(factory=list)
     # kmock logs every request for assertions, and matching a request walks that log: after a thousand
     # requests each one costs ~250 ms of CPU. The demo and the bench need no log, only the objects.
     keep_requests: bool = True
+    writes: list[Write] = attrs.field(factory=list, init=False)
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -129,6 +144,11 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         finally:
             if not self.keep_requests:
                 self._requests.clear()
+        method = request.method.value
+        accepted = 200 <= response.status < 300 and method in ("PATCH", "PUT", "POST", "DELETE")
+        if self.keep_requests and accepted and request.resource is not None:
+            plural = request.resource.plural
+            self.writes.append(Write(method, plural, request.namespace, request.name, request.data))
         if request.action == kmock.action.CREATE and response.status == 200 and not response.prepared:
             response.set_status(201)
         return response

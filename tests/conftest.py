@@ -47,6 +47,15 @@ SEED_ALERTS = (  # the seed's six alert rules, which the default rules answer
 )
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kills",
+        type=int,
+        default=20,
+        help="SIGKILLs per ledger in tests/test_kill.py (default 20; the full run: 100)",
+    )
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _logs_to_stderr() -> None:
     # As in the real process: logs on stderr, so stdout carries only what a command prints.
