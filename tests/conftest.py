@@ -151,10 +151,10 @@ async def post(agent: Agent, body: Any, *, token: str | None = TOKEN) -> aiohttp
 SETTLE_SECONDS = 30.0
 
 
-async def settle(agent: Agent, *, timeout: float = SETTLE_SECONDS) -> None:
+async def settle(agent: Agent, *, within: float = SETTLE_SECONDS) -> None:
     """
     Wait until every event taken in is processed and every sink has delivered what it was given; raise
-    TimeoutError (failing the test, not hanging it) if that takes longer than ``timeout`` seconds.
+    TimeoutError (failing the test, not hanging it) if that takes longer than ``within`` seconds.
     """
 
     async def idle() -> None:
@@ -163,9 +163,9 @@ async def settle(agent: Agent, *, timeout: float = SETTLE_SECONDS) -> None:
             await sink.flush()
 
     try:
-        await asyncio.wait_for(idle(), timeout)
+        await asyncio.wait_for(idle(), within)
     except TimeoutError:
-        raise TimeoutError(f"the agent did not settle within {timeout:.0f} s (depth {agent.worker.depth})") from None
+        raise TimeoutError(f"the agent did not settle within {within:.0f} s (depth {agent.worker.depth})") from None
 
 
 def scaledobject(cluster: DevCluster, name: str) -> dict[str, Any]:

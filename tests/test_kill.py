@@ -45,7 +45,8 @@ from tests.conftest import NS, TOKEN, free_port, scaledobject
 
 TARGETS = ("mcp-cpu-memory-scaler", "mcp-cron-scaling", "mcp-custom-metrics-scaler", "mcp-http-triggers")
 ALERTS = {"KillTestFlapping": "paused-replicas", "KillTestColdStart": "min-replicas"}
-CYCLES = 3  # firing → resolved cycles per (alert, target)
+# Firing → resolved cycles per (alert, target): one per 6 kills, at least 3, so that the kills land under load.
+KILLS_PER_CYCLE = 6
 DEADLINE = 240.0  # seconds for the whole run under load; every loop below is bounded by it
 READY_SECONDS = 30.0
 DRAIN_SECONDS = 90.0
@@ -162,13 +163,13 @@ async def deliver(session: aiohttp.ClientSession, url: str, body: bytes, *, run:
 
 
 async def send_alerts(
-    session: aiohttp.ClientSession, url: str, *, run: Run, deadline: float, rng: random.Random
+    session: aiohttp.ClientSession, url: str, *, cycles: int, run: Run, deadline: float, rng: random.Random
 ) -> None:
-    """Every (alert, target) fires and resolves CYCLES times, in order, each firing with its own startsAt."""
+    """Every (alert, target) fires and resolves ``cycles`` times, in order, each firing with its own startsAt."""
 
     async def one(alertname: str, target: str) -> None:
         start = datetime(2026, 12, 1, 8, tzinfo=UTC)
-        for cycle in range(CYCLES):
+        for cycle in range(cycles):
             labels = {"namespace": NS, "scaledObject": target}
             starts_at = start + timedelta(hours=cycle)
             firing = alert(alertname, labels, starts_at=starts_at)
@@ -256,7 +257,8 @@ async def test_nothing_acknowledged_is_lost_and_nothing_applied_goes_unrecorded_
         await agents.ready(session)  # the ledger exists from here on, for the reader
         stop_reading = asyncio.Event()
         reader = asyncio.create_task(read_beside(config_path, run=run, stop=stop_reading))
-        sender = asyncio.create_task(send_alerts(session, url, run=run, deadline=deadline, rng=rng))
+        cycles = max(3, kills_wanted // KILLS_PER_CYCLE)
+        sender = asyncio.create_task(send_alerts(session, url, cycles=cycles, run=run, deadline=deadline, rng=rng))
         try:
             while (run.kills < kills_wanted or not sender.done()) and time.monotonic() < deadline:
                 if rng.random() < 0.3:

@@ -1,4 +1,4 @@
-"""Nothing dies quietly: a crashed background task is logged, counted, restarted, and when it cannot be, /healthz fails."""
+"""Nothing dies quietly: a crashed background task is logged, counted and restarted; if it cannot be, /healthz fails."""
 
 from __future__ import annotations
 
