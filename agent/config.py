@@ -23,6 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agent.actions import ActionSpec
 from agent.durations import Duration
 
+ONE_SECOND = timedelta(seconds=1)
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    # A file cannot spell a negative duration (the parser refuses it); this holds for code building a config too.
+    if value < timedelta(0):
+        raise ValueError("must not be negative")
+    return value
+
 
 class ConfigError(Exception):
     """A config file that cannot be used; ``errors`` lists every problem as ``field.path: message``."""
@@ -134,6 +143,14 @@ class LedgerConfig(Model):
             raise ValueError("must start with sqlite:///, redis://, rediss:// or unix://")
         return url
 
+    @field_validator("inbox_retention")
+    @classmethod
+    def _retention_at_least_a_second(cls, value: timedelta) -> timedelta:
+        # Redis refuses a key expiry under 1s (every intake would fail), and sqlite would forget redeliveries at once.
+        if value < ONE_SECOND:
+            raise ValueError("must be at least 1s (shorter breaks the Redis ledger and forgets redeliveries at once)")
+        return value
+
 
 class KubernetesConfig(Model):
     namespaces: list[str] = Field(min_length=1, description='namespaces the agent may touch; ["*"] for all')
@@ -142,6 +159,18 @@ class KubernetesConfig(Model):
     api_attempts: int = Field(default=4, ge=1, le=10)
     api_backoff: Duration = timedelta(milliseconds=200)
     post_events: bool = True
+
+    @field_validator("reconcile_interval")
+    @classmethod
+    def _interval_at_least_a_second(cls, value: timedelta) -> timedelta:
+        if value < ONE_SECOND:
+            raise ValueError("must be at least 1s (0s would be a busy loop)")
+        return value
+
+    @field_validator("resume_check_after", "api_backoff")
+    @classmethod
+    def _durations_not_negative(cls, value: timedelta) -> timedelta:
+        return _not_negative(value)
 
     def allows(self, namespace: str) -> bool:
         return "*" in self.namespaces or namespace in self.namespaces
@@ -154,6 +183,11 @@ class GuardConfig(Model):
     ceiling: int = Field(default=50, ge=1, description="highest replica value the agent may write")
     max_concurrent_changes: int = Field(default=5, ge=1)
     max_targets_per_event: int = Field(default=5, ge=1)
+
+    @field_validator("cooldown")
+    @classmethod
+    def _cooldown_not_negative(cls, value: timedelta) -> timedelta:
+        return _not_negative(value)  # 0 turns the cooldown off
 
     @model_validator(mode="after")
     def _floor_below_ceiling(self) -> GuardConfig:
@@ -309,13 +343,43 @@ def format_errors(exc: ValidationError) -> list[str]:
     return lines
 
 
+def _rule_namespace_errors(data: dict[str, Any]) -> list[str]:
+    """
+    A rule's ``target.namespace`` must be one the agent may touch: otherwise the guard refuses every decision
+    the rule makes there. Checked on the raw data, so it is reported with its field path alongside any other
+    problem in the file; a malformed ``namespaces`` list or rule is left to the models to report.
+    """
+    kubernetes = data.get("kubernetes")
+    namespaces = kubernetes.get("namespaces") if isinstance(kubernetes, dict) else None
+    if not isinstance(namespaces, list) or not namespaces or not all(isinstance(n, str) for n in namespaces):
+        return []
+    if "*" in namespaces:
+        return []
+    rules = data.get("rules")
+    errors = []
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        target = rule.get("target") if isinstance(rule, dict) else None
+        namespace = target.get("namespace") if isinstance(target, dict) else None
+        if isinstance(namespace, str) and namespace not in namespaces:
+            allowed = ", ".join(namespaces)
+            errors.append(f"rules[{index}].target.namespace: {namespace} is not in kubernetes.namespaces ({allowed})")
+    return errors
+
+
 def parse_config(data: Any, *, source: str) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(source, ["(top level): must be a mapping of settings"])
+    errors: list[str] = []
+    config: Config | None = None
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, format_errors(exc)) from None
+        errors = format_errors(exc)
+    errors += _rule_namespace_errors(data)  # checks across sections, reported in the same pass
+    if errors:
+        raise ConfigError(source, errors)
+    assert config is not None
+    return config
 
 
 def load_config(path: str | Path) -> Config:

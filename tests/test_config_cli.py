@@ -86,6 +86,57 @@ def test_check_config_cli_exit_codes(write_yaml: Callable[..., Path], capsys: py
     assert main(["check-config", "/nonexistent/agent.yaml"]) == 1
 
 
+def test_durations_that_cannot_work_are_refused_with_their_field_paths(
+    write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = yaml.safe_load(yaml.safe_dump(GOOD))
+    bad["kubernetes"]["reconcile_interval"] = "0s"  # the reconciler would spin
+    bad["ledger"] = {"inbox_retention": "500ms"}  # Redis cannot expire a key that soon
+    bad["guard"] = {"cooldown": -60}
+    assert main(["check-config", str(write_yaml(bad, "bad.yaml"))]) == 1
+    err = capsys.readouterr().err
+    assert "bad.yaml: invalid config (3 problems)" in err  # every one of them, in one pass
+    assert "kubernetes.reconcile_interval: must be at least 1s (0s would be a busy loop)" in err
+    assert "ledger.inbox_retention: must be at least 1s" in err
+    assert "guard.cooldown: must not be negative" in err
+
+    bad["kubernetes"]["reconcile_interval"] = float("inf")  # YAML's .inf: a config error too, not a traceback
+    bad["ledger"] = {"inbox_retention": "100000d"}
+    assert main(["check-config", str(write_yaml(bad, "bad.yaml"))]) == 1
+    err = capsys.readouterr().err
+    assert "kubernetes.reconcile_interval: inf is not a duration" in err
+    assert "ledger.inbox_retention: '100000d' is longer than ten years" in err
+
+    good = yaml.safe_load(yaml.safe_dump(GOOD))
+    good["kubernetes"].update({"reconcile_interval": "1s", "resume_check_after": "0s", "api_backoff": 0})
+    good["guard"] = {"cooldown": "0s"}  # 0 turns the cooldown off
+    assert main(["check-config", str(write_yaml(good, "good.yaml"))]) == 0
+    assert "reconcile_interval: 1s" in capsys.readouterr().out
+
+
+def test_rule_target_namespace_must_be_one_the_agent_may_touch(
+    write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = yaml.safe_load(yaml.safe_dump(GOOD))
+    bad["rules"][2]["target"] = {"namespace": "cortex-other"}
+    bad["rules"][1]["action"]["params"]["replicas"] = -1  # reported alongside it
+    assert main(["check-config", str(write_yaml(bad, "bad.yaml"))]) == 1
+    err = capsys.readouterr().err
+    assert "bad.yaml: invalid config (2 problems)" in err
+    assert "rules[2].target.namespace: cortex-other is not in kubernetes.namespaces (cortex-mcp)" in err
+    assert "rules[1].action.params.replicas: must be ≥ 0" in err
+
+    bad["rules"][1]["action"]["params"]["replicas"] = 2
+    bad["kubernetes"]["namespaces"] = ["cortex-mcp", "cortex-staging"]
+    assert main(["check-config", str(write_yaml(bad, "bad.yaml"))]) == 1
+    assert "cortex-other is not in kubernetes.namespaces (cortex-mcp, cortex-staging)" in capsys.readouterr().err
+
+    for namespaces in (["cortex-mcp", "cortex-other"], ["*"]):
+        bad["kubernetes"]["namespaces"] = namespaces
+        assert main(["check-config", str(write_yaml(bad, "ok.yaml"))]) == 0, capsys.readouterr().err
+        assert "valid (3 rules)" in capsys.readouterr().out
+
+
 def test_missing_secret_is_named_not_shown(
     write_yaml: Callable[..., Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -162,8 +213,9 @@ def test_config_path_can_come_from_the_environment(
 ) -> None:
     path = write_yaml({**GOOD, "ledger": {"url": f"sqlite:///{tmp_path}/l.db"}})
     monkeypatch.setenv("SCALING_AGENT_CONFIG", str(path))
-    assert main(["decisions", "--since", "1h"]) == 0  # the ledger from $SCALING_AGENT_CONFIG, empty
-    assert "(0 decisions)" in capsys.readouterr().err
+    # The ledger named in $SCALING_AGENT_CONFIG is the one looked for (it does not exist yet: a clear error).
+    assert main(["decisions", "--since", "1h"]) == 1
+    assert f"ledger not found: {tmp_path}/l.db" in capsys.readouterr().err
 
 
 def test_effective_config_reads_back_as_the_same_config(

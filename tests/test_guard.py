@@ -1,14 +1,21 @@
-"""The guard's limit on changes in flight: a storm of alerts cannot pile up patches."""
+"""The guard: the limit on changes in flight, and the bounds every forward write must stay within."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.actions import Apply
 from agent.config import GuardConfig, KubernetesConfig
+from agent.demo.alerts import alert, payload
+from agent.devcluster import DevCluster
 from agent.guard import Guard, Refused
 from agent.ledger import SqliteLedger
+from agent.structs import Outcome, TargetRef
+from agent.targets.base import MAX_REPLICAS, MIN_REPLICAS, TargetState
+from tests.conftest import NS, StartAgent, annotations, build_config, patches, post, scaledobject, settle
 
 
 async def test_changes_in_flight_are_capped(tmp_path: Path) -> None:
@@ -24,3 +31,152 @@ async def test_changes_in_flight_are_capped(tmp_path: Path) -> None:
                 pass
     async with guard.slot():  # released again
         pass
+
+
+# --- bounds, end to end: an alert in, a decision recorded, the object patched or left alone ----------------
+
+
+def rule(name: str, action: str, replicas: int) -> dict[str, Any]:
+    """A rule answering the alert called `name` with set_min / set_max to `replicas`, in the test namespace."""
+    return {
+        "name": name,
+        "alertname": name,
+        "action": {"type": action, "params": {"replicas": replicas}},
+        "target": {"namespace": NS},
+    }
+
+
+async def fire(agent: Any, alertname: str, scaled_object: str) -> None:
+    await post(agent, payload(alert(alertname, {"namespace": NS, "scaledObject": scaled_object})))
+
+
+def spec(cluster: DevCluster, name: str) -> tuple[int, int]:
+    so = scaledobject(cluster, name)["spec"]
+    return so["minReplicaCount"], so["maxReplicaCount"]
+
+
+async def test_min_above_max_is_refused_naming_both_and_nothing_is_patched(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    # The examples: mcp-keda is min 2 / max 10, mcp-warm-standby min 3 / max 30. The ceiling (100) allows both writes.
+    rules = [rule("FloorOverMax", "set_min", 12), rule("MaxUnderFloor", "set_max", 2)]
+    agent = await start_agent(build_config(base_config, rules=rules))
+    await fire(agent, "FloorOverMax", "mcp-keda")
+    await fire(agent, "MaxUnderFloor", "mcp-warm-standby")
+    await settle(agent)
+
+    by_target = {d.target.name: d for d in await agent.ledger.decisions() if d.target is not None}
+    assert by_target["mcp-keda"].outcome == Outcome.REFUSED
+    assert by_target["mcp-keda"].reason == "min-replicas 12 would exceed max-replicas 10"
+    assert by_target["mcp-warm-standby"].outcome == Outcome.REFUSED
+    assert by_target["mcp-warm-standby"].reason == "min-replicas 3 would exceed max-replicas 2"
+    # Nothing was written: no patch, the spec as it was, no ownership mark to revert later.
+    assert patches(cluster, "mcp-keda") == patches(cluster, "mcp-warm-standby") == 0
+    assert spec(cluster, "mcp-keda") == (2, 10)
+    assert spec(cluster, "mcp-warm-standby") == (3, 30)
+    assert not any(k.startswith("scaling-agent.cortex.io/") for k in annotations(cluster, "mcp-keda"))
+    # The refusal is posted, as visible as a change.
+    console = agent.sinks[0].stream  # type: ignore[attr-defined]
+    assert "min-replicas 12 would exceed max-replicas 10" in console.text
+
+
+async def test_writes_exactly_at_the_ceiling_and_the_floor_are_applied(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    rules = [
+        rule("MaxAtCeiling", "set_max", 30),  # mcp-keda: max 10 → 30
+        rule("MinAtCeiling", "set_min", 30),  # mcp-warm-standby: min 3 → 30, equal to its max of 30
+        rule("MinAtFloor", "set_min", 2),  # mcp-http-scaler: min 0 → 2
+        rule("MaxAtFloor", "set_max", 2),  # mcp-scale-to-zero: max 10 → 2, its min is 0
+    ]
+    agent = await start_agent(build_config(base_config, guard={"ceiling": 30, "floor": 2}, rules=rules))
+    await fire(agent, "MaxAtCeiling", "mcp-keda")
+    await fire(agent, "MinAtCeiling", "mcp-warm-standby")
+    await fire(agent, "MinAtFloor", "mcp-http-scaler")
+    await fire(agent, "MaxAtFloor", "mcp-scale-to-zero")
+    await settle(agent)
+
+    outcomes = {d.target.name: (d.outcome, d.reason) for d in await agent.ledger.decisions() if d.target is not None}
+    assert {name: outcome for name, (outcome, _) in outcomes.items()} == {
+        "mcp-keda": Outcome.APPLIED,
+        "mcp-warm-standby": Outcome.APPLIED,
+        "mcp-http-scaler": Outcome.APPLIED,
+        "mcp-scale-to-zero": Outcome.APPLIED,
+    }, outcomes
+    assert spec(cluster, "mcp-keda") == (2, 30)
+    assert spec(cluster, "mcp-warm-standby") == (30, 30)
+    assert spec(cluster, "mcp-http-scaler") == (2, 20)
+    assert spec(cluster, "mcp-scale-to-zero") == (0, 2)
+
+
+# --- bounds, directly: Guard.check_bounds on a state and an intent -------------------------------------------
+
+
+def bounds_guard(tmp_path: Path, *, floor: int, ceiling: int) -> Guard:
+    return Guard(
+        GuardConfig(floor=floor, ceiling=ceiling),
+        kubernetes=KubernetesConfig(namespaces=[NS]),
+        ledger=SqliteLedger(f"sqlite:///{tmp_path}/l.db"),
+    )
+
+
+def state(min_replicas: int | None, max_replicas: int | None) -> TargetState:
+    return TargetState(
+        ref=TargetRef(kind="ScaledObject", namespace=NS, name="x"),
+        resource_version="1",
+        values={MIN_REPLICAS: min_replicas, MAX_REPLICAS: max_replicas},
+        replicas=1,
+    )
+
+
+def apply(**values: int) -> Apply:
+    named = {MIN_REPLICAS: values["min"]} if "min" in values else {MAX_REPLICAS: values["max"]}
+    return Apply(values=named, reason="test", expires_at=None, revert_on_resolve=False)
+
+
+@pytest.mark.parametrize(
+    ("current", "intent", "reason"),
+    [
+        ((2, 10), apply(min=11), "min-replicas 11 would exceed max-replicas 10"),
+        ((3, 30), apply(max=2), "min-replicas 3 would exceed max-replicas 2"),
+    ],
+    ids=["set-min-above-max", "set-max-below-min"],
+)
+def test_check_bounds_refuses_min_above_max(
+    tmp_path: Path, current: tuple[int, int], intent: Apply, reason: str
+) -> None:
+    guard = bounds_guard(tmp_path, floor=0, ceiling=50)
+    with pytest.raises(Refused) as info:
+        guard.check_bounds(state(*current), intent)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("current", "intent"),
+    [
+        ((3, 30), apply(max=30)),  # at the ceiling
+        ((3, 30), apply(min=30)),  # at the ceiling, and min == max
+        ((0, 10), apply(min=2)),  # at the floor
+        ((0, 10), apply(max=2)),  # at the floor
+        ((None, 10), apply(min=10)),  # an object without a minimum: only the ceiling and the max apply
+    ],
+    ids=["max-at-ceiling", "min-at-ceiling-equal-to-max", "min-at-floor", "max-at-floor", "min-equal-to-max"],
+)
+def test_check_bounds_allows_the_ceiling_and_the_floor_themselves(
+    tmp_path: Path, current: tuple[int | None, int], intent: Apply
+) -> None:
+    bounds_guard(tmp_path, floor=2, ceiling=30).check_bounds(state(*current), intent)
+
+
+@pytest.mark.parametrize(
+    ("intent", "reason"),
+    [
+        (apply(max=31), "max-replicas 31 is above the ceiling of 30"),
+        (apply(min=1), "min-replicas 1 is below the floor of 2"),
+    ],
+    ids=["above-ceiling", "below-floor"],
+)
+def test_check_bounds_refuses_one_past_the_ceiling_or_the_floor(tmp_path: Path, intent: Apply, reason: str) -> None:
+    with pytest.raises(Refused) as info:
+        bounds_guard(tmp_path, floor=2, ceiling=30).check_bounds(state(0, 40), intent)
+    assert info.value.reason == reason

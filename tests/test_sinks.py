@@ -132,7 +132,9 @@ async def test_kubernetes_events_per_object_are_rate_limited_like_client_go(
 ) -> None:
     from agent.sinks.kube_events import BURST
 
-    agent = await start_agent(build_config(base_config, kubernetes={"namespaces": ["kube-system"]}))
+    # Only the one rule: the default rules name cortex-mcp, which a config allowing kube-system alone refuses.
+    rules = [{"name": "pause", "alertname": "MCPFrequentScaling", "action": {"type": "pause"}}]
+    agent = await start_agent(build_config(base_config, kubernetes={"namespaces": ["kube-system"]}, rules=rules))
     # Refusals (namespace not allowed) are decisions on a target too: a storm of them on one object.
     for i in range(BURST + 5):
         await post(agent, payload(alert("MCPFrequentScaling", {**FREQUENT, "instance": str(i)})))
