@@ -43,8 +43,14 @@ class DecisionRecorder:
 
     async def begin(self, decision: Decision) -> None:
         """Record a change as ``applying`` before its patch. Raises LedgerUnavailable: then do not patch."""
-        await self.ledger.record(replace(decision, outcome=Outcome.APPLYING))
+        # In flight before the row exists: the reconciler, reading `applying` rows meanwhile, must never take
+        # this one for a row a crash left behind.
         self._begun.add(decision.id)
+        try:
+            await self.ledger.record(replace(decision, outcome=Outcome.APPLYING))
+        except BaseException:
+            self._begun.discard(decision.id)
+            raise
 
     def abandon(self, decision_id: str) -> None:
         """The executor gave up on a begun decision without an outcome: the reconciler settles it."""
@@ -56,9 +62,17 @@ class DecisionRecorder:
         self._begun.discard(decision.id)  # whatever happens below, the reconciler may settle it from now on
         await self._write(decision, complete=begun)
 
-    async def complete(self, decision: Decision) -> None:
-        """Give an ``applying`` row left by an earlier process its outcome (the reconciler, at start)."""
-        await self._write(decision, complete=True)
+    async def settle(self, decision: Decision) -> bool:
+        """
+        Give an ``applying`` row that no one here is completing its outcome (the reconciler). False, and nothing
+        published, when the row turns out to be completed already (its executor finished meanwhile).
+        """
+        try:
+            await self.ledger.complete(decision)
+        except UnknownDecision:
+            return False
+        self._publish(decision)
+        return True
 
     async def _write(self, decision: Decision, *, complete: bool) -> None:
         try:
@@ -72,6 +86,9 @@ class DecisionRecorder:
             log.error("decision not written to the ledger", decision=decision.id, error=str(exc))
         except (DuplicateDecision, UnknownDecision) as exc:
             log.error("decision refused by the ledger; this is a bug", decision=decision.id, error=str(exc))
+        self._publish(decision)
+
+    def _publish(self, decision: Decision) -> None:
         self.metrics.decisions.labels(action=decision.action, outcome=str(decision.outcome)).inc()
         data = decision.to_dict()
         log.info(

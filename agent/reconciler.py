@@ -111,9 +111,9 @@ class Reconciler:
     async def _settle_unfinished(self) -> list[Decision]:
         """Complete every ``applying`` row not in flight here: the process that wrote it died before the outcome."""
         decisions = []
-        in_flight = self.recorder.in_flight
         for row in await self.recorder.ledger.unfinished():
-            if row.id in in_flight or row.target is None:
+            # Checked now, not before the read: a change begun here is in flight before its row exists.
+            if row.id in self.recorder.in_flight or row.target is None:
                 continue
             try:
                 state = await self.targets[row.target.kind].get(row.target.namespace, row.target.name)
@@ -123,8 +123,8 @@ class Reconciler:
                     continue  # the next pass tries again
                 state = None
             decision = _settled(row, state)
-            await self.recorder.complete(decision)
-            decisions.append(decision)
+            if await self.recorder.settle(decision):
+                decisions.append(decision)
         return decisions
 
     async def _record_unknown_changes(self, states: list[TargetState]) -> list[Decision]:
@@ -136,10 +136,9 @@ class Reconciler:
         if not by_decision:
             return []
         known = await self.recorder.ledger.known(list(by_decision))
-        in_flight = self.recorder.in_flight
         decisions = []
         for decision_id, owned in by_decision.items():
-            if decision_id in known or decision_id in in_flight:
+            if decision_id in known or decision_id in self.recorder.in_flight:
                 continue
             decision = _recovered(decision_id, owned)
             await self.recorder.record(decision)

@@ -282,6 +282,12 @@ async def test_prometheus_and_alertmanager_drive_the_agent(
                 "MCPFrequentScaling's resolve to remove the pause",
             )
             assert not {"MCPFrequentScaling", "MCPColdStartSlow"} & await _firing(prom_port)
+
+            async def both_give_backs_recorded() -> bool:
+                # The object changes when the patch lands; its decision is completed in the ledger just after.
+                return count(await decisions(agent_url), "revert", "applied") == 2
+
+            await until(both_give_backs_recorded, "both give-backs to be recorded as applied")
             rows = await decisions(agent_url)
             assert count(rows, "pause", "applied") == 1
             assert count(rows, "set_min", "applied") == 1

@@ -77,3 +77,24 @@ def test_run_without_a_cluster_says_why_and_exits_1(base_config: dict[str, Any],
     assert result.returncode == 1
     assert "agent could not run" in result.stderr and "missing-kubeconfig" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_second_agent_on_the_same_ledger_stops_at_start_with_a_clear_message(
+    cluster: DevCluster, start_agent: Any, base_config: dict[str, Any], tmp_path: Path
+) -> None:
+    from tests.conftest import build_config
+
+    await start_agent(build_config(base_config))  # the first agent holds the ledger
+    second = {**base_config, "webhook": {**base_config["webhook"], "port": free_port()}}
+    (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
+    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig_for(str(cluster.url).rstrip("/"))))
+    env = {**os.environ, "SCALING_AGENT_DEMO_TOKEN": TOKEN}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "run",
+        "--config", str(tmp_path / "second.yaml"), "--kubeconfig", str(tmp_path / "kubeconfig"),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 1
+    assert f"is in use by another agent (pid {os.getpid()})" in stderr.decode()
+    assert "Traceback" not in stderr.decode()

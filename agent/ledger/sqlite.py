@@ -227,7 +227,8 @@ class SqliteLedger:
         if not self.path.is_file():
             raise LedgerNotFound(f"ledger not found: {self.path} (is this the path the agent writes?)")
         try:
-            self._db = await aiosqlite.connect(f"file:{self.path.resolve()}?mode=ro", uri=True, isolation_level=None)
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"  # as_uri() escapes a '?' or '#' in the path
+            self._db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
             await self._db.execute("SELECT 1 FROM decisions LIMIT 1")
         except Exception as exc:
             await self.close()
@@ -283,6 +284,8 @@ class SqliteLedger:
         self._checkpointer = None
         await self.supervisor.cancel(self._writer)
         self._writer = None
+        while not self._queue.empty():  # writes queued after the writer's last batch: say so, never hang
+            _fail([self._queue.get_nowait()[2]], LedgerUnavailable("the ledger is closed"))
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -318,13 +321,13 @@ class SqliteLedger:
         while True:
             batch = _Batch()
             try:
-                queued = [await self._queue.get()]
+                kind, payload, future = await self._queue.get()
+                getattr(batch, kind).append((payload, future))
                 # Linger a moment so a commit carries many writes: one commit costs ~150 µs of the writer's time
                 # whether it holds one row or a hundred, and at 1,000 alerts/s each alert brings three writes.
                 await asyncio.sleep(LINGER_SECONDS)
                 while not self._queue.empty():
-                    queued.append(self._queue.get_nowait())
-                for kind, payload, future in queued:
+                    kind, payload, future = self._queue.get_nowait()
                     getattr(batch, kind).append((payload, future))
                 try:
                     # One call into the writer thread per batch: every extra hop waits for the GIL behind the loop.
