@@ -25,12 +25,10 @@ from agent.ledger import (
 from agent.structs import Decision, Event, Outcome, TargetRef, Trigger, new_id, utcnow
 
 
-@pytest_asyncio.fixture(params=["sqlite", "sqlite-inbox-table", "redis"])
+@pytest_asyncio.fixture(params=["sqlite", "redis"])
 async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
     if request.param == "sqlite":
         store: Ledger = SqliteLedger(f"sqlite:///{tmp_path}/ledger.db")
-    elif request.param == "sqlite-inbox-table":
-        store = SqliteLedger(f"sqlite:///{tmp_path}/ledger.db?inbox=sqlite")
     else:
         url = request.getfixturevalue("redis_url")
         store = RedisLedger(url, prefix=f"test-{uuid.uuid4().hex[:8]}")
@@ -323,9 +321,8 @@ async def test_a_reader_never_creates_a_ledger(tmp_path: Path) -> None:
     assert files(tmp_path) == []
 
 
-@pytest.mark.parametrize("inbox", ["journal", "sqlite"])
-async def test_a_reader_beside_the_writer_changes_nothing(tmp_path: Path, inbox: str) -> None:
-    url = f"sqlite:///{tmp_path}/ledger.db?inbox={inbox}"
+async def test_a_reader_beside_the_writer_changes_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/ledger.db"
     writer = SqliteLedger(url)
     await writer.open()
     try:

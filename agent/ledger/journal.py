@@ -4,13 +4,19 @@ The sqlite ledger's inbox journal: each delivery appended to a plain file with o
 The webhook answers Alertmanager only once the notification is durable, so this
 write is on every acknowledgement's path. A row through sqlite's writer thread
 cost ~100 µs of CPU per notification (a commit, two thread hand-overs, the
-futures); one ``write()`` costs a few µs (bench/README.md). The durability is
+futures); one ``write()`` costs a few µs. Measured again in one bench run
+(bench/README.md, 6 Dec 2026), the journal kept 0.81 of a bare handler's
+throughput against 0.36 for a row per notification through the group-committing
+writer, and p99 4.8 ms against 7.4 ms at 1,000/s. The durability is
 the same as the sqlite file's with ``synchronous=NORMAL``: once ``write()``
 returned, the record is in the kernel's page cache and survives the agent
 being killed; with ``synchronous=full`` each append is also ``fdatasync``-ed
 (in a thread) before the acknowledgement, and survives a power loss too.
 
-The worker reads the journal in order, and the sqlite ledger stores each
+Only the agent process, which holds the ledger's lock, opens the journal: a
+reader (``scaling-agent decisions``) never does, because opening it cuts off a
+torn tail and deletes spent segments, which would pull the file out from under
+a running agent. The worker reads the journal in order, and the sqlite ledger stores each
 delivery's events together with the id of the last delivery unpacked, in one
 transaction. That id is the journal's cursor: on open, records up to it are
 skipped, and a segment whose every delivery is unpacked is deleted.

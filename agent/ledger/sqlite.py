@@ -51,7 +51,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -101,12 +101,6 @@ CREATE TABLE IF NOT EXISTS decisions (
 CREATE INDEX IF NOT EXISTS decisions_at ON decisions (at);
 CREATE INDEX IF NOT EXISTS decisions_target ON decisions (target, at);
 CREATE INDEX IF NOT EXISTS decisions_applying ON decisions (at) WHERE outcome = 'applying';
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    body BLOB NOT NULL,
-    received_at REAL NOT NULL
-);
 """
 
 SQL_VARIABLES = 500  # per IN (...) list: well under sqlite's limit
@@ -120,7 +114,6 @@ log = structlog.get_logger("agent.ledger.sqlite")
 class _Batch:
     """One transaction's worth of queued writes, grouped by statement."""
 
-    receives: list[tuple[tuple[str, bytes, float], asyncio.Future[Any]]] = field(default_factory=list)
     accepts: list[tuple[Sequence[Event], asyncio.Future[Any]]] = field(default_factory=list)
     unpacks: list[tuple[Sequence[tuple[int, Sequence[Event]]], asyncio.Future[Any]]] = field(default_factory=list)
     processed: list[tuple[int, asyncio.Future[Any]]] = field(default_factory=list)
@@ -130,7 +123,6 @@ class _Batch:
 
     def futures(self) -> list[asyncio.Future[Any]]:
         groups: list[list[Any]] = [
-            self.receives,
             self.accepts,
             self.unpacks,
             self.processed,
@@ -142,7 +134,6 @@ class _Batch:
 
     def plain(self) -> _Plain:
         return _Plain(
-            receives=[p for p, _ in self.receives],
             accepts=[p for p, _ in self.accepts],
             unpacks=[p for p, _ in self.unpacks],
             processed=[p for p, _ in self.processed],
@@ -156,7 +147,6 @@ class _Batch:
 class _Plain:
     """The batch as plain data, for the writer thread (futures stay on the event loop)."""
 
-    receives: list[tuple[str, bytes, float]]
     accepts: list[Sequence[Event]]
     unpacks: list[Sequence[tuple[int, Sequence[Event]]]]
     processed: list[int]
@@ -179,10 +169,6 @@ class SqliteLedger:
         # As in SQLAlchemy: sqlite:///relative.db, sqlite:////absolute/path.db
         self.path = Path(path)
         self.synchronous = "FULL" if options.get("synchronous") == "full" else "NORMAL"
-        # Where acknowledged deliveries go: the journal beside the file, or a table in it (bench/README.md).
-        self.inbox = options.get("inbox", "journal")
-        if self.inbox not in ("journal", "sqlite"):
-            raise ValueError(f"inbox={self.inbox}: must be journal or sqlite")
         self.inbox_retention = inbox_retention
         self.readonly = readonly
         self.supervisor = supervisor or Supervisor()
@@ -190,7 +176,6 @@ class SqliteLedger:
         self._queue: asyncio.Queue[tuple[str, Any, asyncio.Future[Any]]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._last_id = 0
-        self._last_delivery_id = 0
         self._flush_waiters: list[asyncio.Future[None]] = []  # requests waiting for the journal's next write
         self.journal = Journal(self.path.with_name(self.path.name + "-inbox"), fsync=self.synchronous == "FULL")
         self._thread: ThreadPoolExecutor | None = None
@@ -212,8 +197,7 @@ class SqliteLedger:
             loop = asyncio.get_running_loop()
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
             self._writer_db, unpacked_through = await loop.run_in_executor(self._thread, self._connect_writer)
-            if self.inbox == "journal":
-                self.journal.open(unpacked_through=unpacked_through)
+            self.journal.open(unpacked_through=unpacked_through)
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
             await self._db.execute(f"PRAGMA synchronous={self.synchronous}")
         except BaseException:
@@ -265,7 +249,7 @@ class SqliteLedger:
                 log.warning("WAL checkpoint failed", error=str(exc))
 
     def _connect_writer(self) -> tuple[sqlite3.Connection, int]:
-        """The writer's connection, and the inbox's cursor as the file last recorded it."""
+        """The writer's connection, and the journal's cursor as the file last recorded it."""
         db = sqlite3.connect(self.path, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -274,10 +258,7 @@ class SqliteLedger:
         db.executescript(SCHEMA)
         self._last_id = int(db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
         row = db.execute("SELECT value FROM meta WHERE key = 'unpacked_through'").fetchone()
-        unpacked_through = int(row[0]) if row else 0
-        newest = int(db.execute("SELECT coalesce(max(id), 0) FROM deliveries").fetchone()[0])
-        self._last_delivery_id = max(unpacked_through, newest)
-        return db, unpacked_through
+        return db, int(row[0]) if row else 0
 
     async def close(self) -> None:
         await self.supervisor.cancel(self._checkpointer)
@@ -355,13 +336,6 @@ class SqliteLedger:
         results: list[Any] = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            if plain.receives:
-                first = self._last_delivery_id + 1
-                db.executemany(
-                    "INSERT INTO deliveries (id, source, body, received_at) VALUES (?, ?, ?, ?)",
-                    [(first + i, source, body, at) for i, (source, body, at) in enumerate(plain.receives)],
-                )
-                results.extend(range(first, first + len(plain.receives)))
             unpacked = [(i, events) for unpack in plain.unpacks for i, events in unpack]
             entries = self._insert_events(db, [*plain.accepts, *(events for _, events in unpacked)])
             results.extend(entries[: len(plain.accepts)])
@@ -369,13 +343,11 @@ class SqliteLedger:
             for unpack in plain.unpacks:  # one result per unpack call: its deliveries' entries
                 results.append(entries[position : position + len(unpack)])
                 position += len(unpack)
-            if unpacked:  # the inbox's cursor: deliveries are unpacked in order
+            if unpacked:  # the journal's cursor: deliveries are unpacked in order
                 db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('unpacked_through', ?)",
                     (max(i for i, _ in unpacked),),
                 )
-                if self.inbox == "sqlite":
-                    db.executemany("DELETE FROM deliveries WHERE id = ?", [(i,) for i, _ in unpacked])
             if plain.processed:
                 now = time.time()
                 db.executemany("UPDATE events SET processed_at = ? WHERE id = ?", [(now, i) for i in plain.processed])
@@ -405,8 +377,6 @@ class SqliteLedger:
             with contextlib.suppress(Exception):
                 db.execute("ROLLBACK")
             raise
-        if plain.receives:
-            self._last_delivery_id += len(plain.receives)  # only once committed: a rolled-back id is given again
         return results
 
     def _insert_events(self, db: sqlite3.Connection, accepts: list[Sequence[Event]]) -> list[list[InboxEntry]]:
@@ -455,9 +425,6 @@ class SqliteLedger:
         return pruned
 
     async def receive(self, *, source: str, body: bytes, received_at: datetime) -> int:
-        if self.inbox == "sqlite":
-            delivery_id: int = await self._write("receives", (source, body, received_at.timestamp()))
-            return delivery_id
         if self.readonly:
             raise LedgerUnavailable("the ledger is open read-only")
         try:
@@ -487,14 +454,6 @@ class SqliteLedger:
         synced.add_done_callback(lambda done: _settle(waiters, _sync_error(done)))
 
     async def pending_deliveries(self, *, limit: int) -> list[Delivery]:
-        if self.inbox == "sqlite":
-            rows = await self._read(
-                "SELECT id, source, body, received_at FROM deliveries ORDER BY id LIMIT ?", (max(0, limit),)
-            )
-            return [
-                Delivery(id=int(i), source=str(src), body=bytes(body), received_at=datetime.fromtimestamp(at, UTC))
-                for i, src, body, at in rows
-            ]
         if not self.journal.is_open:
             raise LedgerUnavailable("sqlite ledger is not open")
         try:
@@ -506,8 +465,7 @@ class SqliteLedger:
         if not unpacked:
             return []
         entries: list[list[InboxEntry]] = await self._write("unpacks", unpacked)
-        if self.inbox == "journal":
-            self.journal.unpacked(max(i for i, _ in unpacked))
+        self.journal.unpacked(max(i for i, _ in unpacked))
         return entries
 
     async def accept(self, events: Sequence[Event]) -> list[InboxEntry]:
