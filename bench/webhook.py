@@ -12,10 +12,6 @@ Each server runs in its own child process (this script started with ``--serve ba
 fresh one per measurement: the bare handler; or the agent (dry-run, sqlite ledger in a temp dir) with the
 emulated Kubernetes API in a third process, as a real API server would be elsewhere. All traffic is on
 127.0.0.1; every phase is bounded in count and time. Run ``python bench/webhook.py --help``.
-
-``--inbox journal,sqlite`` runs the agent once per inbox design of the sqlite ledger (``?inbox=`` on its URL),
-interleaved with the bare handler: in each round, for each measurement, bare, then each design in that order.
-The report gives each design's ratio to the bare handler and its latency, and the difference of the two.
 """
 
 from __future__ import annotations
@@ -61,9 +57,6 @@ STOP_TIMEOUT = 10.0
 RATIO_TARGET = 0.7
 P99_TARGET_MS = 20.0
 PACED_ID_THREAD = 0xFF00  # the paced sender's "thread number" in alert ids (wrk's threads count from 0)
-INBOXES = ("journal", "sqlite")  # the sqlite ledger's inbox designs (agent/ledger/sqlite.py), ?inbox=<design>
-DEFAULT_INBOX = "journal"  # the ledger's default design, and --inbox's
-INBOX_LEAD = 0.1  # the decision rule: keep the journal only if its median ratio leads sqlite's by this much
 
 
 # ---------------------------------------------------------------------------------------------- payloads
@@ -162,16 +155,10 @@ async def serve_cluster(files: list[Path]) -> None:
         await _wait_for_term()
 
 
-def ledger_url(url: str, inbox: str) -> str:
-    """The ledger URL with the inbox design on it (``?inbox=…``, explicit even for the default)."""
-    return f"{url}{'&' if '?' in url else '?'}inbox={inbox}"
-
-
-def agent_config(workdir: Path, *, workers: int, inbox: str) -> dict[str, Any]:
+def agent_config(workdir: Path, *, workers: int) -> dict[str, Any]:
     from agent.demo import demo_config
 
     data = demo_config(workdir / "ledger.db")
-    data["ledger"]["url"] = ledger_url(data["ledger"]["url"], inbox)
     data["webhook"]["auth"]["token"] = {"env": TOKEN_ENV}
     data["kubernetes"]["reconcile_interval"] = "30s"  # the production default, not the demo's 2s
     data["guard"].update({"cooldown": "0s", "ceiling": 1000, "dry_run": True})
@@ -180,7 +167,7 @@ def agent_config(workdir: Path, *, workers: int, inbox: str) -> dict[str, Any]:
     return data
 
 
-async def serve_agent(kube_url: str, workdir: Path, *, workers: int, inbox: str, profile: Path | None) -> None:
+async def serve_agent(kube_url: str, workdir: Path, *, workers: int, profile: Path | None) -> None:
     """The real agent (dry-run) against the emulated API; stops by exiting at once on SIGTERM."""
     from agent.app import Agent
     from agent.config import parse_config
@@ -189,7 +176,7 @@ async def serve_agent(kube_url: str, workdir: Path, *, workers: int, inbox: str,
     from agent.logs import setup_logging
 
     setup_logging(level="warning", fmt="json")
-    config = parse_config(agent_config(workdir, workers=workers, inbox=inbox), source="<bench>")
+    config = parse_config(agent_config(workdir, workers=workers), source="<bench>")
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(kubeconfig_for(kube_url)))
     api = await make_api_client(kubeconfig=str(kubeconfig))
@@ -234,8 +221,7 @@ def run_child(args: argparse.Namespace) -> int:
         asyncio.run(serve_cluster(sorted(Path(args.examples).glob("*.yaml"))))
     else:
         profile = Path(args.profile_out) if args.profile_out else None
-        agent = serve_agent(args.kube_url, Path(args.workdir), workers=args.workers, inbox=args.inbox, profile=profile)
-        asyncio.run(agent)
+        asyncio.run(serve_agent(args.kube_url, Path(args.workdir), workers=args.workers, profile=profile))
     return 0
 
 
@@ -423,13 +409,11 @@ def journal_ids(directory: Path) -> list[int]:
     return ids
 
 
-def read_ledger(path: Path, inbox: str) -> dict[str, int]:
+def read_ledger(path: Path) -> dict[str, int]:
     """
     What the killed agent left, read-only: deliveries, events, decisions. Delivery ids run 1, 2, 3, … and
-    ``meta.unpacked_through`` is the last one unpacked, so deliveries = that + the ones still waiting: in the
-    journal (``inbox=journal``) or in the ``deliveries`` table (``inbox=sqlite``, whose rows are deleted as
-    they are unpacked). ``in_order`` (1 or 0): the waiting ones are exactly the ids after the cursor, no gap.
-    ``elsewhere``: deliveries found in the other design's store (none, unless the ``?inbox=`` was ignored).
+    ``meta.unpacked_through`` is the last one unpacked, so deliveries = that + the ones still waiting in the
+    journal. ``in_order`` (1 or 0): the waiting ones are exactly the ids after the cursor, no gap.
     """
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -438,20 +422,15 @@ def read_ledger(path: Path, inbox: str) -> dict[str, int]:
         (processed,) = db.execute("SELECT count(*) FROM events WHERE processed_at IS NOT NULL").fetchone()
         (decisions,) = db.execute("SELECT count(*) FROM decisions").fetchone()
         row = db.execute("SELECT value FROM meta WHERE key = 'unpacked_through'").fetchone()
-        table = [int(i) for (i,) in db.execute("SELECT id FROM deliveries ORDER BY id")]
     finally:
         db.close()
     unpacked = int(row[0]) if row else 0
-    journal = journal_ids(path.with_name(path.name + "-inbox"))
-    if inbox == "sqlite":
-        waiting, elsewhere = table, len(journal)
-    else:  # the journal may still hold unpacked deliveries, in a segment not yet spent: those are not waiting
-        waiting, elsewhere = [i for i in journal if i > unpacked], len(table)
+    # The journal may still hold unpacked deliveries, in a segment not yet spent: those are not waiting.
+    waiting = [i for i in journal_ids(path.with_name(path.name + "-inbox")) if i > unpacked]
     return {
         "deliveries": unpacked + len(waiting),
         "unpacked": unpacked,
         "in_order": int(waiting == list(range(unpacked + 1, unpacked + 1 + len(waiting)))),
-        "elsewhere": elsewhere,
         "events": events,
         "unique": unique,
         "processed": processed,
@@ -558,22 +537,11 @@ async def settle(limit: float, threshold: float = QUIET_CORES) -> float:
 # ---------------------------------------------------------------------------------------------- orchestration
 
 
-def agent_name(inbox: str) -> str:
-    """How the report calls the agent with one inbox design."""
-    return f"agent[{inbox}]"
-
-
-def target_names(args: argparse.Namespace) -> list[str]:
-    """The servers of each measurement, in the order they run: the bare handler, then the agent per design."""
-    return ["bare", *(agent_name(inbox) for inbox in args.inboxes)]
-
-
 @dataclass
 class Phase:
     round: int
-    target: str  # bare | agent[<inbox>]
+    target: str  # bare | agent
     kind: str  # throughput | latency
-    inbox: str | None = None  # the agent's inbox design; None for the bare handler
     wrk: dict[str, Any] | None = None
     paced: Paced | None = None
     cpu: Cpu = field(default_factory=Cpu)
@@ -583,10 +551,6 @@ class Phase:
     ledger: dict[str, int] = field(default_factory=dict)
     logs: str = ""
     profile: Path | None = None
-
-    @property
-    def is_agent(self) -> bool:
-        return self.inbox is not None
 
     @property
     def acked(self) -> int:
@@ -614,9 +578,9 @@ class Bench:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
 
-    async def servers(self, tag: str, inbox: str | None, profile: Path | None) -> list[Child]:
-        """Start the server(s) for one phase (the agent if ``inbox`` is given, else bare); the one to load is last."""
-        if inbox is None:
+    async def servers(self, tag: str, target: str, profile: Path | None) -> list[Child]:
+        """Start the server(s) for one phase; the one to load is last."""
+        if target == "bare":
             return [await Child.start(tag, ["--serve", "bare"], log=self.workdir / f"{tag}.log", env=self.env)]
         children = []
         try:
@@ -631,7 +595,7 @@ class Bench:
             agent_dir = self.workdir / tag
             agent_dir.mkdir()
             argv = ["--serve", "agent", "--kube-url", children[0].url, "--workdir", str(agent_dir)]
-            argv += ["--workers", str(self.args.workers), "--inbox", inbox]
+            argv += ["--workers", str(self.args.workers)]
             if profile is not None:
                 argv += ["--profile-out", str(profile)]
             children.append(await Child.start(tag, argv, log=self.workdir / f"{tag}.log", env=self.env))
@@ -641,14 +605,12 @@ class Bench:
             raise
         return children
 
-    async def phase(self, number: int, inbox: str | None, kind: str) -> Phase:
-        target = "bare" if inbox is None else agent_name(inbox)
-        result = Phase(round=number, target=target, kind=kind, inbox=inbox)
-        # Unique per phase, and a plain file name: its logs, and the agent's dir (ledger, profile).
-        tag = f"{'bare' if inbox is None else f'agent-{inbox}'}-{kind}-{number}"
-        if result.is_agent and kind == "throughput" and self.args.profile and number == 1:
+    async def phase(self, number: int, target: str, kind: str) -> Phase:
+        result = Phase(round=number, target=target, kind=kind)
+        tag = f"{target}-{kind}-{number}"
+        if target == "agent" and kind == "throughput" and self.args.profile and number == 1:
             result.profile = self.workdir / tag / "agent.prof"
-        children = await self.servers(tag, inbox, result.profile)
+        children = await self.servers(tag, target, result.profile)
         server = children[-1]
         try:
             result.quiet = await settle(self.args.settle)
@@ -665,7 +627,7 @@ class Bench:
                     rate=self.args.rate,
                 )
             result.cpu = meter.stop()
-            if result.is_agent:
+            if target == "agent":
                 # The worker processes asynchronously: watch it drain with no new intake for a moment.
                 before = await read_metrics(server.url)
                 await asyncio.sleep(self.args.observe)
@@ -677,21 +639,19 @@ class Bench:
         finally:
             for child in reversed(children):
                 await child.stop()
-        if inbox is not None:
-            result.ledger = read_ledger(self.workdir / tag / "ledger.db", inbox)
+        if target == "agent":
+            result.ledger = read_ledger(self.workdir / tag / "ledger.db")
             result.logs = log_summary(self.workdir / f"{tag}.log")
         return result
 
     async def run(self) -> list[Phase]:
         phases = []
         kinds = [k for k in ("throughput", "latency") if not getattr(self.args, f"skip_{k}")]
-        servers: list[str | None] = [None, *self.args.inboxes]  # bare, then the agent with each inbox design
         for number in range(1, self.args.rounds + 1):
             for kind in kinds:
-                for inbox in servers:
-                    target = "bare" if inbox is None else agent_name(inbox)
+                for target in ("bare", "agent"):
                     print(f"… round {number}/{self.args.rounds}: {kind} against the {target} server", flush=True)
-                    phases.append(await self.phase(number, inbox, kind))
+                    phases.append(await self.phase(number, target, kind))
         return phases
 
 
@@ -717,87 +677,72 @@ def report(phases: list[Phase], args: argparse.Namespace, targets: list[str]) ->
     out = io.StringIO()
     w = out.write
     checks: list[tuple[str, bool]] = []
-    servers = target_names(args)  # bare, then agent[<inbox>] for each design, in the order they ran
-    agents = servers[1:]
-    col = max(len(name) for name in servers) + 2
     w(f"\nWebhook bench: Alertmanager v4 payloads, one firing {args.alertname} alert each, every alert distinct\n")
     w(f"(fingerprint and instance label), scaledObject cycling over {len(targets)} ScaledObjects in {NAMESPACE}.\n")
-    w(f"Agent: dry-run, sqlite ledger, workers={args.workers}, emulated Kubernetes API in its own process (nice 19);\n")
-    w(f"inbox design(s): {', '.join(f'{agent_name(i)} = ?inbox={i}' for i in args.inboxes)}.\n")
-    w(f"In each round, each measurement runs on {', '.join(servers)}, in that order, in fresh processes.\n")
+    w(f"Agent: dry-run, sqlite ledger, workers={args.workers}, emulated Kubernetes API in its own process (nice 19).\n")
     w(f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {platform.platform()}.\n")
 
-    ratios: dict[str, list[float]] = {}  # per agent design: its alerts/s ÷ bare's in the same round, per round
     thr = {(p.round, p.target): p for p in phases if p.kind == "throughput"}
     if thr:
         w(f"\nThroughput: wrk -t{args.threads} -c{args.connections} -d{args.duration}s -s {LUA.name}, per round\n")
-        w(f"  {'round':<6}{'server':<{col}}{'alerts/s':>9}{'requests':>10}{'non-2xx':>8}{'sock err':>9}")
+        w(f"  {'round':<6}{'server':<7}{'alerts/s':>9}{'requests':>10}{'non-2xx':>8}{'sock err':>9}")
         w(f"{'wrk p50':>9}{'wrk p99':>9}   CPU while loaded (100% = one core)\n")
-        rps: dict[str, list[float]] = {name: [] for name in servers}
+        ratios: list[float] = []
+        rps: dict[str, list[float]] = {"bare": [], "agent": []}
         for number in range(1, args.rounds + 1):
-            for target in servers:
+            for target in ("bare", "agent"):
                 p = thr[number, target]
                 r = p.wrk
                 assert r is not None
-                w(f"  {number:<6}{target:<{col}}{r['rps']:>9,.0f}{r['requests']:>10,}{r['non2xx']:>8}")
+                w(f"  {number:<6}{target:<7}{r['rps']:>9,.0f}{r['requests']:>10,}{r['non2xx']:>8}")
                 rps[target].append(r["rps"])
                 latency = r["latency_us"]
                 w(f"{r['socket_errors']:>9}{latency['p50'] / 1000:>7.1f}ms{latency['p99'] / 1000:>7.1f}ms")
                 w(f"   {cpu_note(p)}\n")
-            for target in agents:
-                ratios.setdefault(target, []).append(rps[target][-1] / rps["bare"][-1])
-        w("  median alerts/s: " + ", ".join(f"{name} {statistics.median(rps[name]):,.0f}" for name in servers) + "\n")
-        for target in agents:
-            ratio = statistics.median(ratios[target])
-            w(f"  ratio {target}/bare per round {', '.join(f'{x:.3f}' for x in ratios[target])}, median {ratio:.3f}\n")
-            checks.append((f"throughput ratio {target} {ratio:.3f} ≥ {RATIO_TARGET}", ratio >= RATIO_TARGET))
+            ratios.append(rps["agent"][-1] / rps["bare"][-1])
+        ratio = statistics.median(ratios)
+        bare_rps, agent_rps = statistics.median(rps["bare"]), statistics.median(rps["agent"])
+        w(f"  median: bare {bare_rps:,.0f} alerts/s, agent {agent_rps:,.0f} alerts/s; ratio agent/bare per round ")
+        w(", ".join(f"{x:.3f}" for x in ratios) + f", median {ratio:.3f}\n")
         w("  (wrk's latencies are closed-loop at saturation, not the latency target; that is measured below)\n")
+        checks.append((f"throughput ratio {ratio:.3f} ≥ {RATIO_TARGET}", ratio >= RATIO_TARGET))
 
-    pooled: dict[str, list[float]] = {name: [] for name in servers}
     lat = {(p.round, p.target): p for p in phases if p.kind == "latency"}
     if lat:
         w(f"\nAck latency: open-loop paced sender (aiohttp), {args.requests:,} requests at {args.rate:,.0f}/s")
         w(", per round\n")
-        w(f"  {'round':<6}{'server':<{col}}{'sent/s':>7}{'200s':>7}{'other':>6}")
+        w(f"  {'round':<6}{'server':<7}{'sent/s':>7}{'200s':>7}{'other':>6}")
         w(f"{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}{'send lag p99':>13}   CPU while loaded (100% = one core)\n")
-        all_ok = dict.fromkeys(agents, True)
+        pooled: dict[str, list[float]] = {"bare": [], "agent": []}
+        all_ok = True
         for number in range(1, args.rounds + 1):
-            for target in servers:
+            for target in ("bare", "agent"):
                 p = lat[number, target]
                 pr = p.paced
                 assert pr is not None
                 other = sum(n for s, n in pr.statuses.items() if s != "200")
-                if target in all_ok:
-                    all_ok[target] &= other == 0
+                all_ok &= target == "bare" or other == 0
                 values = pr.latencies_ms
                 pooled[target] += values
-                w(f"  {number:<6}{target:<{col}}{pr.send_rate:>7,.0f}{pr.ok:>7,}{other:>6}")
+                w(f"  {number:<6}{target:<7}{pr.send_rate:>7,.0f}{pr.ok:>7,}{other:>6}")
                 for q in (0.5, 0.9, 0.99):
                     w(f"{pct(values, q):>8.2f}ms")
                 w(f"{max(values, default=float('nan')):>8.1f}ms{pct(pr.lag_ms, 0.99):>11.2f}ms   {cpu_note(p)}\n")
                 if other:
                     w(f"        answers other than 200: {dict(pr.statuses)}\n")
-        for target in servers:
+        for target in ("bare", "agent"):
             values = pooled[target]
-            w(f"  all rounds, {target:<{col}}: p50 {pct(values, 0.5):.2f} ms, p99 {pct(values, 0.99):.2f} ms ")
+            w(f"  all rounds, {target:<5}: p50 {pct(values, 0.5):.2f} ms, p99 {pct(values, 0.99):.2f} ms ")
             w(f"over {len(values):,} acks\n")
-        for target in agents:
-            p99 = pct(pooled[target], 0.99)
-            checks.append(
-                (f"{target} p99 {p99:.2f} ms < {P99_TARGET_MS:g} ms at {args.rate:,.0f}/s", p99 < P99_TARGET_MS)
-            )
-        for target in agents:
-            checks.append((f"every paced request to {target} answered 200", all_ok[target]))
+        p99 = pct(pooled["agent"], 0.99)
+        checks.append((f"agent p99 {p99:.2f} ms < {P99_TARGET_MS:g} ms at {args.rate:,.0f}/s", p99 < P99_TARGET_MS))
+        checks.append(("every paced request to the agent answered 200", all_ok))
 
-    if set(args.inboxes) >= {"journal", "sqlite"}:
-        compare_inboxes(w, ratios, pooled, args)
-
-    agent_phases = [p for p in phases if p.is_agent]
+    agent_phases = [p for p in phases if p.target == "agent"]
     if agent_phases:
         w("\nNothing lost: acks vs. the agent's /metrics (read before the process was ended) and its ledger file\n")
         w(f"(read after). wrk stops counting at its deadline, so up to {args.connections} requests in flight then\n")
-        w("may be in the ledger without an ack counted. Stored = the ledger's unpacked_through + the deliveries\n")
-        w("still waiting: in the journal (inbox=journal) or in the deliveries table (inbox=sqlite).\n")
+        w("may be in the ledger without an ack counted.\n")
         lost_any = False
         for p in agent_phases:
             m, led = p.metrics, p.ledger
@@ -807,17 +752,14 @@ def report(phases: list[Phase], args: argparse.Namespace, targets: list[str]) ->
             stored = p.acked <= led["deliveries"] <= p.acked + slack
             # One alert per notification: each unpacked delivery is one event, and every one is distinct.
             unpacked = led["unpacked"] == led["events"] == led["unique"] and received <= led["events"]
-            # The waiting deliveries follow the cursor with no gap, and the other design's store is unused.
-            design = bool(led["in_order"]) and led["elsewhere"] == 0
-            ok = stored and unpacked and design
+            # The waiting deliveries follow the cursor with no gap.
+            ok = stored and unpacked and bool(led["in_order"])
             lost_any |= not ok
-            w(f"  {p.target:<{col}}{p.kind:<10} r{p.round}: acked {p.acked:,}, notifications stored ")
-            w(f"{led['deliveries']:,} (unpacked {led['unpacked']:,} into {led['events']:,} events, ")
-            w(f"{led['unique']:,} distinct): {'ok' if ok else 'MISMATCH'}")
+            w(f"  {p.kind:<10} r{p.round}: acked {p.acked:,}, notifications stored {led['deliveries']:,} ")
+            w(f"(unpacked {led['unpacked']:,} into {led['events']:,} events, {led['unique']:,} distinct): ")
+            w(f"{'ok' if ok else 'MISMATCH'}")
             if not led["in_order"]:
                 w("; the waiting deliveries are not the ids right after unpacked_through")
-            if led["elsewhere"]:
-                w(f"; {led['elsewhere']:,} deliveries in the other design's store (was ?inbox= applied?)")
             w("\n")
         checks.append(("no acknowledged alert missing from the ledger", not lost_any))
 
@@ -826,8 +768,8 @@ def report(phases: list[Phase], args: argparse.Namespace, targets: list[str]) ->
             m, led = p.metrics, p.ledger
             kinds = {k.removeprefix("decisions "): int(v) for k, v in m.items() if k.startswith("decisions ")}
             drops = {k.removeprefix("dropped by sink "): int(v) for k, v in m.items() if k.startswith("dropped by ")}
-            w(f"  {p.target:<{col}}{p.kind:<10} r{p.round}: {led['unpacked']:,} of {led['deliveries']:,} ")
-            w(f"notifications unpacked, {led['processed']:,} events processed, ")
+            w(f"  {p.kind:<10} r{p.round}: {led['unpacked']:,} of {led['deliveries']:,} notifications unpacked, ")
+            w(f"{led['processed']:,} events processed, ")
             w(f"{int(m.get('scaling_agent_pending_events', 0)):,} pending; ")
             if p.drained is not None and p.drained[1] > 0:
                 decided, seconds = p.drained
@@ -835,7 +777,7 @@ def report(phases: list[Phase], args: argparse.Namespace, targets: list[str]) ->
                 w(f"{decided / seconds:,.0f} decisions/s in the {seconds:g} s after the load{emptied}; ")
             w(f"decisions {kinds or '-'}; sink drops {drops or 'none'}; ")
             w(f"rejections {int(m.get('scaling_agent_webhook_rejections_total', 0))}\n")
-            w(f"  {'':<{col}}{'':<10}     warnings/errors logged: {p.logs}\n")
+            w(f"  {'':<10}     warnings/errors logged: {p.logs}\n")
 
     busy = [p for p in phases if p.quiet >= QUIET_CORES]
     if busy:
@@ -851,44 +793,11 @@ def report(phases: list[Phase], args: argparse.Namespace, targets: list[str]) ->
     print(out.getvalue(), end="")
     for p in phases:
         if p.profile is not None and p.profile.exists():
-            print_profile(p.profile, args.profile_top, p.target)
+            print_profile(p.profile, args.profile_top)
     return all(ok for _, ok in checks)
 
 
-def compare_inboxes(
-    w: Any, ratios: dict[str, list[float]], pooled: dict[str, list[float]], args: argparse.Namespace
-) -> None:
-    """The two inbox designs side by side, and the difference journal - sqlite that the decision rule reads."""
-    journal, sqlite = agent_name("journal"), agent_name("sqlite")
-    col = len("journal - sqlite") + 2
-    w("\nInbox designs compared: each agent's throughput ratio to the bare handler of the same round, and its\n")
-    w(f"ack latency at {args.rate:,.0f}/s over all rounds\n")
-    for target in (journal, sqlite):
-        w(f"  {target:<{col}}")
-        if ratios:
-            per_round = ", ".join(f"{x:.3f}" for x in ratios[target])
-            w(f"ratio per round {per_round}, median {statistics.median(ratios[target]):.3f}")
-        if pooled[target]:
-            w(f"{'; ' if ratios else ''}p50 {pct(pooled[target], 0.5):.2f} ms, p99 {pct(pooled[target], 0.99):.2f} ms")
-        w("\n")
-    w(f"  {'journal - sqlite':<{col}}")
-    if ratios:
-        lead = statistics.median(ratios[journal]) - statistics.median(ratios[sqlite])
-        paired = ", ".join(f"{a - b:+.3f}" for a, b in zip(ratios[journal], ratios[sqlite], strict=True))
-        w(f"difference of the median ratios {lead:+.3f} (per round: {paired})")
-    if pooled[journal] and pooled[sqlite]:
-        p50 = pct(pooled[journal], 0.5) - pct(pooled[sqlite], 0.5)
-        p99 = pct(pooled[journal], 0.99) - pct(pooled[sqlite], 0.99)
-        w(f"{'; ' if ratios else ''}p50 {p50:+.2f} ms, p99 {p99:+.2f} ms")
-    w("\n")
-    if ratios:
-        leads = round(statistics.median(ratios[journal]) - statistics.median(ratios[sqlite]), 3) >= INBOX_LEAD
-        w(f"  The rule, keep the journal only if its median ratio leads by at least {INBOX_LEAD:g}: it leads by ")
-        w(f"{lead:+.3f}, so {'keep the journal' if leads else 'the journal does not earn its keep'}")
-        w(f" (on {args.rounds} round{'s' if args.rounds != 1 else ''}).\n")
-
-
-def print_profile(path: Path, top: int, target: str) -> None:
+def print_profile(path: Path, top: int) -> None:
     import pstats
 
     for order in ("tottime", "cumulative"):
@@ -896,7 +805,7 @@ def print_profile(path: Path, top: int, target: str) -> None:
         pstats.Stats(str(path), stream=text).strip_dirs().sort_stats(order).print_stats(top)
         lines = text.getvalue().splitlines()
         start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
-        print(f"\n{target}: event loop (main thread) under wrk, round 1, top {top} by {order}:")
+        print(f"\nAgent event loop (main thread) under wrk, round 1, top {top} by {order}:")
         print("\n".join(lines[start:]).rstrip())
 
 
@@ -917,12 +826,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--observe", type=float, default=3.0, help="seconds to watch the agent's worker after load")
     parser.add_argument("--settle", type=float, default=20.0, help="max seconds to wait for a quiet machine")
     parser.add_argument("--workers", type=int, default=4, help="the agent's worker lanes (config workers)")
-    parser.add_argument(
-        "--inbox",
-        default=DEFAULT_INBOX,
-        help=f"the sqlite ledger's inbox design(s) to run the agent with, comma-separated, in the order they run"
-        f" in each round after bare ({', '.join(INBOXES)}; e.g. journal,sqlite)",
-    )
     parser.add_argument(
         "--alertname",
         default="MCPFrequentScaling",
@@ -959,13 +862,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         for name, (low, high) in bounds.items():
             if not low <= getattr(args, name) <= high:
                 parser.error(f"--{name} must be between {low} and {high}")
-    inboxes = [name.strip().lower() for name in args.inbox.split(",") if name.strip()]
-    unknown = [name for name in inboxes if name not in INBOXES]
-    if not inboxes or unknown or len(set(inboxes)) != len(inboxes) or (args.serve and len(inboxes) != 1):
-        many = "one design" if args.serve else "designs, comma-separated, each at most once"
-        parser.error(f"--inbox: {many}, from {', '.join(INBOXES)} (got {args.inbox!r})")
-    args.inboxes = inboxes
-    args.inbox = inboxes[0]  # what an agent child runs with
     return args
 
 
