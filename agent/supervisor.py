@@ -63,6 +63,16 @@ class Supervisor:
         """The tasks that died for good, with their last error: non-empty means the agent is unhealthy."""
         return dict(self._dead)
 
+    def fail(self, name: str, error: str) -> None:
+        """A part that is not a task broke beyond repair in this process (the inbox journal's file was deleted):
+        report it dead like a task, so that /healthz fails and the pod is restarted."""
+        if name in self._dead:
+            return
+        self._dead[name] = error
+        if self.metrics is not None:
+            self.metrics.tasks_dead.set(len(self._dead))
+        self._log(name, error, None, gives_up=True, crashes=0, delay=0.0)
+
     def spawn(self, name: str, loop: Loop, *, restart: bool = True) -> asyncio.Task[None]:
         """Run ``loop()`` as the background task ``name`` (unique among the running ones), watched."""
         if name in self._tasks and not self._tasks[name].done():

@@ -56,6 +56,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def kill_test_seconds(kills: int) -> float:
+    """How long tests/test_kill.py may run under load: about 2 s a kill (a start and some work), plus slack."""
+    return 120.0 + 3.0 * kills
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The kill test's length follows --kills; its time limit (pytest-timeout) must follow too.
+    limit = kill_test_seconds(config.getoption("--kills")) + 180.0
+    for item in items:
+        if item.nodeid.startswith("tests/test_kill.py"):
+            item.add_marker(pytest.mark.timeout(limit))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _logs_to_stderr() -> None:
     # As in the real process: logs on stderr, so stdout carries only what a command prints.

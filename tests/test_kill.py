@@ -41,13 +41,12 @@ from agent.ledger import make_ledger
 from agent.sources.alertmanager import parse_payload, to_events
 from agent.structs import Decision, Outcome
 from agent.targets.base import ANNOTATION_PREFIX, OWNERSHIP_ANNOTATIONS
-from tests.conftest import NS, TOKEN, free_port, scaledobject
+from tests.conftest import NS, TOKEN, free_port, kill_test_seconds, scaledobject
 
 TARGETS = ("mcp-cpu-memory-scaler", "mcp-cron-scaling", "mcp-custom-metrics-scaler", "mcp-http-triggers")
 ALERTS = {"KillTestFlapping": "paused-replicas", "KillTestColdStart": "min-replicas"}
 # Firing → resolved cycles per (alert, target): one per 6 kills, at least 3, so that the kills land under load.
 KILLS_PER_CYCLE = 6
-DEADLINE = 240.0  # seconds for the whole run under load; every loop below is bounded by it
 READY_SECONDS = 30.0
 DRAIN_SECONDS = 90.0
 
@@ -247,9 +246,8 @@ async def test_nothing_acknowledged_is_lost_and_nothing_applied_goes_unrecorded_
     url = f"http://127.0.0.1:{port}"
     agents = Agents(config_path, kubeconfig, url, tmp_path / "agent.log")
     run = Run()
-    deadline = time.monotonic() + DEADLINE
-    # Timeout per test (pytest-timeout) is the outer bound; every loop here also stops at `deadline`.
-    request.node.add_marker(pytest.mark.timeout(DEADLINE + DRAIN_SECONDS + 120))
+    # Every loop below stops at `deadline`; pytest-timeout's limit for this test (conftest) is the outer bound.
+    deadline = time.monotonic() + kill_test_seconds(kills_wanted)
 
     async with aiohttp.ClientSession() as session:
         await agents.start()

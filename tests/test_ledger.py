@@ -361,3 +361,20 @@ async def test_one_writer_per_ledger(tmp_path: Path) -> None:
     third = SqliteLedger(url)  # the first let go: a restart is never blocked
     await third.open()
     await third.close()
+
+
+async def test_a_journal_deleted_under_the_writer_is_refused_and_reported_never_acknowledged(tmp_path: Path) -> None:
+    # What `decisions` used to do to a running agent, or anything else that removes the file being appended to.
+    store = SqliteLedger(f"sqlite:///{tmp_path}/ledger.db")
+    await store.open()
+    try:
+        await store.receive(source="alertmanager", body=b"before", received_at=utcnow())
+        [segment] = (tmp_path / "ledger.db-inbox").glob("*.journal")
+        segment.unlink()
+        with pytest.raises(LedgerUnavailable, match="was deleted"):
+            await store.receive(source="alertmanager", body=b"lost", received_at=utcnow())
+        with pytest.raises(LedgerUnavailable, match="was deleted"):
+            await store.ping()  # /readyz fails ...
+        assert "ledger-journal" in store.supervisor.dead  # ... and /healthz, so that the pod is restarted
+    finally:
+        await store.close()

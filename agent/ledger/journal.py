@@ -76,6 +76,7 @@ class Journal:
         # Where the first delivery not yet unpacked starts, and where each delivery read since then ends.
         self._pending_at: tuple[int, int] = (0, 0)  # (segment first_id, offset)
         self._ends: dict[int, tuple[int, int]] = {}
+        self.fault: str | None = None  # set when the file being appended to was deleted: no append can succeed
 
     @property
     def is_open(self) -> bool:
@@ -173,6 +174,9 @@ class Journal:
             if segment.size >= self.segment_bytes:
                 self._roll(first_id)
                 segment = self._segments[-1]
+            if os.fstat(self._fd).st_nlink == 0:  # one fstat per shared write: never acknowledge into a lost file
+                self.fault = f"segment {segment.path.name} was deleted while the agent was appending to it"
+                raise OSError(self.fault)
             written = os.write(self._fd, data)
             if written != len(data):
                 raise OSError(f"short write: {written} of {len(data)} bytes")

@@ -297,7 +297,10 @@ class RedisLedger:
     async def last_change(self, target: TargetRef) -> Decision | None:
         try:
             newest = await self._r.zrevrange(self._key("changes", str(target)), 0, 0)
-            body = await self._r.hget(self._key("decision"), str(newest[0])) if newest else None
+            if newest:
+                body = await self._r.hget(self._key("decision"), str(newest[0]))
+            else:  # a ledger written before changes:{target} existed kept the newest change here
+                body = await self._r.hget(self._key("last-change"), str(target))
         except RedisError as exc:
             raise LedgerUnavailable(f"redis read failed: {exc}") from exc
         return None if body is None else Decision.from_dict(json.loads(body))

@@ -284,6 +284,8 @@ class SqliteLedger:
             self._lock_fd = None
 
     async def ping(self) -> None:
+        if self.journal.fault is not None:
+            raise LedgerUnavailable(f"the inbox journal cannot take notifications: {self.journal.fault}")
         await self._read("SELECT 1")
 
     # --- writes ------------------------------------------------------------------------------------------
@@ -446,6 +448,8 @@ class SqliteLedger:
             self.journal.flush()
         except JournalError as exc:
             _settle(waiters, LedgerUnavailable(str(exc)))
+            if self.journal.fault is not None:
+                self.supervisor.fail("ledger-journal", self.journal.fault)
             return
         if not self.journal.fsync:
             _settle(waiters, None)
