@@ -14,7 +14,7 @@ import yaml
 from agent.cli import main
 from agent.config import ConfigError, load_config
 from agent.demo import demo_config
-from tests.conftest import ROOT, SEED_ALERTS
+from tests.conftest import ROOT, SEED_ALERTS, free_port
 
 GOOD: dict[str, Any] = {
     "webhook": {"auth": {"type": "bearer", "token": {"env": "HOOK_TOKEN"}}},
@@ -189,6 +189,29 @@ def test_decisions_command_rejects_bad_flags(capsys: pytest.CaptureFixture[str])
     assert main(["decisions", "--ledger", "postgres://x"]) == 2
     assert main(["decisions", "--ledger", "sqlite:///x.db", "--target", "no-slash"]) == 2
     assert main(["decisions", "--ledger", "sqlite:///x.db", "--since", "yesterday"]) == 2
+    for limit in ("-1", "0", "ten"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["decisions", "--ledger", "sqlite:///x.db", "--limit", limit])
+        assert exit_.value.code == 2
+    assert "argument --limit" in capsys.readouterr().err
+
+
+def test_decisions_says_in_one_line_what_is_wrong_with_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere" / "ledger.db"
+    assert main(["decisions", "--ledger", f"sqlite:///{missing}"]) == 1
+    assert capsys.readouterr().err == f"decisions: ledger not found: {missing} (is this the path the agent writes?)\n"
+    assert not (tmp_path / "nowhere").exists()  # a reader never creates a ledger
+
+    port = free_port()  # nothing listens there: a Redis that is down
+    assert main(["decisions", "--ledger", f"redis://127.0.0.1:{port}/0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"decisions: redis unreachable at redis://127.0.0.1:{port}/0") and err.count("\n") == 1
+
+    assert main(["decisions", "--ledger", "postgres://db/ledger"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must start with sqlite:///, redis://, rediss:// or unix://" in err
 
 
 def test_demo_runs_the_real_agent_end_to_end() -> None:
