@@ -159,35 +159,24 @@ class Executor:
         kind = self.targets[ref.kind]
         async with self._locks[ref]:
             try:
-                return await self._attempts(draft, kind, ref, decide, gives_back=gives_back)
+                for _ in range(CONFLICT_ATTEMPTS):
+                    try:
+                        return await self._attempt(draft, kind, ref, decide, gives_back=gives_back)
+                    except Conflict:
+                        log.info("conflict on patch; reading again", target=str(ref))
+                        continue
+                    except ApiException as exc:
+                        error = describe_error(exc)
+                        if exc.status == 404:
+                            return _finish(draft, Outcome.FAILED, f"{ref} not found", error=error)
+                        return _finish(draft, Outcome.FAILED, "Kubernetes API call failed", error=error)
+                    except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                        return _finish(draft, Outcome.FAILED, "Kubernetes API unreachable", error=describe_error(exc))
+                reason = f"the object kept changing under the agent ({CONFLICT_ATTEMPTS} conflicts)"
+                return _finish(draft, Outcome.FAILED, reason)
             except BaseException:
                 self.recorder.abandon(draft.id)  # no outcome: its `applying` row, if any, is the reconciler's now
                 raise
-
-    async def _attempts(
-        self,
-        draft: Decision,
-        kind: TargetKind,
-        ref: TargetRef,
-        decide: Callable[[TargetState], Intent],
-        *,
-        gives_back: bool,
-    ) -> Decision:
-        for _ in range(CONFLICT_ATTEMPTS):
-            try:
-                return await self._attempt(draft, kind, ref, decide, gives_back=gives_back)
-            except Conflict:
-                log.info("conflict on patch; reading again", target=str(ref))
-                continue
-            except ApiException as exc:
-                if exc.status == 404:
-                    return _finish(draft, Outcome.FAILED, f"{ref} not found", error=describe_error(exc))
-                return _finish(draft, Outcome.FAILED, "Kubernetes API call failed", error=describe_error(exc))
-            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-                return _finish(draft, Outcome.FAILED, "Kubernetes API unreachable", error=describe_error(exc))
-        return _finish(
-            draft, Outcome.FAILED, f"the object kept changing under the agent ({CONFLICT_ATTEMPTS} conflicts)"
-        )
 
     async def _attempt(
         self,
