@@ -8,7 +8,9 @@ agent relies on and kmock lacks:
   carries a stale one (the agent's optimistic concurrency);
 - 201 Created on create, with ``uid`` and ``creationTimestamp`` filled in;
 - faults injected on purpose (``fail(...)``): a status answered N times for a
-  method and resource, to test retries and failure records;
+  method and resource, to test retries and failure records; with
+  ``landed=True`` the write is applied first and its answer lost (a timeout
+  after the server acted);
 - ``keep_requests=False`` for long runs (the demo, the bench): kmock's request
   log, which makes every request slower than the last, is dropped as it goes;
 - ``writes``: every write the API server accepted (method, plural, namespace,
@@ -49,6 +51,7 @@ class Fault:
     status: int
     times: int
     message: str = "injected fault"
+    landed: bool = False  # apply the write, then answer the fault: the answer of a change that happened is lost
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,17 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         for resource in RESOURCES.values():
             self.resources[resource] = {}
 
-    def fail(self, *, method: str, plural: str, status: int = 500, times: int = 1, message: str = "") -> Fault:
-        fault = Fault(method=method.upper(), plural=plural, status=status, times=times, message=message or "injected")
+    def fail(
+        self, *, method: str, plural: str, status: int = 500, times: int = 1, message: str = "", landed: bool = False
+    ) -> Fault:
+        fault = Fault(
+            method=method.upper(),
+            plural=plural,
+            status=status,
+            times=times,
+            message=message or "injected",
+            landed=landed,
+        )
         self.faults.append(fault)
         return fault
 
@@ -116,11 +128,15 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.objects[resource, namespace, name].patch({"status": dict(status)})
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        lost_answer: Fault | None = None
         if request.resource is not None:
             for fault in self.faults:
                 if fault.times > 0 and fault.method == request.method.value and fault.plural == request.resource.plural:
                     fault.times -= 1
-                    raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message=fault.message)
+                    if not fault.landed:
+                        raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message=fault.message)
+                    lost_answer = fault
+                    break
             action = request.action
             if action == kmock.action.UPDATE and request.name is not None and isinstance(request.data, dict):
                 key = (request.resource, request.namespace, request.name)
@@ -149,6 +165,8 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         if self.keep_requests and accepted and request.resource is not None:
             plural = request.resource.plural
             self.writes.append(Write(method, plural, request.namespace, request.name, request.data))
+        if lost_answer is not None:
+            raise kmock.KubernetesError(status=lost_answer.status, reason="InjectedFault", message=lost_answer.message)
         if request.action == kmock.action.CREATE and response.status == 200 and not response.prepared:
             response.set_status(201)
         return response

@@ -189,6 +189,8 @@ class Executor:
     ) -> Decision:
         now = draft.at
         state = await self._call("get", kind.get, ref.namespace, ref.name)
+        if draft.id in self.recorder.in_flight and (landed := _landed(draft, state)) is not None:
+            return landed  # read again after a lost answer or a 409: the patch had landed after all
         intent = decide(state)
         if isinstance(intent, Skip):
             return _finish(draft, intent.outcome, intent.reason)
@@ -294,6 +296,17 @@ def give_back(
             )
         owned[name] = None
     return values, owned, notes
+
+
+def _landed(draft: Decision, state: TargetState) -> Decision | None:
+    """The decision as applied, if the object already carries this very decision's change."""
+    mine = sorted((name, o) for name, o in state.owned.items() if o.decision == draft.id)
+    if not mine:
+        return None
+    reason = f"{mine[0][1].reason} (the patch landed although its answer was lost)"
+    before = {name: o.before for name, o in mine}
+    after = {name: o.after for name, o in mine}
+    return _finish(draft, Outcome.APPLIED, reason, before=before, after=after)
 
 
 def _expired(ownership: Ownership, now: datetime) -> bool:

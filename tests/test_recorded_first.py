@@ -157,3 +157,18 @@ async def test_a_change_on_an_object_that_the_ledger_lacks_is_recorded_under_its
     await settle(agent)
     refusal = [d for d in await agent.ledger.decisions() if d.target == HTTP_SCALER][-1]
     assert refusal.outcome == Outcome.REFUSED and ownership.decision in refusal.reason
+
+
+async def test_a_patch_whose_answer_was_lost_is_recorded_as_applied_once(
+    cluster: DevCluster, start_agent: StartAgent
+) -> None:
+    agent = await start_agent()
+    # The API server applies the patch, and the agent hears a 504: it retries, meets a 409, and reads again.
+    cluster.fail(method="PATCH", plural="scaledobjects", status=504, times=1, landed=True)
+    await post(agent, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await settle(agent)
+    [decision] = await agent.ledger.decisions()
+    assert (decision.action, decision.outcome) == ("pause", Outcome.APPLIED)
+    assert "answer was lost" in decision.reason and dict(decision.after) == {"paused-replicas": 3}
+    assert json.loads(annotations(cluster, "mcp-http-scaler")[OWNED_PAUSE])["decision"] == decision.id
+    assert [w.name for w in cluster.writes if w.plural == "scaledobjects"] == ["mcp-http-scaler"]  # one change
