@@ -59,8 +59,10 @@ class DecisionRecorder:
     async def record(self, decision: Decision) -> None:
         """Record a decision: complete its ``applying`` row if :meth:`begin` wrote one, else insert it."""
         begun = decision.id in self._begun
-        self._begun.discard(decision.id)  # whatever happens below, the reconciler may settle it from now on
-        await self._write(decision, complete=begun)
+        try:
+            await self._write(decision, complete=begun)
+        finally:
+            self._begun.discard(decision.id)  # completed, or (ledger down) left for the reconciler to settle
 
     async def settle(self, decision: Decision) -> bool:
         """
