@@ -27,14 +27,13 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-import aiohttp
 import structlog
-from kubernetes_asyncio.client.exceptions import ApiException
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from agent.actions import ACTIONS, Apply, Intent, Revert, Skip
 from agent.config import KubernetesConfig
 from agent.decisions import DecisionRecorder
+from agent.errors import Conflict, KubernetesError, NotFound, Unavailable
 from agent.guard import Guard, Refused
 from agent.ledger import LedgerUnavailable
 from agent.metrics import Metrics
@@ -44,24 +43,13 @@ from agent.targets.base import PAUSED_REPLICAS, UNSET, ResumeMark, TargetKind, T
 log = structlog.get_logger("agent.executor")
 T = TypeVar("T")
 
-TRANSIENT_STATUSES = {0, 429, 500, 502, 503, 504}
 CONFLICT_ATTEMPTS = 3
 
 
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, ApiException):
-        return (exc.status or 0) in TRANSIENT_STATUSES
-    return isinstance(exc, aiohttp.ClientError | asyncio.TimeoutError | ConnectionError)
-
-
 def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, ApiException):
-        return f"Kubernetes API answered {exc.status} {exc.reason}"
+    if isinstance(exc, KubernetesError):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-class Conflict(Exception):
-    """The object changed between read and patch (409); read again and re-plan."""
 
 
 class Executor:
@@ -165,13 +153,12 @@ class Executor:
                     except Conflict:
                         log.info("conflict on patch; reading again", target=str(ref))
                         continue
-                    except ApiException as exc:
-                        error = describe_error(exc)
-                        if exc.status == 404:
-                            return _finish(draft, Outcome.FAILED, f"{ref} not found", error=error)
-                        return _finish(draft, Outcome.FAILED, "Kubernetes API call failed", error=error)
-                    except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-                        return _finish(draft, Outcome.FAILED, "Kubernetes API unreachable", error=describe_error(exc))
+                    except NotFound as exc:
+                        return _finish(draft, Outcome.FAILED, f"{ref} not found", error=str(exc))
+                    except Unavailable as exc:
+                        return _finish(draft, Outcome.FAILED, "Kubernetes API unreachable", error=str(exc))
+                    except KubernetesError as exc:
+                        return _finish(draft, Outcome.FAILED, "Kubernetes API call failed", error=str(exc))
                 reason = f"the object kept changing under the agent ({CONFLICT_ATTEMPTS} conflicts)"
                 return _finish(draft, Outcome.FAILED, reason)
             except BaseException:
@@ -256,9 +243,9 @@ class Executor:
 
     async def _call(self, operation: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         def count(exc: BaseException) -> bool:
-            status = exc.status if isinstance(exc, ApiException) else 0
-            self.metrics.kube_api_errors.labels(operation=operation, status=str(status or 0)).inc()
-            return is_transient(exc)
+            status = exc.status if isinstance(exc, KubernetesError) else 0
+            self.metrics.kube_api_errors.labels(operation=operation, status=str(status)).inc()
+            return isinstance(exc, KubernetesError) and exc.transient
 
         backoff = self.kubernetes.api_backoff.total_seconds()
         retrying = AsyncRetrying(
@@ -267,14 +254,9 @@ class Executor:
             retry=retry_if_exception(count),
             reraise=True,
         )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await fn(*args, **kwargs)
-        except ApiException as exc:
-            if exc.status == 409:
-                raise Conflict() from exc
-            raise
+        async for attempt in retrying:
+            with attempt:
+                return await fn(*args, **kwargs)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
 

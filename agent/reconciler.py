@@ -25,10 +25,10 @@ from dataclasses import replace
 from datetime import datetime
 
 import structlog
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from agent.config import KubernetesConfig
 from agent.decisions import DecisionRecorder
+from agent.errors import KubernetesError, NotFound
 from agent.executor import Executor, describe_error
 from agent.metrics import Metrics
 from agent.structs import Decision, Outcome, Ownership, TargetRef, Trigger, new_id, utcnow
@@ -115,13 +115,14 @@ class Reconciler:
             # Checked now, not before the read: a change begun here is in flight before its row exists.
             if row.id in self.recorder.in_flight or row.target is None:
                 continue
+            state: TargetState | None
             try:
                 state = await self.targets[row.target.kind].get(row.target.namespace, row.target.name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    log.warning("cannot settle a decision yet", decision=row.id, error=describe_error(exc))
-                    continue  # the next pass tries again
+            except NotFound:
                 state = None
+            except KubernetesError as exc:
+                log.warning("cannot settle a decision yet", decision=row.id, error=str(exc))
+                continue  # the next pass tries again
             decision = _settled(row, state)
             if await self.recorder.settle(decision):
                 decisions.append(decision)

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import structlog
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from agent.actions import ACTIONS
 from agent.config import RuleConfig, TargetSpec
+from agent.errors import KubernetesError
 from agent.structs import Event, Outcome, Plan, TargetRef
 from agent.targets.base import TargetKind
 
@@ -96,7 +96,7 @@ class Rules:
                 if refs:
                     return refs, f"selected by {shown}"
                 return [], f"no target: no {spec.kind} matches {shown}"
-        except ApiException as exc:
-            log.warning("target lookup failed", status=exc.status, reason=exc.reason)
-            raise TargetLookupFailed(f"target lookup failed: {exc.status} {exc.reason}") from exc
+        except KubernetesError as exc:
+            log.warning("target lookup failed", error=str(exc))
+            raise TargetLookupFailed(f"target lookup failed: {exc}") from exc
         return [], "no target: the alert carries no target labels and the rule names none"

@@ -12,7 +12,8 @@ any ``downscaler/…`` annotation means kube-downscaler (caas-team fork) manages
 Only the first kind is ever removed by the agent.
 
 Patches are JSON merge patches carrying ``metadata.resourceVersion``, so a real API server answers 409 when
-the object changed since it was read; the executor then reads again and re-plans.
+the object changed since it was read; the executor then reads again and re-plans. Every API call goes through
+:func:`agent.errors.call`, so what fails comes out typed (not found, conflict, forbidden, throttled, unavailable).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
+from agent.errors import NotFound, call
 from agent.structs import Ownership, TargetRef, _from_iso
 from agent.targets.base import (
     MAX_REPLICAS,
@@ -65,23 +66,23 @@ class ScaledObjectTarget:
 
     async def ping(self, namespace: str | None) -> None:
         if namespace is None:
-            await self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1)
+            await call(self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1))
         else:
-            await self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, limit=1)
+            await call(self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, limit=1))
 
     async def get(self, namespace: str, name: str) -> TargetState:
-        obj = await self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        obj = await call(self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
         return await self._state(obj, with_replicas=True)
 
     async def list(self, namespace: str | None) -> builtins.list[TargetState]:
         if namespace is None:
-            result = await self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
+            result = await call(self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
         else:
-            result = await self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+            result = await call(self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
         return [await self._state(obj, with_replicas=False) for obj in result.get("items", [])]
 
     async def find_by_workload(self, namespace: str, workload: str) -> builtins.list[TargetRef]:
-        result = await self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+        result = await call(self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
         refs = []
         for obj in result.get("items", []):
             target = obj.get("spec", {}).get("scaleTargetRef", {})
@@ -94,12 +95,14 @@ class ScaledObjectTarget:
         # The selector is also filtered here: a list's labelSelector is a hint some servers ignore.
         label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
         if namespace is None:
-            result = await self._custom.list_cluster_custom_object(
-                GROUP, VERSION, PLURAL, label_selector=label_selector
+            result = await call(
+                self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=label_selector)
             )
         else:
-            result = await self._custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, label_selector=label_selector
+            result = await call(
+                self._custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, label_selector=label_selector
+                )
             )
         return sorted(
             self._ref(obj)
@@ -132,14 +135,16 @@ class ScaledObjectTarget:
         body: dict[str, Any] = {"metadata": metadata}
         if spec:
             body["spec"] = spec
-        obj = await self._custom.patch_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            state.ref.namespace,
-            PLURAL,
-            state.ref.name,
-            body,
-            _content_type="application/merge-patch+json",
+        obj = await call(
+            self._custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                state.ref.namespace,
+                PLURAL,
+                state.ref.name,
+                body,
+                _content_type="application/merge-patch+json",
+            )
         )
         new_state = await self._state(obj, with_replicas=False)
         # The workload's pod count did not change by this patch (KEDA acts on it later): carry it over.
@@ -155,13 +160,11 @@ class ScaledObjectTarget:
             return None
         try:
             # Read as plain JSON: building the typed V1Deployment model costs more than the call itself.
-            deployment = await self._custom.get_namespaced_custom_object(
-                "apps", "v1", namespace, "deployments", target["name"]
+            deployment = await call(
+                self._custom.get_namespaced_custom_object("apps", "v1", namespace, "deployments", target["name"])
             )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        except NotFound:
+            return None
         status_replicas = (deployment.get("status") or {}).get("replicas")
         if status_replicas is not None:
             return _int_or_none(status_replicas)
