@@ -71,7 +71,6 @@ class Agent:
             executor=self.executor,
             recorder=self.recorder,
             metrics=self.metrics,
-            guard=config.guard,
             lanes=config.workers,
             decoders=DECODERS,
         )

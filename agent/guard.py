@@ -1,7 +1,9 @@
 """
 The guard: every check between "a rule wants this" and "the API is called".
 
-In order: namespace allow-list, the object's own opt-out annotation
+Before any object is read: the blast radius (a rule whose selector hits more
+objects than ``max_targets_per_event`` acts on none). Then, per object, in
+order: namespace allow-list, the object's own opt-out annotation
 (``scaling-agent.cortex.io/ignore: "true"``), bounds (floor/ceiling, and min ≤ max), the
 per-target cooldown, then the limit on changes in flight at once. Dry-run is
 the last word: everything is decided and recorded, nothing is patched. A
@@ -15,14 +17,15 @@ what was there before must always be possible.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import datetime
 
 from agent.actions import Apply
 from agent.actions.base import Limits
 from agent.config import GuardConfig, KubernetesConfig
 from agent.ledger import Ledger
-from agent.structs import TargetRef
+from agent.structs import Outcome, Plan, TargetRef
 from agent.targets.base import MAX_REPLICAS, MIN_REPLICAS, OPT_OUT_ANNOTATION, TargetState
 
 
@@ -42,6 +45,25 @@ class Guard:
         self.dry_run = dry_run or config.dry_run
         self.limits = Limits(floor=config.floor, ceiling=config.ceiling)
         self._in_flight = 0
+
+    def limit_blast_radius(self, plans: Sequence[Plan]) -> list[Plan]:
+        """A rule whose selector hits more objects than allowed acts on none of them, and says so."""
+        limit = self.config.max_targets_per_event
+        by_rule: dict[str, list[Plan]] = {}
+        for plan in plans:
+            by_rule.setdefault(plan.rule, []).append(plan)
+        result: list[Plan] = []
+        for rule, rule_plans in by_rule.items():
+            if len(rule_plans) <= limit:
+                result.extend(rule_plans)
+                continue
+            first = rule_plans[0]
+            reason = (
+                f"{len(rule_plans)} targets ({first.reason}) exceed guard.max_targets_per_event={limit}; "
+                f"rule {rule} acted on none"
+            )
+            result.append(replace(first, target=None, reason=reason, verdict=Outcome.REFUSED))
+        return result
 
     def check_namespace(self, ref: TargetRef) -> None:
         if not self.kubernetes.allows(ref.namespace):

@@ -25,18 +25,16 @@ import functools
 import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 
 import structlog
 
-from agent.config import GuardConfig
 from agent.decisions import DecisionRecorder
 from agent.executor import Executor
 from agent.ledger import Ledger, LedgerUnavailable
 from agent.metrics import Metrics
 from agent.rules import Rules
-from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, Plan, Trigger, new_id, utcnow
+from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, Trigger, new_id, utcnow
 from agent.supervisor import Supervisor
 
 log = structlog.get_logger("agent.worker")
@@ -172,7 +170,6 @@ class Worker:
         executor: Executor,
         recorder: DecisionRecorder,
         metrics: Metrics,
-        guard: GuardConfig,
         lanes: int,
         decoders: Mapping[str, Decoder],
     ) -> None:
@@ -182,7 +179,6 @@ class Worker:
         self.executor = executor
         self.recorder = recorder
         self.metrics = metrics
-        self.guard = guard
         self._lanes: list[asyncio.Queue[InboxEntry]] = [asyncio.Queue() for _ in range(lanes)]
         self._tasks: list[asyncio.Task[None]] = []
         self.gate = Gate(on_storm=self._storm_changed)
@@ -320,7 +316,7 @@ class Worker:
                 plans = await self.rules.plan(event)
                 if not plans:
                     decisions.append(await self._note(Trigger.of(event), "match", f"no rule matches {event.alertname}"))
-                for plan in self._limit_blast_radius(plans):
+                for plan in self.executor.guard.limit_blast_radius(plans):
                     decisions.append(await self.executor.execute(plan))
             except Exception as exc:
                 log.exception("event could not be handled", entry=entry.id)
@@ -336,25 +332,6 @@ class Worker:
             # It will run again after a restart; the redelivery is then a recorded no-op or an idempotent no-op.
             log.error("could not mark event processed", entry=entry.id, error=str(exc))
         return decisions
-
-    def _limit_blast_radius(self, plans: list[Plan]) -> list[Plan]:
-        """A rule whose selector hits more objects than allowed acts on none of them, and says so."""
-        limit = self.guard.max_targets_per_event
-        by_rule: dict[str, list[Plan]] = {}
-        for plan in plans:
-            by_rule.setdefault(plan.rule, []).append(plan)
-        result: list[Plan] = []
-        for rule, rule_plans in by_rule.items():
-            if len(rule_plans) <= limit:
-                result.extend(rule_plans)
-                continue
-            first = rule_plans[0]
-            reason = (
-                f"{len(rule_plans)} targets ({first.reason}) exceed guard.max_targets_per_event={limit}; "
-                f"rule {rule} acted on none"
-            )
-            result.append(replace(first, target=None, reason=reason, verdict=Outcome.REFUSED))
-        return result
 
     async def _note(
         self,
