@@ -44,7 +44,7 @@ from agent.targets.base import ANNOTATION_PREFIX, OWNERSHIP_ANNOTATIONS
 from tests.conftest import NS, TOKEN, free_port, kill_test_seconds, scaledobject
 
 TARGETS = ("mcp-cpu-memory-scaler", "mcp-cron-scaling", "mcp-custom-metrics-scaler", "mcp-http-triggers")
-ALERTS = {"KillTestFlapping": "paused-replicas", "KillTestColdStart": "min-replicas"}
+ALERTS = ("KillTestFlapping", "KillTestColdStart")  # a pause and a floor (kill_test_config): two fields per object
 # Firing → resolved cycles per (alert, target): one per 6 kills, at least 3, so that the kills land under load.
 KILLS_PER_CYCLE = 6
 READY_SECONDS = 30.0
