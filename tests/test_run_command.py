@@ -98,3 +98,49 @@ async def test_a_second_agent_on_the_same_ledger_stops_at_start_with_a_clear_mes
     assert process.returncode == 1
     assert f"is in use by another agent (pid {os.getpid()})" in stderr.decode()
     assert "Traceback" not in stderr.decode()
+
+
+async def test_decisions_in_a_loop_beside_a_busy_agent_changes_nothing_and_loses_nothing(
+    cluster: DevCluster, start_agent: Any, base_config: dict[str, Any], tmp_path: Path
+) -> None:
+    from agent.structs import Outcome
+    from tests.conftest import build_config, post, settle
+
+    agent = await start_agent(build_config(base_config, guard={"cooldown": "0s"}))
+    url = agent.config.ledger.url
+    stop, some_reads = asyncio.Event(), asyncio.Event()
+    reads: list[int] = []
+
+    async def read_in_a_loop() -> None:
+        while not stop.is_set() and len(reads) < 50:  # bounded
+            reader = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent", "decisions", "--ledger", url, "--json",
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(reader.communicate(), 60)
+            assert reader.returncode == 0, err.decode()
+            reads.append(reader.returncode)
+            if len(reads) >= 4:
+                some_reads.set()
+
+    readers = [asyncio.create_task(read_in_a_loop()) for _ in range(2)]
+    try:
+        # Under load: 40 notifications of 5 alerts each while the readers open and close the ledger.
+        for batch in range(40):
+            alerts = [alert("Unrouted", {"namespace": NS, "scaledObject": f"so-{batch}-{i}"}) for i in range(5)]
+            assert (await post(agent, payload(*alerts))).status == 200
+            await asyncio.sleep(0.02)
+        await settle(agent)
+        await asyncio.wait_for(some_reads.wait(), 60)  # a few whole reads happened beside the writer
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*readers), 120)
+    # What `decisions` used to do here: delete the journal segment being appended to. Then every later
+    # notification was acknowledged into a deleted file and never acted on.
+    body = payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-http-scaler"}))
+    assert (await post(agent, body)).status == 200
+    await settle(agent)
+    decisions = await agent.ledger.decisions(limit=10_000)
+    assert len([d for d in decisions if d.trigger.alertname == "Unrouted"]) == 200  # nothing lost
+    assert [d.outcome for d in decisions if d.trigger.alertname == "MCPFrequentScaling"] == [Outcome.APPLIED]
+    assert len(reads) >= 4
