@@ -15,7 +15,12 @@ agent relies on and kmock lacks:
   log, which makes every request slower than the last, is dropped as it goes;
 - ``writes``: every write the API server accepted (method, plural, namespace,
   name, body), in order, so a test can tell the changes that landed from the
-  requests that were refused (kept only with ``keep_requests``).
+  requests that were refused (kept only with ``keep_requests``);
+- ``metadata.managedFields`` kept on updates as a real server does for an
+  ``Update`` operation: the fields a write sets belong to its manager (the
+  ``fieldManager`` query parameter, else the first word of the User-Agent, as
+  ``kubectl-edit`` or ``argocd-controller``) and are taken from every other
+  manager, so the agent can name who changed a field behind its back.
 
 Needs the ``kmock`` package (the ``demo`` or ``dev`` extra).
 """
@@ -150,6 +155,10 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
                             message="the object has been modified; please apply your changes to the latest version",
                         )
                 request.data.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
+                if key in self.objects and not self.objects[key].deleted:
+                    stored_fields = self.objects[key].raw.get("metadata", {}).get("managedFields") or []
+                    manager = request.params.get("fieldManager") or _agent_name(request.headers.get("User-Agent"))
+                    request.data["metadata"]["managedFields"] = _manage(stored_fields, request.data, manager)
             elif action == kmock.action.CREATE and isinstance(request.data, dict):
                 meta = request.data.setdefault("metadata", {})
                 meta.setdefault("uid", str(uuid.uuid4()))
@@ -170,6 +179,62 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         if request.action == kmock.action.CREATE and response.status == 200 and not response.prepared:
             response.set_status(201)
         return response
+
+
+def _agent_name(user_agent: str | None) -> str:
+    """What a real API server names a manager that gave no fieldManager: the User-Agent up to its first '/'."""
+    return (user_agent or "unknown").split("/", 1)[0].split(" ", 1)[0] or "unknown"
+
+
+def _field_set(body: Mapping[str, Any], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A merge patch's body as the FieldsV1 set it writes (``{"f:spec": {"f:minReplicaCount": {}}}``)."""
+    fields: dict[str, Any] = {}
+    for name, value in body.items():
+        if name in skip:
+            continue
+        if isinstance(value, Mapping) and value:
+            fields[f"f:{name}"] = _field_set(value)
+        else:
+            fields[f"f:{name}"] = {}
+    return fields
+
+
+def _without(fields: Mapping[str, Any], taken: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` less every leaf ``taken`` sets (a field has one manager)."""
+    left: dict[str, Any] = {}
+    for name, sub in fields.items():
+        if name not in taken:
+            left[name] = sub
+        elif taken[name] and sub:
+            rest = _without(sub, taken[name])
+            if rest:
+                left[name] = rest
+    return left
+
+
+def _merged(fields: Mapping[str, Any], more: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(fields)
+    for name, sub in more.items():
+        merged[name] = _merged(merged.get(name) or {}, sub) if sub else merged.get(name, {})
+    return merged
+
+
+def _manage(entries: list[dict[str, Any]], body: Mapping[str, Any], manager: str) -> list[dict[str, Any]]:
+    """The managedFields after ``manager`` wrote ``body`` (metadata bookkeeping itself is nobody's field)."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k in ("annotations", "labels")}
+    written = _field_set({**{k: v for k, v in body.items() if k != "metadata"}, **({"metadata": meta} if meta else {})})
+    result: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.get("manager") == manager:
+            continue
+        left = _without(entry.get("fieldsV1") or {}, written)
+        if left:
+            result.append({**entry, "fieldsV1": left})
+    previous = next((e.get("fieldsV1") or {} for e in entries if e.get("manager") == manager), {})
+    now = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    mine = {"manager": manager, "operation": "Update", "time": now, "fieldsType": "FieldsV1"}
+    result.append({**mine, "fieldsV1": _merged(previous, written)})
+    return result
 
 
 def kubeconfig_for(url: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from agent.guard import Guard, Refused
 from agent.ledger import LedgerUnavailable
 from agent.metrics import Metrics
 from agent.structs import Decision, Outcome, Ownership, Plan, TargetRef, Trigger, new_id, utcnow
-from agent.targets.base import PAUSED_REPLICAS, UNSET, ResumeMark, TargetKind, TargetState, Unset
+from agent.targets.base import PAUSED_REPLICAS, UNSET, ResumeMark, TargetKind, TargetState, Unset, describe_manager
 
 log = structlog.get_logger("agent.executor")
 T = TypeVar("T")
@@ -273,8 +273,9 @@ def give_back(
         if current == ownership.after:
             values[name] = ownership.before
         else:
+            who = describe_manager(state.changed_by[name]) if name in state.changed_by else "someone else"
             notes.append(
-                f"{name} was changed by someone else since (now {current}, the agent set {ownership.after}): left as is"
+                f"{name} was changed by {who} since (now {current}, the agent set {ownership.after}): left as is"
             )
         owned[name] = None
     return values, owned, notes

@@ -366,3 +366,47 @@ async def test_an_object_can_opt_out_and_still_gets_the_agents_changes_back(
     assert scaledobject(cluster, "mcp-http-triggers")["spec"]["maxReplicaCount"] == 35  # its sibling was
     assert PAUSED not in annotations(cluster, "mcp-http-scaler")  # its own pause was still given back
     assert scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 1
+
+
+async def test_a_give_back_names_who_changed_the_field_behind_the_agent(
+    cluster: DevCluster, start_agent: StartAgent, api: Any
+) -> None:
+    from kubernetes_asyncio import client
+
+    agent = await start_agent()
+    await post(agent, payload(alert("MCPColdStartSlow")))
+    await settle(agent)
+    # A person raises the floor with kubectl edit while the agent holds it: the API server records the manager.
+    await client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        "keda.sh", "v1alpha1", NS, "scaledobjects", "mcp-scale-to-zero", {"spec": {"minReplicaCount": 4}},
+        _content_type="application/merge-patch+json", field_manager="kubectl-edit",
+    )  # fmt: skip
+    managers = {e["manager"] for e in scaledobject(cluster, "mcp-scale-to-zero")["metadata"]["managedFields"]}
+    assert {"scaling-agent", "kubectl-edit"} <= managers
+    await post(agent, payload(alert("MCPColdStartSlow", status="resolved")))
+    await settle(agent)
+    assert scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 4  # left as the person set it
+    reason = (await agent.ledger.decisions())[-1].reason
+    assert (
+        "min-replicas was changed by kubectl-edit (a person, through kubectl) since (now 4, the agent set 1)" in reason
+    )
+
+
+def test_the_last_manager_of_a_field_is_read_from_managed_fields() -> None:
+    from agent.targets.base import describe_manager, last_manager
+
+    managed = [
+        {"manager": "scaling-agent", "time": "2026-12-06T08:00:00Z", "fieldsV1": {"f:spec": {"f:minReplicaCount": {}}}},
+        {
+            "manager": "argocd-controller",
+            "time": "2026-12-06T08:05:00Z",
+            "fieldsV1": {"f:spec": {"f:minReplicaCount": {}}},
+        },
+        {"manager": "kubectl-edit", "time": "2026-12-06T08:01:00Z", "fieldsV1": {"f:spec": {"f:maxReplicaCount": {}}}},
+    ]
+    assert last_manager(managed, ("spec", "minReplicaCount")) == "argocd-controller"
+    assert last_manager(managed, ("spec", "maxReplicaCount")) == "kubectl-edit"
+    assert last_manager(managed, ("metadata", "annotations", "autoscaling.keda.sh/paused-replicas")) is None
+    assert describe_manager("argocd-controller") == "argocd-controller (Argo CD, syncing or self-healing the object)"
+    assert describe_manager("kustomize-controller") == "kustomize-controller (Flux, reconciling the object)"
+    assert describe_manager("my-operator") == "my-operator"

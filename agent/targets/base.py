@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -31,6 +31,19 @@ OWNERSHIP_ANNOTATIONS = {name: f"{ANNOTATION_PREFIX}{name}" for name in FIELDS}
 RESUMED_ANNOTATION = f"{ANNOTATION_PREFIX}resumed"
 # Set to "true" by a person on an object the agent must not change (it still gives back its own changes).
 OPT_OUT_ANNOTATION = f"{ANNOTATION_PREFIX}ignore"
+# The agent's field manager: its writes are its own in the objects' managedFields.
+FIELD_MANAGER = "scaling-agent"
+
+# Who usually stands behind a field manager's name (the API server names one from the fieldManager of a write,
+# else from the client's User-Agent), for decisions that say who changed a field behind the agent's back.
+MANAGERS = (
+    ("kubectl", "a person, through kubectl"),
+    ("argocd", "Argo CD, syncing or self-healing the object"),
+    ("kustomize-controller", "Flux, reconciling the object"),
+    ("helm-controller", "Flux's helm-controller"),
+    ("helm", "Helm"),
+    ("kube-downscaler", "kube-downscaler"),
+)
 
 
 class PauseOwner:
@@ -81,6 +94,32 @@ class TargetState:
     labels: Mapping[str, str] = field(default_factory=dict)
     opted_out: bool = False  # the object carries OPT_OUT_ANNOTATION: "true"
     notes: tuple[str, ...] = ()  # anything odd found while reading (e.g. an unreadable annotation)
+    changed_by: Mapping[str, str] = field(default_factory=dict)  # field → the manager that set it last, if not us
+
+
+def last_manager(managed_fields: Sequence[Mapping[str, object]], path: Sequence[str]) -> str | None:
+    """
+    The field manager that set the field at ``path`` (``("spec", "minReplicaCount")``) most recently, from an
+    object's ``metadata.managedFields``; None when no entry holds it.
+    """
+    newest: tuple[str, str] | None = None
+    for entry in managed_fields:
+        node: object = entry.get("fieldsV1") or {}
+        for part in path:
+            node = node.get(f"f:{part}") if isinstance(node, Mapping) else None
+            if node is None:
+                break
+        else:
+            when, manager = str(entry.get("time") or ""), str(entry.get("manager") or "")
+            if manager and (newest is None or when >= newest[0]):
+                newest = (when, manager)
+    return None if newest is None else newest[1]
+
+
+def describe_manager(manager: str) -> str:
+    """``kubectl-edit`` → ``kubectl-edit (a person, through kubectl)``; an unknown name stands alone."""
+    who = next((text for prefix, text in MANAGERS if manager.startswith(prefix)), None)
+    return manager if who is None else f"{manager} ({who})"
 
 
 class Unset:

@@ -28,6 +28,7 @@ from kubernetes_asyncio import client
 from agent.errors import NotFound, call
 from agent.structs import Ownership, TargetRef, _from_iso
 from agent.targets.base import (
+    FIELD_MANAGER,
     MAX_REPLICAS,
     MIN_REPLICAS,
     OPT_OUT_ANNOTATION,
@@ -40,6 +41,7 @@ from agent.targets.base import (
     ResumeMark,
     TargetState,
     Unset,
+    last_manager,
 )
 
 GROUP, VERSION, PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
@@ -47,6 +49,11 @@ KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
 KEDA_PAUSED = "autoscaling.keda.sh/paused"
 DOWNSCALER_PREFIX = "downscaler/"
 SPEC_FIELDS = {MIN_REPLICAS: "minReplicaCount", MAX_REPLICAS: "maxReplicaCount"}
+FIELD_PATHS = {  # where each abstract field lives, as managedFields name it
+    PAUSED_REPLICAS: ("metadata", "annotations", KEDA_PAUSED_REPLICAS),
+    MIN_REPLICAS: ("spec", "minReplicaCount"),
+    MAX_REPLICAS: ("spec", "maxReplicaCount"),
+}
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -144,6 +151,7 @@ class ScaledObjectTarget:
                 state.ref.name,
                 body,
                 _content_type="application/merge-patch+json",
+                field_manager=FIELD_MANAGER,
             )
         )
         new_state = await self._state(obj, with_replicas=False)
@@ -215,6 +223,8 @@ class ScaledObjectTarget:
             MAX_REPLICAS: _int_or_none(spec.get("maxReplicaCount")),
         }
         replicas = await self._replicas(ref.namespace, obj) if with_replicas else None
+        managed = meta.get("managedFields") or []
+        changed_by = {name: last_manager(managed, path) for name, path in FIELD_PATHS.items()}
         return TargetState(
             ref=ref,
             resource_version=meta.get("resourceVersion"),
@@ -227,4 +237,5 @@ class ScaledObjectTarget:
             labels=meta.get("labels") or {},
             opted_out=str(annotations.get(OPT_OUT_ANNOTATION, "")).lower() == "true",
             notes=tuple(notes),
+            changed_by={name: m for name, m in changed_by.items() if m is not None and m != FIELD_MANAGER},
         )
