@@ -186,12 +186,10 @@ def _agent_name(user_agent: str | None) -> str:
     return (user_agent or "unknown").split("/", 1)[0].split(" ", 1)[0] or "unknown"
 
 
-def _field_set(body: Mapping[str, Any], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def _field_set(body: Mapping[str, Any]) -> dict[str, Any]:
     """A merge patch's body as the FieldsV1 set it writes (``{"f:spec": {"f:minReplicaCount": {}}}``)."""
     fields: dict[str, Any] = {}
     for name, value in body.items():
-        if name in skip:
-            continue
         if isinstance(value, Mapping) and value:
             fields[f"f:{name}"] = _field_set(value)
         else:

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from agent.structs import Decision, Delivery, Event, InboxEntry, TargetRef
+from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, TargetRef
 
 
 class LedgerUnavailable(Exception):
@@ -118,4 +118,4 @@ class Ledger(Protocol):
 
 # Decisions that count for the cooldown: forward changes, not give-backs or posts.
 COOLDOWN_ACTIONS = ("pause", "set_min", "set_max", "raise_max")
-COOLDOWN_OUTCOMES = ("applied", "applying")
+COOLDOWN_OUTCOMES = (str(Outcome.APPLIED), str(Outcome.APPLYING))

@@ -241,7 +241,7 @@ class RedisLedger:
             raise UnknownDecision(f"no applying decision {decision.id} to complete")
 
     async def _script(self, script: Any, decision: Decision) -> bool:
-        self._w  # noqa: B018 (raises on a read-only ledger)
+        client = self._w  # raises on a read-only ledger
         target = "-" if decision.target is None else str(decision.target)
         keys = [self._key("decision"), self._key("decisions"), self._key("changes", target), self._key("applying")]
         args = [
@@ -252,7 +252,7 @@ class RedisLedger:
             "1" if decision.outcome == Outcome.APPLYING else "0",
         ]
         try:
-            return bool(await script(keys=keys, args=args))
+            return bool(await script(keys=keys, args=args, client=client))
         except RedisError as exc:
             raise LedgerUnavailable(f"redis write failed: {exc}") from exc
 
