@@ -19,19 +19,24 @@ from agent.devcluster import DevCluster, kubeconfig_for
 from tests.conftest import NS, TOKEN, annotations, free_port
 
 
+async def start_run(cluster: DevCluster, config: dict[str, Any], folder: Path) -> asyncio.subprocess.Process:
+    """`scaling-agent run` as a platform engineer starts it: a config file, a kubeconfig, its token in the env."""
+    (folder / "agent.yaml").write_text(yaml.safe_dump(config))
+    (folder / "kubeconfig").write_text(yaml.safe_dump(kubeconfig_for(str(cluster.url).rstrip("/"))))
+    env = {**os.environ, "SCALING_AGENT_DEMO_TOKEN": TOKEN}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "run",
+        "--config", str(folder / "agent.yaml"), "--kubeconfig", str(folder / "kubeconfig"),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
 async def test_run_acts_on_an_alert_and_stops_cleanly_on_sigterm(
     cluster: DevCluster, base_config: dict[str, Any], tmp_path: Path
 ) -> None:
     port = free_port()
     config = {**base_config, "webhook": {**base_config["webhook"], "port": port}, "log": {"format": "json"}}
-    (tmp_path / "agent.yaml").write_text(yaml.safe_dump(config))
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig_for(str(cluster.url).rstrip("/"))))
-    env = {**os.environ, "SCALING_AGENT_DEMO_TOKEN": TOKEN}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "run",
-        "--config", str(tmp_path / "agent.yaml"), "--kubeconfig", str(tmp_path / "kubeconfig"),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process = await start_run(cluster, config, tmp_path)
     try:
         url = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
@@ -86,14 +91,7 @@ async def test_a_second_agent_on_the_same_ledger_stops_at_start_with_a_clear_mes
 
     await start_agent(build_config(base_config))  # the first agent holds the ledger
     second = {**base_config, "webhook": {**base_config["webhook"], "port": free_port()}}
-    (tmp_path / "second.yaml").write_text(yaml.safe_dump(second))
-    (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig_for(str(cluster.url).rstrip("/"))))
-    env = {**os.environ, "SCALING_AGENT_DEMO_TOKEN": TOKEN}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agent", "run",
-        "--config", str(tmp_path / "second.yaml"), "--kubeconfig", str(tmp_path / "kubeconfig"),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    process = await start_run(cluster, second, tmp_path)
     _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
     assert process.returncode == 1
     assert f"is in use by another agent (pid {os.getpid()})" in stderr.decode()
