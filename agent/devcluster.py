@@ -10,26 +10,54 @@ agent relies on and kmock lacks:
 - faults injected on purpose (``fail(...)``): a status answered N times for a
   method and resource, to test retries and failure records; with
   ``landed=True`` the write is applied first and its answer lost (a timeout
-  after the server acted);
+  after the server acted); a fault for ``deployments/scale`` hits only that
+  subresource, one for ``deployments`` every request on deployments;
 - ``keep_requests=False`` for long runs (the demo, the bench): kmock's request
   log, which makes every request slower than the last, is dropped as it goes;
 - ``writes``: every write the API server accepted (method, plural, namespace,
-  name, body), in order, so a test can tell the changes that landed from the
-  requests that were refused (kept only with ``keep_requests``);
+  name, body, subresource), in order, so a test can tell the changes that
+  landed from the requests that were refused (kept only with ``keep_requests``);
 - ``metadata.managedFields`` kept on updates as a real server does for an
   ``Update`` operation: the fields a write sets belong to its manager (the
   ``fieldManager`` query parameter, else the first word of the User-Agent, as
   ``kubectl-edit`` or ``argocd-controller``) and are taken from every other
-  manager, so the agent can name who changed a field behind its back.
+  manager, so the agent can name who changed a field behind its back; a write
+  through a subresource is its manager's own entry (``subresource: scale``),
+  as the API server keeps it;
+- the ``scale`` subresource of Deployments and StatefulSets answers an
+  ``autoscaling/v1`` Scale and writes only the parent's ``spec.replicas``
+  (merge, strategic-merge or JSON patch, or a PUT; 409 on a stale
+  resourceVersion, 404 for a missing parent), the way an HPA, KEDA or
+  ``kubectl scale`` changes a workload: kmock alone would answer the whole
+  Deployment and merge the Scale body into it;
+- ``labelSelector`` (``a=b``, ``a!=b``, ``a in (x,y)``, ``a notin (x)``,
+  ``a``, ``!a``) and ``fieldSelector`` (``=``, ``==``, ``!=`` terms joined by
+  commas) filter lists and watches of every resource: kmock ignores both, so a
+  caller that trusted a selector it never checked would pass here and act on
+  the wrong Pods or Nodes in a cluster; a field the API server does not index
+  (it selects on ``metadata.name``, a namespaced kind's ``metadata.namespace``,
+  and a few fields a built-in kind names, as a Pod's ``spec.nodeName`` or a
+  Node's ``spec.unschedulable``) answers 400 here too, so it fails in a test
+  rather than in production;
+- ``watch=True`` (what kubernetes-asyncio's ``Watch`` sends) starts a watch,
+  as the API server parses booleans; kmock takes only ``watch=true`` and
+  would answer a list the client cannot read;
+- HorizontalPodAutoscalers (``autoscaling/v2``), StatefulSets and
+  cluster-scoped Nodes are served like the rest; a strategic merge patch (what
+  kubernetes-asyncio sends for a dict body on a built-in kind) is applied as a
+  merge patch, so a list such as a Node's ``spec.taints`` is replaced whole,
+  which is what the API server does for atomic lists.
 
 Needs the ``kmock`` package (the ``demo`` or ``dev`` extra).
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,22 +65,56 @@ from typing import Any
 
 import aiohttp.web
 import attrs
+import jsonpatch  # a dependency of kmock
 import kmock
 import yaml
 
 RESOURCES = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh/v1alpha1/scaledobjects",
     ("apps/v1", "Deployment"): "apps/v1/deployments",
+    ("apps/v1", "StatefulSet"): "apps/v1/statefulsets",
+    ("autoscaling/v2", "HorizontalPodAutoscaler"): "autoscaling/v2/horizontalpodautoscalers",
     ("v1", "Event"): "v1/events",
     ("v1", "Pod"): "v1/pods",
     ("v1", "Node"): "v1/nodes",
+}
+# The resource of each plural (``get("deployments", ...)``): one resource a plural, by its last path segment.
+PLURALS = {resource.rsplit("/", 1)[1]: resource for resource in RESOURCES.values()}
+CLUSTER_SCOPED = frozenset({"nodes"})
+GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})  # what strconv.ParseBool reads as true
+SCALABLE = frozenset({"deployments", "statefulsets"})  # the kinds whose scale subresource is served
+
+# The fields besides metadata.name (and metadata.namespace, for namespaced kinds) a real API server selects on,
+# by kind: each field's path in the object and the value it selects by when the object leaves it unset.
+FIELD_LABELS: dict[str, dict[str, tuple[str, str]]] = {
+    "pods": {
+        "spec.nodeName": ("spec.nodeName", ""),
+        "spec.restartPolicy": ("spec.restartPolicy", ""),
+        "spec.schedulerName": ("spec.schedulerName", ""),
+        "spec.serviceAccountName": ("spec.serviceAccountName", ""),
+        "spec.hostNetwork": ("spec.hostNetwork", "false"),
+        "status.phase": ("status.phase", ""),
+        "status.podIP": ("status.podIP", ""),
+        "status.nominatedNodeName": ("status.nominatedNodeName", ""),
+    },
+    "nodes": {"spec.unschedulable": ("spec.unschedulable", "false")},
+    "events": {
+        **{
+            f"involvedObject.{f}": (f"involvedObject.{f}", "")
+            for f in ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
+        },
+        "reason": ("reason", ""),
+        "reportingComponent": ("reportingComponent", ""),
+        "source": ("source.component", ""),
+        "type": ("type", ""),
+    },
 }
 
 
 @dataclass
 class Fault:
     method: str
-    plural: str
+    plural: str  # "deployments" (any request on them) or "deployments/scale" (that subresource only)
     status: int
     times: int
     message: str = "injected fault"
@@ -68,6 +130,7 @@ class Write:
     namespace: str | None
     name: str | None
     body: Any
+    subresource: str | None = None  # "scale" for a write through /scale (the body is then a Scale)
 
 
 @attrs.define(kw_only=True)
@@ -104,7 +167,7 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         resource = RESOURCES[(body["apiVersion"], body["kind"])]
         meta = dict(body.get("metadata") or {})
         meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("creationTimestamp", datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        meta.setdefault("creationTimestamp", _now())
         meta["resourceVersion"] = str(next(self._versions))
         body["metadata"] = meta
         self.objects[resource, meta.get("namespace"), meta["name"]] = body
@@ -123,62 +186,152 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         return list(added.values())
 
     def get(self, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
-        resource = next(r for r in RESOURCES.values() if r.endswith("/" + plural))
-        raw: dict[str, Any] = self.objects[resource, namespace, name].raw
+        raw: dict[str, Any] = self.objects[PLURALS[plural], namespace, name].raw
         return raw
 
     def put_status(self, plural: str, namespace: str | None, name: str, status: Mapping[str, Any]) -> None:
         """What a controller would do: change an object's status (e.g. KEDA's Paused condition)."""
-        resource = next(r for r in RESOURCES.values() if r.endswith("/" + plural))
-        self.objects[resource, namespace, name].patch({"status": dict(status)})
+        self.objects[PLURALS[plural], namespace, name].patch({"status": dict(status)})
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        try:
+            return await self._serve(request)
+        finally:
+            if not self.keep_requests:
+                self._requests.clear()
+
+    async def _serve(self, request: Any) -> aiohttp.web.StreamResponse:
+        if request.action in (kmock.action.LIST, kmock.action.FETCH) and request.params.get("watch") in GO_TRUE:
+            # kubernetes-asyncio's Watch asks ``watch=True``: the API server reads it as Go reads a boolean,
+            # kmock only as "true" (and would answer a list the Watch cannot parse). The request is frozen.
+            object.__setattr__(request, "action", kmock.action.WATCH)
         lost_answer: Fault | None = None
         if request.resource is not None:
+            plural = request.resource.plural
+            targets = {plural, f"{plural}/{request.subresource}"} if request.subresource else {plural}
             for fault in self.faults:
-                if fault.times > 0 and fault.method == request.method.value and fault.plural == request.resource.plural:
+                if fault.times > 0 and fault.method == request.method.value and fault.plural in targets:
                     fault.times -= 1
                     if not fault.landed:
                         raise kmock.KubernetesError(status=fault.status, reason="InjectedFault", message=fault.message)
                     lost_answer = fault
                     break
-            action = request.action
-            if action == kmock.action.UPDATE and request.name is not None and isinstance(request.data, dict):
-                key = (request.resource, request.namespace, request.name)
-                if key in self.objects and not self.objects[key].deleted:
-                    stored = self.objects[key].raw.get("metadata", {}).get("resourceVersion")
-                    sent = (request.data.get("metadata") or {}).get("resourceVersion")
-                    if sent is not None and stored is not None and sent != stored:
-                        raise kmock.KubernetesError(
-                            status=409,
-                            reason="Conflict",
-                            message="the object has been modified; please apply your changes to the latest version",
-                        )
-                request.data.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
-                if key in self.objects and not self.objects[key].deleted:
-                    stored_fields = self.objects[key].raw.get("metadata", {}).get("managedFields") or []
-                    manager = request.params.get("fieldManager") or _agent_name(request.headers.get("User-Agent"))
-                    request.data["metadata"]["managedFields"] = _manage(stored_fields, request.data, manager)
-            elif action == kmock.action.CREATE and isinstance(request.data, dict):
-                meta = request.data.setdefault("metadata", {})
-                meta.setdefault("uid", str(uuid.uuid4()))
-                meta.setdefault("creationTimestamp", datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-                meta["resourceVersion"] = str(next(self._versions))
-        try:
-            response: aiohttp.web.StreamResponse = await super()._handle(request)
-        finally:
-            if not self.keep_requests:
-                self._requests.clear()
+        if request.resource is not None and request.name is not None and request.subresource == "scale":
+            response: aiohttp.web.StreamResponse = await self._serve_scale(request)
+        else:
+            self._bookkeep(request)
+            response = await super()._handle(request)
         method = request.method.value
         accepted = 200 <= response.status < 300 and method in ("PATCH", "PUT", "POST", "DELETE")
         if self.keep_requests and accepted and request.resource is not None:
             plural = request.resource.plural
-            self.writes.append(Write(method, plural, request.namespace, request.name, request.data))
+            write = Write(method, plural, request.namespace, request.name, request.data, request.subresource)
+            self.writes.append(write)
         if lost_answer is not None:
             raise kmock.KubernetesError(status=lost_answer.status, reason="InjectedFault", message=lost_answer.message)
         if request.action == kmock.action.CREATE and response.status == 200 and not response.prepared:
             response.set_status(201)
         return response
+
+    def _bookkeep(self, request: Any) -> None:
+        """What the API server adds to a create or an update (kmock's own handler then stores the object)."""
+        if request.resource is None:
+            return
+        action = request.action
+        if action == kmock.action.UPDATE and request.name is not None and isinstance(request.data, dict):
+            key = (request.resource, request.namespace, request.name)
+            if key in self.objects and not self.objects[key].deleted:
+                stored = self.objects[key].raw.get("metadata", {}).get("resourceVersion")
+                sent = (request.data.get("metadata") or {}).get("resourceVersion")
+                if sent is not None and stored is not None and sent != stored:
+                    raise kmock.KubernetesError(
+                        status=409,
+                        reason="Conflict",
+                        message="the object has been modified; please apply your changes to the latest version",
+                    )
+            request.data.setdefault("metadata", {})["resourceVersion"] = str(next(self._versions))
+            if key in self.objects and not self.objects[key].deleted:
+                stored_fields = self.objects[key].raw.get("metadata", {}).get("managedFields") or []
+                manager = _manager(request)
+                fields = _manage(stored_fields, request.data, manager, request.subresource)
+                request.data["metadata"]["managedFields"] = fields
+        elif action in (kmock.action.LIST, kmock.action.WATCH):
+            _selection(request)  # a selector the server cannot read is refused before anything is answered
+        elif action == kmock.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", _now())
+            meta["resourceVersion"] = str(next(self._versions))
+
+    async def _serve_scale(self, request: Any) -> aiohttp.web.StreamResponse:
+        """The scale subresource: a Scale view of the parent, and writes of the parent's spec.replicas only."""
+        resource = request.resource
+        plural, group, name = resource.plural, resource.group, request.name
+        if plural not in SCALABLE:
+            raise kmock.KubernetesError(
+                status=404, reason="NotFound", message="the server could not find the requested resource"
+            )
+        method = request.method.value
+        if method not in ("GET", "PATCH", "PUT"):
+            raise kmock.KubernetesError(
+                status=405, reason="MethodNotAllowed", message=f"the server does not allow {method} on scale"
+            )
+        qualified = f"{plural}.{group}" if group else plural
+        key = (resource, request.namespace, name)
+        async with self._lock:
+            if key not in self.objects or self.objects[key].deleted:
+                raise kmock.KubernetesError(status=404, reason="NotFound", message=f'{qualified} "{name}" not found')
+            parent = self.objects[key]
+            current = _scale_of(parent.raw)
+            if method == "GET":
+                return aiohttp.web.json_response(current)
+            wanted = _scale_written(request, current)
+            stored = current["metadata"].get("resourceVersion")
+            sent = (wanted.get("metadata") or {}).get("resourceVersion")
+            if sent is not None and stored is not None and sent != stored:
+                raise kmock.KubernetesError(
+                    status=409,
+                    reason="Conflict",
+                    message=f'Operation cannot be fulfilled on {qualified} "{name}": the object has been modified; '
+                    "please apply your changes to the latest version and try again",
+                )
+            replicas = (wanted.get("spec") or {}).get("replicas")
+            replicas = 0 if replicas is None else replicas  # a Scale without replicas asks for 0, as in Go
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+                raise kmock.KubernetesError(
+                    status=422,
+                    reason="Invalid",
+                    message=f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: {replicas!r}: '
+                    "must be greater than or equal to 0",
+                )
+            written = {"spec": {"replicas": replicas}}
+            stored_fields = parent.raw.get("metadata", {}).get("managedFields") or []
+            fields = _manage(stored_fields, written, _manager(request), "scale")
+            version = str(next(self._versions))
+            parent.patch({**written, "metadata": {"resourceVersion": version, "managedFields": fields}})
+            await self._buses[resource].put({"type": "MODIFIED", "object": parent.raw})
+            return aiohttp.web.json_response(_scale_of(parent.raw))
+
+    async def _serve_list(self, request: Any) -> Any:
+        payload = await super()._serve_list(request)
+        selected = _selection(request)
+        payload["items"] = [item for item in payload["items"] if selected(item)]
+        return payload
+
+    async def _serve_watch(self, request: Any) -> Any:
+        selected = _selection(request)
+        async for event in super()._serve_watch(request):
+            changed = event.get("object") if isinstance(event, Mapping) else None
+            if not isinstance(changed, Mapping) or selected(changed):
+                yield event
+
+
+def _now() -> str:
+    return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _manager(request: Any) -> str:
+    return str(request.params.get("fieldManager") or _agent_name(request.headers.get("User-Agent")))
 
 
 def _agent_name(user_agent: str | None) -> str:
@@ -217,22 +370,246 @@ def _merged(fields: Mapping[str, Any], more: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
-def _manage(entries: list[dict[str, Any]], body: Mapping[str, Any], manager: str) -> list[dict[str, Any]]:
-    """The managedFields after ``manager`` wrote ``body`` (metadata bookkeeping itself is nobody's field)."""
+def _manage(
+    entries: list[dict[str, Any]], body: Mapping[str, Any], manager: str, subresource: str | None = None
+) -> list[dict[str, Any]]:
+    """
+    The managedFields after ``manager`` wrote ``body`` (metadata bookkeeping itself is nobody's field). A write
+    through a subresource is an entry of its own, as the API server keys entries by manager and subresource.
+    """
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k in ("annotations", "labels")}
     written = _field_set({**{k: v for k, v in body.items() if k != "metadata"}, **({"metadata": meta} if meta else {})})
+
+    def mine(entry: Mapping[str, Any]) -> bool:
+        return entry.get("manager") == manager and entry.get("subresource") == subresource
+
     result: list[dict[str, Any]] = []
     for entry in entries:
-        if entry.get("manager") == manager:
+        if mine(entry):
             continue
         left = _without(entry.get("fieldsV1") or {}, written)
         if left:
             result.append({**entry, "fieldsV1": left})
-    previous = next((e.get("fieldsV1") or {} for e in entries if e.get("manager") == manager), {})
-    now = datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    mine = {"manager": manager, "operation": "Update", "time": now, "fieldsType": "FieldsV1"}
-    result.append({**mine, "fieldsV1": _merged(previous, written)})
+    previous = next((e.get("fieldsV1") or {} for e in entries if mine(e)), {})
+    entry = {"manager": manager, "operation": "Update", "time": _now(), "fieldsType": "FieldsV1"}
+    if subresource is not None:
+        entry["subresource"] = subresource
+    result.append({**entry, "fieldsV1": _merged(previous, written)})
     return result
+
+
+# --- the scale subresource ------------------------------------------------------------------------------------
+
+
+def _scale_of(parent: Mapping[str, Any]) -> dict[str, Any]:
+    """The autoscaling/v1 Scale a real API server answers for a Deployment or a StatefulSet."""
+    meta = parent.get("metadata") or {}
+    spec = parent.get("spec") or {}
+    status = parent.get("status") or {}
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta
+        },
+        "spec": {"replicas": spec.get("replicas", 1)},  # the API server defaults an unset spec.replicas to 1
+        "status": {"replicas": status.get("replicas", 0), "selector": _selector_text(spec.get("selector"))},
+    }
+
+
+def _scale_written(request: Any, current: dict[str, Any]) -> dict[str, Any]:
+    """The Scale a PATCH or a PUT on the scale subresource asks for."""
+    body = request.data
+    if request.method.value == "PUT":
+        if not isinstance(body, dict):
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="the body of a PUT must be a Scale")
+        named = (body.get("metadata") or {}).get("name")
+        if named is not None and named != request.name:
+            raise kmock.KubernetesError(
+                status=400,
+                reason="BadRequest",
+                message=f"the name of the object ({named}) does not match the name on the URL ({request.name})",
+            )
+        return body
+    if isinstance(body, list):  # application/json-patch+json (what kubernetes-asyncio sends for a list body)
+        try:
+            patched: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(current), body)
+        except Exception as error:  # a failed "test", a bad path or operation
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(error)) from None
+        return patched
+    if isinstance(body, dict):  # merge or strategic merge patch: the same on a Scale (no lists)
+        merged: dict[str, Any] = _merge_patch(current, body)
+        return merged
+    raise kmock.KubernetesError(status=400, reason="BadRequest", message="the body of a PATCH must be JSON")
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: dicts merge key by key, ``None`` removes a key, anything else (lists too) replaces."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge_patch(result.get(key), value)
+    return result
+
+
+def _selector_text(selector: Mapping[str, Any] | None) -> str:
+    """A LabelSelector as the API server prints it: requirements sorted by key (``app=web,tier in (a,b)``)."""
+    if not selector:
+        return ""
+    terms: list[tuple[str, str]] = [(k, f"{k}={v}") for k, v in (selector.get("matchLabels") or {}).items()]
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key", ""), expression.get("operator")
+        values = ",".join(sorted(expression.get("values") or []))
+        text = {"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})", "DoesNotExist": f"!{key}"}
+        terms.append((key, text.get(operator, key)))  # Exists: the bare key
+    return ",".join(text for _, text in sorted(terms, key=lambda term: term[0]))
+
+
+# --- label and field selectors ----------------------------------------------------------------------------------
+
+Selected = Callable[[Mapping[str, Any]], bool]
+
+_KEY = r"[A-Za-z0-9](?:[-A-Za-z0-9_./]*[A-Za-z0-9])?"
+_VALUE = r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
+_LABEL_TERMS = [
+    (re.compile(rf"!\s*({_KEY})"), "!"),
+    (re.compile(rf"({_KEY})\s*(==|=|!=)\s*({_VALUE})"), "="),
+    (re.compile(rf"({_KEY})\s+(in|notin)\s*\(([^()]*)\)"), "in"),
+    (re.compile(rf"({_KEY})\s*(<|>)\s*(-?[0-9]+)"), "<"),
+    (re.compile(rf"({_KEY})"), "exists"),
+]
+
+
+def _bad_selector(text: str, why: str) -> kmock.KubernetesError:
+    message = f"unable to parse requirement: {text!r}: {why}"
+    return kmock.KubernetesError(status=400, reason="BadRequest", message=message)
+
+
+def _label_terms(text: str) -> list[str]:
+    """A label selector split at its top-level commas (``a in (x,y),b`` is two terms)."""
+    terms, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            terms.append(text[start:index])
+            start = index + 1
+    terms.append(text[start:])
+    return [term.strip() for term in terms]
+
+
+def _label_term(term: str) -> tuple[str, re.Match[str]]:
+    for pattern, kind in _LABEL_TERMS:
+        match = pattern.fullmatch(term)
+        if match is not None:
+            return kind, match
+    raise _bad_selector(term, "not a label selector requirement")
+
+
+def _label_selection(text: str) -> Selected:
+    requirements: list[tuple[str, str, frozenset[str]]] = []  # (key, operator, values)
+    for term in _label_terms(text) if text.strip() else []:
+        kind, match = _label_term(term)
+        key = match.group(1)
+        if kind in ("!", "exists"):
+            requirements.append((key, kind, frozenset()))
+        elif kind == "=":
+            requirements.append((key, "!=" if match.group(2) == "!=" else "=", frozenset({match.group(3)})))
+        elif kind == "in":
+            values = frozenset(v.strip() for v in match.group(3).split(",") if v.strip())
+            if not values:
+                raise _bad_selector(term, "for 'in', 'notin' operators, values set can't be empty")
+            requirements.append((key, match.group(2), values))
+        else:
+            requirements.append((key, match.group(2), frozenset({match.group(3)})))
+
+    def selected(obj: Mapping[str, Any]) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return all(_holds(labels, *requirement) for requirement in requirements)
+
+    return selected
+
+
+def _holds(labels: Mapping[str, str], key: str, operator: str, values: frozenset[str]) -> bool:
+    if operator in (">", "<"):
+        try:
+            number, (bound,) = int(labels[key]), values
+        except (KeyError, ValueError):
+            return False
+        return number > int(bound) if operator == ">" else number < int(bound)
+    return {
+        "exists": key in labels,
+        "!": key not in labels,
+        "=": key in labels and labels[key] in values,
+        "in": key in labels and labels[key] in values,
+        "!=": labels.get(key) not in values,
+        "notin": labels.get(key) not in values,
+    }[operator]
+
+
+def _field_terms(text: str) -> list[tuple[str, str, str]]:
+    """A field selector as (field, operator, value) terms; ``\\,`` ``\\=`` ``\\\\`` escape in values."""
+    terms: list[tuple[str, str, str]] = []
+    for raw in re.split(r"(?<!\\),", text):
+        if not raw:
+            continue
+        for index in range(len(raw)):
+            operator = next((op for op in ("!=", "==", "=") if raw.startswith(op, index)), None)
+            if operator is not None:
+                field, value = raw[:index].strip(), raw[index + len(operator) :]
+                break
+        else:
+            raise kmock.KubernetesError(
+                status=400, reason="BadRequest", message=f"invalid selector: {text!r}; can't understand {raw!r}"
+            )
+        if not field:
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message=f"invalid selector: {text!r}")
+        value = re.sub(r"\\(.)", r"\1", value)
+        terms.append((field, "!=" if operator == "!=" else "=", value))
+    return terms
+
+
+def _field_value(obj: Mapping[str, Any], plural: str, field: str) -> str:
+    meta = obj.get("metadata") or {}
+    if field == "metadata.name":
+        return str(meta.get("name", ""))
+    if field == "metadata.namespace":
+        return str(meta.get("namespace") or "")
+    path, default = FIELD_LABELS[plural][field]
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _field_selection(text: str, plural: str) -> Selected:
+    terms = _field_terms(text)
+    supported = {"metadata.name", *FIELD_LABELS.get(plural, {})}
+    if plural not in CLUSTER_SCOPED:
+        supported.add("metadata.namespace")
+    for field, _, _ in terms:
+        if field not in supported:
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message=f"field label not supported: {field}")
+
+    def selected(obj: Mapping[str, Any]) -> bool:
+        return all((_field_value(obj, plural, f) == value) == (op == "=") for f, op, value in terms)
+
+    return selected
+
+
+def _selection(request: Any) -> Selected:
+    """What a list or watch request's labelSelector and fieldSelector select (400 for one the server refuses)."""
+    labels = _label_selection(request.params.get("labelSelector") or "")
+    plural = request.resource.plural if request.resource is not None else ""
+    fields = _field_selection(request.params.get("fieldSelector") or "", plural)
+    return lambda obj: labels(obj) and fields(obj)
 
 
 def kubeconfig_for(url: str) -> dict[str, Any]:
