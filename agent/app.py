@@ -32,7 +32,7 @@ from agent.sinks import Sink, build_sinks
 from agent.sinks.slack import Console
 from agent.sources import DECODERS, AlertmanagerSource
 from agent.supervisor import Supervisor
-from agent.targets import build_targets
+from agent.targets import build_targets, kinds_in_use
 from agent.worker import Intake, Worker
 
 log = structlog.get_logger("agent")
@@ -53,7 +53,7 @@ class Agent:
         self.metrics = Metrics()
         self.supervisor = Supervisor(metrics=self.metrics)
         self.ledger = ledger or make_ledger(config.ledger, supervisor=self.supervisor)
-        self.targets = build_targets(api)
+        self.targets = build_targets(api, config.kubernetes, kinds_in_use(rule.target.kind for rule in config.rules))
         self.sinks: list[Sink] = build_sinks(config, api=api, metrics=self.metrics, console=console)
         self.recorder = DecisionRecorder(ledger=self.ledger, sinks=self.sinks, metrics=self.metrics)
         self.guard = Guard(config.guard, kubernetes=config.kubernetes, ledger=self.ledger, dry_run=dry_run)

@@ -45,11 +45,22 @@ from datetime import datetime
 from typing import Any
 
 from agent.structs import Ownership, _from_iso, _iso
-from agent.targets.base import ANNOTATION_PREFIX, MAX_REPLICAS, MIN_REPLICAS, PAUSED_REPLICAS
 
+# Every annotation the agent writes lives under this prefix.
+ANNOTATION_PREFIX = "scaling-agent.cortex.io/"
 ANNOTATION = f"{ANNOTATION_PREFIX}claims"
 VERSION = 1
 MAX_CLAIMS = 32  # per object: a selector or a storm must not grow an annotation without bound
+RECENT = 8  # the ids of the last decisions that wrote the annotation, to tell whether a write landed
+
+# The abstract fields claims hold; each target kind maps them onto its own object.
+PAUSED_REPLICAS = "paused-replicas"  # a KEDA ScaledObject's paused-replicas annotation
+MIN_REPLICAS = "min-replicas"  # a floor: minReplicaCount, an HPA's minReplicas
+MAX_REPLICAS = "max-replicas"  # a ceiling: maxReplicaCount, an HPA's maxReplicas
+REPLICAS = "replicas"  # a workload nothing autoscales: its scale subresource's spec.replicas
+UNSCHEDULABLE = "unschedulable"  # a Node's cordon
+TAINT = "taint"  # the agent's own NoSchedule taint on a Node
+COUNTS = (PAUSED_REPLICAS, MIN_REPLICAS, MAX_REPLICAS, REPLICAS)
 
 Value = int | bool | None
 
@@ -134,13 +145,17 @@ class Resolved:
 
 @dataclass(frozen=True)
 class Claims:
-    """Everything the agent holds on one object: the kept values per field and the live claims."""
+    """Everything the agent holds on one object: the kept values per field, the live claims, recent writers."""
 
     kept: Mapping[str, Kept] = field(default_factory=dict)
     claims: tuple[Claim, ...] = ()
+    recent: tuple[str, ...] = ()  # the decisions that wrote this annotation last, newest last
 
     def on(self, name: str) -> tuple[Claim, ...]:
         return tuple(c for c in self.claims if c.field == name)
+
+    def held_by(self, holder: str, name: str) -> Claim | None:
+        return next((c for c in self.claims if c.field == name and c.holder == holder), None)
 
     def add(self, claim: Claim, *, current: Value) -> Claims:
         """
@@ -152,15 +167,18 @@ class Claims:
             raise TooManyClaims(f"the object holds {len(others)} claims already (at most {MAX_CLAIMS})")
         kept = dict(self.kept)
         kept.setdefault(claim.field, Kept(original=current, written=current))
-        return Claims(kept=kept, claims=(*others, claim))
+        return replace(self, kept=kept, claims=(*others, claim))
 
     def release(self, ends: Callable[[Claim], bool]) -> tuple[Claims, tuple[Claim, ...]]:
         """Drop the claims ``ends`` picks; returns what is left and what was dropped."""
         dropped = tuple(c for c in self.claims if ends(c))
-        return Claims(kept=self.kept, claims=tuple(c for c in self.claims if not ends(c))), dropped
+        return replace(self, claims=tuple(c for c in self.claims if not ends(c))), dropped
 
-    def wrote(self, values: Mapping[str, Value]) -> Claims:
-        """The agent wrote these values; a field with no claim left is forgotten (its original is back)."""
+    def wrote(self, values: Mapping[str, Value], *, decision: str | None = None) -> Claims:
+        """
+        The agent wrote these values (as ``decision``); a field with no claim left is forgotten (its original
+        is back).
+        """
         kept = dict(self.kept)
         for name, value in values.items():
             if name in kept:
@@ -168,7 +186,8 @@ class Claims:
         for name in list(kept):
             if not self.on(name):
                 del kept[name]
-        return Claims(kept=kept, claims=self.claims)
+        recent = self.recent if decision is None else (*self.recent, decision)[-RECENT:]
+        return replace(self, kept=kept, recent=recent)
 
     def drifted(self, name: str, current: Value) -> bool:
         """Someone else changed the field: it no longer holds the value the agent last wrote."""
@@ -177,7 +196,15 @@ class Claims:
     def let_go(self, name: str) -> Claims:
         """Drop the field altogether (after someone else changed it): its claims, and its kept values."""
         kept = {n: k for n, k in self.kept.items() if n != name}
-        return Claims(kept=kept, claims=tuple(c for c in self.claims if c.field != name))
+        return replace(self, kept=kept, claims=tuple(c for c in self.claims if c.field != name))
+
+    def original(self, name: str, current: Value) -> Value:
+        """The field's value before the agent's claims on it (its current value when it has none)."""
+        return self.kept[name].original if name in self.kept else current
+
+    @property
+    def empty(self) -> bool:
+        return not self.claims and not self.kept
 
     # --- on the object ---------------------------------------------------------------------------------------
 
@@ -187,6 +214,7 @@ class Claims:
                 "version": VERSION,
                 "kept": {n: {"original": k.original, "written": k.written} for n, k in sorted(self.kept.items())},
                 "claims": [c.to_dict() for c in self.claims],
+                "recent": list(self.recent),
             },
             sort_keys=True,
         )
@@ -197,7 +225,8 @@ class Claims:
         if data.get("version") != VERSION:
             raise ValueError(f"claims annotation version {data.get('version')!r}; this agent reads {VERSION}")
         kept = {n: Kept(original=k.get("original"), written=k.get("written")) for n, k in data["kept"].items()}
-        return cls(kept=kept, claims=tuple(Claim.from_dict(c) for c in data["claims"]))
+        claims = tuple(Claim.from_dict(c) for c in data["claims"])
+        return cls(kept=kept, claims=claims, recent=tuple(str(d) for d in data.get("recent", [])))
 
     @classmethod
     def from_ownerships(cls, owned: Iterable[Ownership]) -> Claims:
@@ -220,7 +249,7 @@ class Claims:
                     ends_on_resolve=ownership.revert_on_resolve,
                 )
             )
-        return cls(kept=kept, claims=tuple(claims))
+        return cls(kept=kept, claims=tuple(claims), recent=tuple(sorted({o.decision for o in owned})))
 
 
 def _want_of(ownership: Ownership) -> Want:
@@ -241,8 +270,11 @@ def resolve(claims: Claims, *, ceiling: int, current: Mapping[str, Value]) -> di
     result: dict[str, Resolved] = {}
     original = {name: k.original for name, k in claims.kept.items()}
 
-    caps = [c for c in claims.on(MAX_REPLICAS) if c.want == Want.CAP and c.value is not None]
-    raises = [c for c in claims.on(MAX_REPLICAS) if c.want == Want.RAISE and c.value is not None]
+    def wanting(want: Want, name: str | None = None) -> list[Claim]:
+        return [c for c in claims.claims if c.want == want and c.value is not None and name in (None, c.field)]
+
+    caps = wanting(Want.CAP)
+    raises = wanting(Want.RAISE, MAX_REPLICAS)
     own_max = original.get(MAX_REPLICAS, current.get(MAX_REPLICAS))
     max_value: Value = own_max
     if MAX_REPLICAS in claims.kept:
@@ -264,30 +296,51 @@ def resolve(claims: Claims, *, ceiling: int, current: Mapping[str, Value]) -> di
         limits.append(_int(max_value))
     effective_ceiling = min(limits)
 
-    floors = [c for c in claims.on(MIN_REPLICAS) if c.want == Want.FLOOR and c.value is not None]
+    floors = wanting(Want.FLOOR)
     floor_value: int | None = None
+    floor_notes: tuple[str, ...] = ()
     if floors:
         wanted = max(_int(c.value) for c in floors)
         floor_value = min(wanted, effective_ceiling)
-        clamped = (f"floor {wanted} clamped to the ceiling of {effective_ceiling}",) if floor_value < wanted else ()
-        result[MIN_REPLICAS] = Resolved(floor_value, notes=clamped)
-    elif MIN_REPLICAS in claims.kept:
-        result[MIN_REPLICAS] = Resolved(original[MIN_REPLICAS])
+        if floor_value < wanted:
+            floor_notes = (f"floor {wanted} clamped to the ceiling of {effective_ceiling}",)
+    if MIN_REPLICAS in claims.kept:
+        if wanting(Want.FLOOR, MIN_REPLICAS) and floor_value is not None:
+            below = original.get(MIN_REPLICAS)
+            # A floor never lowers what was there (unless the ceiling forces it: KEDA rejects min > max).
+            lifted = max(floor_value, min(_int(below), effective_ceiling)) if isinstance(below, int) else floor_value
+            result[MIN_REPLICAS] = Resolved(lifted, notes=floor_notes)
+        else:
+            result[MIN_REPLICAS] = Resolved(original[MIN_REPLICAS])
 
-    pauses = [c for c in claims.on(PAUSED_REPLICAS) if c.want == Want.PAUSE and c.value is not None]
+    if REPLICAS in claims.kept:
+        # A workload nothing autoscales: floors lift its replica count, caps lower it, and a cap wins.
+        count = original[REPLICAS]
+        notes: list[str] = list(floor_notes) if wanting(Want.FLOOR, REPLICAS) else []
+        if wanting(Want.FLOOR, REPLICAS) and floor_value is not None:
+            count = max(_int(count) if count is not None else 0, floor_value)
+        if caps and count is not None:
+            count = min(_int(count), min(_int(c.value) for c in caps))
+        result[REPLICAS] = Resolved(count, notes=tuple(notes))
+
+    pauses = wanting(Want.PAUSE)
     if pauses:
+        # One held count for every field a pause holds (KEDA's paused-replicas; an HPA's min and max alike).
         held = max([*(_int(c.value) for c in pauses), *([floor_value] if floor_value is not None else [])])
-        below = tuple(c for c in caps if _int(c.value) < held)
-        notes: list[str] = []
+        conflicts = tuple(c for c in caps if _int(c.value) < held)
+        pause_notes: list[str] = []
         if floor_value is not None and floor_value > max(_int(c.value) for c in pauses):
-            notes.append(f"paused at the floor of {floor_value}, above the pause's count")
-        notes.extend(f"cap {c.value} ({c.holder}) is below the paused count of {held}: not applied" for c in below)
-        result[PAUSED_REPLICAS] = Resolved(held, notes=tuple(notes), conflicts=below)
-    elif PAUSED_REPLICAS in claims.kept:
+            pause_notes.append(f"paused at the floor of {floor_value}, above the pause's count")
+        pause_notes.extend(
+            f"cap {c.value} ({c.holder}) is below the paused count of {held}: not applied" for c in conflicts
+        )
+        for name in sorted({c.field for c in pauses}):
+            result[name] = Resolved(held, notes=tuple(pause_notes), conflicts=conflicts)
+    if PAUSED_REPLICAS in claims.kept and not wanting(Want.PAUSE, PAUSED_REPLICAS):
         result[PAUSED_REPLICAS] = Resolved(original[PAUSED_REPLICAS])
 
     for name in claims.kept:
-        if name in (MAX_REPLICAS, MIN_REPLICAS, PAUSED_REPLICAS):
+        if name in COUNTS:
             continue
         holds = [c for c in claims.on(name) if c.want == Want.HOLD]
         result[name] = Resolved(True if holds else original[name])

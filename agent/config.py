@@ -246,25 +246,40 @@ class Matcher(Model):
 class TargetSpec(Model):
     """
     How a rule finds the object to change. In order: the alert's labels (``name_labels``, else
-    ``workload_labels`` mapped through ``spec.scaleTargetRef``), then ``name``, then ``selector``.
-    ``namespace`` is used when the alert carries no ``namespace`` label (aggregates keep none).
+    ``workload_labels`` mapped to whichever object of ``kind`` scales that workload), then ``name``, then
+    ``selector``. ``namespace`` is used when the alert carries no ``namespace`` label (aggregates keep none).
+    ``kind: auto`` finds the object from the workload alone: the ScaledObject that scales it, else its plain
+    HPA, else the Deployment or StatefulSet itself.
     """
 
     kind: str = "ScaledObject"
     namespace: str | None = None
     name: str | None = None
     selector: dict[str, str] | None = None
-    name_labels: list[str] = ["scaledObject", "scaledobject", "scaled_object"]
-    workload_labels: list[str] = ["deployment"]
+    name_labels: list[str] | None = Field(
+        default=None, description="alert labels naming the object; default: the kind's own (scaledObject, node, …)"
+    )
+    workload_labels: list[str] = ["deployment", "statefulset"]
 
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        from agent.targets import KINDS
+        from agent.targets import AUTO, KINDS
 
-        if kind not in KINDS:
-            raise ValueError(f"unknown target kind {kind!r}; known: {', '.join(sorted(KINDS))}")
+        if kind not in KINDS and kind != AUTO:
+            raise ValueError(f"unknown target kind {kind!r}; known: {', '.join(sorted([*KINDS, AUTO]))}")
         return kind
+
+    @model_validator(mode="after")
+    def _auto_finds_by_workload(self) -> TargetSpec:
+        from agent.targets import AUTO
+
+        if self.kind == AUTO and (self.name is not None or self.selector or self.name_labels):
+            raise ValueError(
+                "kind auto finds the target from the workload an alert names (workload_labels);"
+                " name, selector and name_labels need a kind"
+            )
+        return self
 
 
 class RuleConfig(Model):

@@ -34,27 +34,32 @@ class DecisionRecorder:
         self.ledger = ledger
         self.sinks = list(sinks)
         self.metrics = metrics
-        self._begun: set[str] = set()
+        self._begun: dict[str, Decision] = {}
 
     @property
     def in_flight(self) -> frozenset[str]:
         """Ids recorded ``applying`` by this process whose outcome is not recorded yet."""
         return frozenset(self._begun)
 
+    def begun(self, decision_id: str) -> Decision | None:
+        """The ``applying`` row this process wrote for ``decision_id``, while its outcome is not recorded."""
+        return self._begun.get(decision_id)
+
     async def begin(self, decision: Decision) -> None:
         """Record a change as ``applying`` before its patch. Raises LedgerUnavailable: then do not patch."""
         # In flight before the row exists: the reconciler, reading `applying` rows meanwhile, must never take
         # this one for a row a crash left behind.
-        self._begun.add(decision.id)
+        applying = replace(decision, outcome=Outcome.APPLYING)
+        self._begun[decision.id] = applying
         try:
-            await self.ledger.record(replace(decision, outcome=Outcome.APPLYING))
+            await self.ledger.record(applying)
         except BaseException:
-            self._begun.discard(decision.id)
+            self._begun.pop(decision.id, None)
             raise
 
     def abandon(self, decision_id: str) -> None:
         """The executor gave up on a begun decision without an outcome: the reconciler settles it."""
-        self._begun.discard(decision_id)
+        self._begun.pop(decision_id, None)
 
     async def record(self, decision: Decision) -> None:
         """Record a decision: complete its ``applying`` row if :meth:`begin` wrote one, else insert it."""
@@ -62,7 +67,7 @@ class DecisionRecorder:
         try:
             await self._write(decision, complete=begun)
         finally:
-            self._begun.discard(decision.id)  # completed, or (ledger down) left for the reconciler to settle
+            self._begun.pop(decision.id, None)  # completed, or (ledger down) left for the reconciler to settle
 
     async def settle(self, decision: Decision) -> bool:
         """

@@ -2,10 +2,17 @@
 The executor: turns one plan into one decision, doing the Kubernetes I/O.
 
 For a plan with a target it takes the target's lock (one change at a time per
-object), reads the object, asks the action what to do, asks the guard whether
-that is allowed, and patches — with retries on transient API errors and a
-re-read on a 409 conflict. Every path ends in a :class:`Decision`, recorded
-through the recorder (ledger first); nothing here raises to the caller.
+object), reads the object, asks the action which claim the event takes or
+ends, maps it onto the kind's fields, computes every field's value from all
+the claims left (:func:`agent.claims.resolve`), asks the guard whether that is
+allowed, and patches values and claims in one write — with retries on
+transient API errors and a re-read on a 409 conflict. Every path ends in one
+:class:`Decision` (one step, before → after), recorded through the recorder
+(ledger first); nothing here raises to the caller.
+
+When a field the agent holds no longer has the value the agent last wrote,
+someone else changed it: the agent lets go of its claims on that field, leaves
+the value, and the decision names who changed it (from ``managedFields``).
 
 A change is recorded before it is made: the decision's row is written as
 ``applying`` (:meth:`DecisionRecorder.begin`) before the patch is sent, and
@@ -30,20 +37,22 @@ from typing import Any, TypeVar
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from agent.actions import ACTIONS, Apply, Intent, Revert, Skip
+from agent.actions import ACTIONS, Hold, Intent, Release, Skip, holder_of
+from agent.claims import Claim, Claims, TooManyClaims, Value, Want, resolve
 from agent.config import KubernetesConfig
 from agent.decisions import DecisionRecorder
 from agent.errors import Conflict, KubernetesError, NotFound, Unavailable
 from agent.guard import Guard, Refused
 from agent.ledger import LedgerUnavailable
 from agent.metrics import Metrics
-from agent.structs import Decision, Outcome, Ownership, Plan, TargetRef, Trigger, new_id, utcnow
-from agent.targets.base import PAUSED_REPLICAS, UNSET, ResumeMark, TargetKind, TargetState, Unset, describe_manager
+from agent.structs import Decision, Outcome, Plan, TargetRef, Trigger, new_id, utcnow
+from agent.targets.base import TargetKind, TargetState, describe_manager
 
 log = structlog.get_logger("agent.executor")
 T = TypeVar("T")
 
 CONFLICT_ATTEMPTS = 3
+GIVE_BACKS = ("revert", "resume")  # decisions that end claims
 
 
 def describe_error(exc: BaseException) -> str:
@@ -85,28 +94,33 @@ class Executor:
             outcome=Outcome.NOOP,
         )
         action = ACTIONS[plan.action]
+        holder = holder_of(plan.rule, plan.event.fingerprint)
         if plan.verdict is not None:
             error = plan.reason if plan.verdict == Outcome.FAILED else None
             decision = _finish(draft, plan.verdict, plan.reason, error=error)
         elif not action.needs_target:
-            intent = action.decide(None, plan.spec, event=plan.event, now=now, limits=self.guard.limits)
+            intent = action.decide(None, plan.spec, event=plan.event, holder=holder, now=now, limits=self.guard.limits)
             assert isinstance(intent, Skip)
             target_note = f" (target {plan.reason})" if plan.target is not None else ""
             decision = _finish(draft, intent.outcome, intent.reason + target_note)
         elif plan.target is None:
             decision = _finish(draft, Outcome.NOOP, plan.reason)
         else:
-            decision = await self._on_target(
-                draft,
-                plan.target,
-                lambda state: action.decide(state, plan.spec, event=plan.event, now=now, limits=self.guard.limits),
-                gives_back=action.reverts,
-            )
+            kind = self.targets[plan.target.kind]
+
+            def decide(state: TargetState) -> Intent:
+                if action.want is not None and plan.event.status != "resolved":
+                    self.guard.check_kind(kind, state, action.want)  # before the action reads fields it lacks
+                return action.decide(
+                    state, plan.spec, event=plan.event, holder=holder, now=now, limits=self.guard.limits
+                )
+
+            decision = await self._on_target(draft, plan.target, decide, holder=holder)
         await self.recorder.record(decision)
         return decision
 
-    async def revert(self, ref: TargetRef, fields: tuple[str, ...], *, trigger: Trigger, reason: str) -> Decision:
-        """Give back fields the agent owns on ``ref`` (expiry), re-checked under the lock."""
+    async def revert(self, ref: TargetRef, *, trigger: Trigger, reason: str) -> Decision:
+        """End the claims on ``ref`` whose time is up (the reconciler), re-checked under the lock."""
         now = utcnow()
         draft = Decision(
             id=new_id(),
@@ -123,33 +137,29 @@ class Executor:
         )
 
         def decide(state: TargetState) -> Intent:
-            still = tuple(f for f in fields if f in state.owned and _expired(state.owned[f], now))
-            if not still:
-                return Skip(Outcome.NOOP, "nothing left to revert (already given back)")
-            return Revert(fields=still, reason=reason)
+            return Release(
+                ends=lambda claim: _expired(claim, now),
+                reason=reason,
+                nothing="nothing left to give back (already given back)",
+            )
 
-        decision = await self._on_target(draft, ref, decide, gives_back=True)
+        decision = await self._on_target(draft, ref, decide, holder="")
         await self.recorder.record(decision)
         return decision
 
     async def _on_target(
-        self,
-        draft: Decision,
-        ref: TargetRef,
-        decide: Callable[[TargetState], Intent],
-        *,
-        gives_back: bool,
+        self, draft: Decision, ref: TargetRef, decide: Callable[[TargetState], Intent], *, holder: str
     ) -> Decision:
+        kind = self.targets[ref.kind]
         try:
-            self.guard.check_namespace(ref)
+            self.guard.check_namespace(ref, kind)
         except Refused as refusal:
             return _finish(draft, Outcome.REFUSED, refusal.reason)
-        kind = self.targets[ref.kind]
         async with self._locks[ref]:
             try:
                 for _ in range(CONFLICT_ATTEMPTS):
                     try:
-                        return await self._attempt(draft, kind, ref, decide, gives_back=gives_back)
+                        return await self._attempt(draft, kind, ref, decide, holder=holder)
                     except Conflict:
                         log.info("conflict on patch; reading again", target=str(ref))
                         continue
@@ -172,60 +182,82 @@ class Executor:
         ref: TargetRef,
         decide: Callable[[TargetState], Intent],
         *,
-        gives_back: bool,
+        holder: str,
     ) -> Decision:
         now = draft.at
         state = await self._call("get", kind.get, ref.namespace, ref.name)
-        if draft.id in self.recorder.in_flight and (landed := _landed(draft, state)) is not None:
-            return landed  # read again after a lost answer or a 409: the patch had landed after all
-        intent = decide(state)
+        begun = self.recorder.begun(draft.id)
+        if begun is not None and landed(begun, state):
+            # Read again after a lost answer or a 409: the patch had landed after all.
+            return replace(
+                begun, outcome=Outcome.APPLIED, reason=f"{begun.reason} (the patch landed although its answer was lost)"
+            )
+        try:
+            intent = decide(state)
+        except Refused as refusal:
+            return _finish(draft, Outcome.REFUSED, refusal.reason)
         if isinstance(intent, Skip):
             return _finish(draft, intent.outcome, intent.reason)
 
-        values: dict[str, int | None]
-        owned: dict[str, Ownership | None]
-        resumed: ResumeMark | Unset | None = UNSET
         notes: list[str] = []
-        if isinstance(intent, Apply):
+        if isinstance(intent, Hold):
             try:
-                if not gives_back:
-                    self.guard.check_opt_out(state)
-                    self.guard.check_bounds(state, intent)
-                    await self.guard.check_cooldown(ref, now=now, deciding=draft.id)
+                fields = self.guard.check_kind(kind, state, intent.want)
+                self.guard.check_opt_out(state)
+                self.guard.check_claim(intent)
             except Refused as refusal:
-                return _finish(draft, Outcome.REFUSED, refusal.reason, before=_values(state, intent.values))
-            values = dict(intent.values)
-            owned = {
-                name: Ownership(
-                    field=name,
-                    # A second change to a field the agent already owns keeps the original value to go back to.
-                    before=state.owned[name].before if name in state.owned else state.values.get(name),
-                    after=value,
-                    decision=draft.id,
-                    rule=draft.rule or "",
-                    alertname=draft.trigger.alertname,
-                    fingerprint=draft.trigger.fingerprint,
-                    reason=intent.reason,
-                    applied_at=now,
-                    expires_at=intent.expires_at,
-                    revert_on_resolve=intent.revert_on_resolve,
-                    event_key=draft.trigger.event_key or "",
-                    action=draft.action,
-                )
-                for name, value in intent.values.items()
-            }
+                return _finish(draft, Outcome.REFUSED, refusal.reason)
+            claims, notes = _let_go_drifted(state, state.claims, fields)
+            try:
+                claims, taken = _take(state, claims, intent, fields, draft=draft, holder=holder)
+            except Refused as refusal:
+                return _finish(draft, Outcome.REFUSED, f"{refusal.reason}; the new claim is refused, the others stand")
+            if not taken:
+                reason = "; ".join([*notes, _nothing_to_take(state, intent, fields)])
+                if notes:  # only letting go: still a step worth writing down
+                    return await self._write(draft, kind, state, claims, reason=reason, values={})
+                return _finish(draft, Outcome.NOOP, reason)
             reason = intent.reason
         else:
-            values, owned, notes = give_back(state, intent)
-            if PAUSED_REPLICAS in values:
-                resumed = ResumeMark(decision=draft.id, at=now, check_by=now + self.kubernetes.resume_check_after)
-            reason = "; ".join([intent.reason, *notes])
-            if draft.action not in ("resume", "revert"):
-                # The give-back of a pause or a floor is its own kind of decision, whatever rule made the change.
+            claims, dropped = state.claims.release(intent.ends)
+            if not dropped:
+                return _finish(draft, Outcome.NOOP, intent.nothing)
+            fields = tuple(sorted({c.field for c in dropped}))
+            claims, notes = _let_go_drifted(state, claims, fields)
+            reason = intent.reason
+            if draft.action not in GIVE_BACKS:
+                # The give-back of a claim is its own kind of decision, whatever rule made it.
                 draft = replace(draft, action="revert")
 
-        before = _values(state, owned)
-        after = {**before, **values}
+        resolved = resolve(claims, ceiling=self.guard.limits.ceiling, current=state.values)
+        values = {name: r.value for name, r in resolved.items() if r.value != state.values.get(name)}
+        for name in sorted(resolved):
+            notes.extend(n for n in resolved[name].notes if n not in notes)
+        if isinstance(intent, Hold):
+            try:
+                self.guard.check_result(state, values)
+                await self.guard.check_cooldown(ref, want=intent.want, fields=tuple(values), now=now, deciding=draft.id)
+            except Refused as refusal:
+                before = {name: state.values.get(name) for name in values}
+                return _finish(draft, Outcome.REFUSED, refusal.reason, before=before, after=values)
+            if not values:
+                held = ", ".join(f"{name} stays {state.values.get(name)}" for name in fields)
+                notes.append(f"{held}: other claims hold it there")
+        claims = claims.wrote({name: r.value for name, r in resolved.items()}, decision=draft.id)
+        return await self._write(draft, kind, state, claims, reason="; ".join([reason, *notes]), values=values)
+
+    async def _write(
+        self,
+        draft: Decision,
+        kind: TargetKind,
+        state: TargetState,
+        claims: Claims,
+        *,
+        reason: str,
+        values: Mapping[str, Value],
+    ) -> Decision:
+        before = {name: state.values.get(name) for name in values}
+        after = dict(values)
         if self.guard.dry_run:
             return _finish(draft, Outcome.DRY_RUN, f"would: {reason}", before=before, after=after)
         try:
@@ -236,7 +268,9 @@ class Executor:
                     except LedgerUnavailable as exc:
                         reason = "not applied: the ledger cannot record the change before it is made"
                         return _finish(draft, Outcome.FAILED, reason, error=str(exc), before=before, after=after)
-                await self._call("patch", kind.patch, state, values=values, owned=owned, resumed=resumed)
+                await self._call(
+                    "patch", kind.patch, state, values=values, claims=claims, decision=draft.id, now=draft.at
+                )
         except Refused as refusal:
             return _finish(draft, Outcome.REFUSED, refusal.reason, before=before, after=after)
         return _finish(draft, Outcome.APPLIED, reason, before=before, after=after)
@@ -260,44 +294,85 @@ class Executor:
         raise AssertionError("unreachable: tenacity either returns or raises")
 
 
-def give_back(
-    state: TargetState, intent: Revert
-) -> tuple[dict[str, int | None], dict[str, Ownership | None], list[str]]:
-    """Restore each owned field's value from before, unless someone changed it since: then only let go."""
-    values: dict[str, int | None] = {}
-    owned: dict[str, Ownership | None] = {}
-    notes: list[str] = []
-    for name in intent.fields:
-        ownership = state.owned[name]
+def _take(
+    state: TargetState, claims: Claims, intent: Hold, fields: tuple[str, ...], *, draft: Decision, holder: str
+) -> tuple[Claims, bool]:
+    """Add the intent's claim on each field where it asks for something the field lacks; says if any was."""
+    taken = False
+    for name in fields:
         current = state.values.get(name)
-        if current == ownership.after:
-            values[name] = ownership.before
-        else:
-            who = describe_manager(state.changed_by[name]) if name in state.changed_by else "someone else"
-            notes.append(
-                f"{name} was changed by {who} since (now {current}, the agent set {ownership.after}): left as is"
-            )
-        owned[name] = None
-    return values, owned, notes
+        before = claims.original(name, current)
+        if claims.held_by(holder, name) is None and _already(intent.want, intent.value, before):
+            continue  # the field is there without the agent: a claim would hold nothing
+        claim = Claim(
+            field=name,
+            want=intent.want,
+            value=intent.value,
+            holder=holder,
+            key=draft.trigger.event_key or "",
+            decision=draft.id,
+            reason=intent.reason,
+            since=draft.at,
+            until=intent.until,
+            ends_on_resolve=intent.ends_on_resolve,
+        )
+        try:
+            claims = claims.add(claim, current=current)
+        except TooManyClaims as exc:
+            raise Refused(str(exc)) from None
+        taken = True
+    return claims, taken
 
 
-def _landed(draft: Decision, state: TargetState) -> Decision | None:
-    """The decision as applied, if the object already carries this very decision's change."""
-    mine = sorted((name, o) for name, o in state.owned.items() if o.decision == draft.id)
-    if not mine:
-        return None
-    reason = f"{mine[0][1].reason} (the patch landed although its answer was lost)"
-    before = {name: o.before for name, o in mine}
-    after = {name: o.after for name, o in mine}
-    return _finish(draft, Outcome.APPLIED, reason, before=before, after=after)
+def _already(want: Want, value: int | None, before: Value) -> bool:
+    """The value from before the agent's claims already gives what the claim asks."""
+    if want == Want.HOLD:
+        return before is True
+    if not isinstance(before, int) or isinstance(before, bool) or value is None:
+        return False
+    if want in (Want.FLOOR, Want.RAISE):
+        return before >= value
+    if want == Want.CAP:
+        return before <= value
+    return False
 
 
-def _expired(ownership: Ownership, now: datetime) -> bool:
-    return ownership.expires_at is not None and ownership.expires_at <= now
+def _nothing_to_take(state: TargetState, intent: Hold, fields: tuple[str, ...]) -> str:
+    shown = ", ".join(f"{name} already {state.values.get(name)}" for name in fields)
+    wanted = "held" if intent.value is None else f"{intent.want} {intent.value}"
+    return f"{shown} ({wanted} asks for nothing more)"
 
 
-def _values(state: TargetState, names: Mapping[str, Any]) -> dict[str, int | None]:
-    return {name: state.values.get(name) for name in names}
+def _let_go_drifted(state: TargetState, claims: Claims, fields: tuple[str, ...]) -> tuple[Claims, list[str]]:
+    """Let go of each field someone else changed since the agent last wrote it; say who, and leave the value."""
+    notes = []
+    for name in fields:
+        current = state.values.get(name)
+        if not claims.drifted(name, current):
+            continue
+        written = claims.kept[name].written
+        who = describe_manager(state.changed_by[name]) if name in state.changed_by else "someone else"
+        holders = ", ".join(sorted({c.holder for c in claims.on(name)})) or "none"
+        notes.append(
+            f"{name} was changed by {who} since (now {current}, the agent set {written}): "
+            f"left as is, and the agent lets go of its claims on it ({holders})"
+        )
+        claims = claims.let_go(name)
+    return claims, notes
+
+
+def landed(row: Decision, state: TargetState) -> bool:
+    """The object carries this decision's write: it is among the claims' recent writers, or (a give-back that
+    ended the last claim, and took the annotation with it) the fields hold what it wrote and nobody claims them."""
+    if row.id in state.claims.recent:
+        return True
+    if row.action not in GIVE_BACKS or not row.after:
+        return False
+    return all(state.values.get(name) == value and not state.claims.on(name) for name, value in row.after.items())
+
+
+def _expired(claim: Claim, now: datetime) -> bool:
+    return claim.until is not None and claim.until <= now
 
 
 def _finish(

@@ -1,32 +1,47 @@
 """
-The guard: every check between "a rule wants this" and "the API is called".
+The guard: every check between "a rule wants this" and "the API is called", and every refusal.
 
 Before any object is read: the blast radius (a rule whose selector hits more
 objects than ``max_targets_per_event`` acts on none). Then, per object, in
-order: namespace allow-list, the object's own opt-out annotation
-(``scaling-agent.cortex.io/ignore: "true"``), bounds (floor/ceiling, and min ≤ max), the
-per-target cooldown, then the limit on changes in flight at once. Dry-run is
-the last word: everything is decided and recorded, nothing is patched. A
-check that says no returns the reason; the executor records it as a
-``refused`` decision, so refusals are as visible as changes.
+order: the namespace allow-list (cluster-scoped kinds such as Node have none),
+whether the kind can honour the claim at all (a pause on a Deployment nothing
+autoscales; any change to the HPA KEDA owns), the object's own opt-out
+annotation (``scaling-agent.cortex.io/ignore: "true"``), the claim's bounds
+(floor/ceiling), the resulting bounds (min ≤ max), the cooldown, then the
+limit on changes in flight at once. Dry-run is the last word: everything is
+decided and recorded, nothing is patched. A check that says no raises
+:class:`Refused` with the reason; the executor records it as a ``refused``
+decision, so refusals are as visible as changes.
 
-Give-backs (reverts, resumes) skip the cooldown and the bounds: restoring
-what was there before must always be possible.
+**The cooldown, in terms of claims.** It is per object and per field: a new
+claim whose resolved value would *move* a field is refused if the agent moved
+that same field, for a claim (not a give-back), less than ``guard.cooldown``
+ago. Which decisions count comes from the actions themselves (those that take
+claims: :data:`agent.actions.FORWARD_ACTIONS`). So a raise of the ceiling
+never blocks the pause of the same object two seconds later (another field),
+and a pause or a cordon is never refused by a cooldown at all: they stop
+motion, which is what a cooldown is for. A claim that moves nothing (a lower
+floor under a higher one) is never refused either, and releases never are:
+restoring what was there before must always be possible.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from agent.actions import Apply
+from agent.actions import FORWARD_ACTIONS, Hold
 from agent.actions.base import Limits
+from agent.claims import MAX_REPLICAS, MIN_REPLICAS, Value, Want
 from agent.config import GuardConfig, KubernetesConfig
 from agent.ledger import Ledger
 from agent.structs import Outcome, Plan, TargetRef
-from agent.targets.base import MAX_REPLICAS, MIN_REPLICAS, OPT_OUT_ANNOTATION, TargetState
+from agent.targets.base import OPT_OUT_ANNOTATION, TargetKind, TargetState
+
+# Claims that stop motion: a cooldown never refuses them.
+STABILISING = (Want.PAUSE, Want.HOLD)
 
 
 class Refused(Exception):
@@ -65,37 +80,59 @@ class Guard:
             result.append(replace(first, target=None, reason=reason, verdict=Outcome.REFUSED))
         return result
 
-    def check_namespace(self, ref: TargetRef) -> None:
-        if not self.kubernetes.allows(ref.namespace):
+    def check_namespace(self, ref: TargetRef, kind: TargetKind) -> None:
+        if kind.namespaced and not self.kubernetes.allows(ref.namespace):
             allowed = ", ".join(self.kubernetes.namespaces)
             raise Refused(f"namespace {ref.namespace} is not one the agent may touch ({allowed})")
+
+    def check_kind(self, kind: TargetKind, state: TargetState | None, want: Want) -> tuple[str, ...]:
+        """The fields a claim of ``want`` holds on this object; refused when the kind cannot honour it."""
+        if state is not None and state.scaled_by is not None:
+            raise Refused(f"{state.ref} is set by {state.scaled_by}, which would undo the change; change that instead")
+        fields = kind.fields_for(want)
+        if isinstance(fields, str):
+            raise Refused(f"{kind.kind}: {fields}")
+        return fields
 
     def check_opt_out(self, state: TargetState) -> None:
         if state.opted_out:
             raise Refused(f'the object opts out of the agent ({OPT_OUT_ANNOTATION}: "true")')
 
-    def check_bounds(self, state: TargetState, intent: Apply) -> None:
-        for name, value in intent.values.items():
-            if value > self.config.ceiling:
-                raise Refused(f"{name} {value} is above the ceiling of {self.config.ceiling}")
-            if value < self.config.floor:
-                raise Refused(f"{name} {value} is below the floor of {self.config.floor}")
-        new_min = intent.values.get(MIN_REPLICAS, state.values.get(MIN_REPLICAS))
-        new_max = intent.values.get(MAX_REPLICAS, state.values.get(MAX_REPLICAS))
-        if new_min is not None and new_max is not None and new_min > new_max:
+    def check_claim(self, intent: Hold) -> None:
+        """A claim's own value within the guard's bounds (a floor above the ceiling is clamped, not refused)."""
+        value = intent.value
+        if value is None:
+            return
+        if value > self.config.ceiling and intent.want != Want.FLOOR:
+            raise Refused(f"{intent.want} {value} is above the ceiling of {self.config.ceiling}")
+        if value < self.config.floor:
+            raise Refused(f"{intent.want} {value} is below the floor of {self.config.floor}")
+
+    def check_result(self, state: TargetState, values: Mapping[str, Value]) -> None:
+        """The object as it would be: min ≤ max (KEDA and the HPA controller reject the rest)."""
+        new_min = values.get(MIN_REPLICAS, state.values.get(MIN_REPLICAS))
+        new_max = values.get(MAX_REPLICAS, state.values.get(MAX_REPLICAS))
+        if isinstance(new_min, int) and isinstance(new_max, int) and new_min > new_max:
             raise Refused(f"min-replicas {new_min} would exceed max-replicas {new_max}")
 
-    async def check_cooldown(self, ref: TargetRef, *, now: datetime, deciding: str | None = None) -> None:
-        """Refuse a change within the cooldown of the last one (applied, or still applying after a crash).
-        ``deciding`` is the decision being made: its own ``applying`` row (a re-plan after a 409) does not count."""
+    async def check_cooldown(
+        self, ref: TargetRef, *, want: Want, fields: Sequence[str], now: datetime, deciding: str | None = None
+    ) -> None:
+        """
+        Refuse a claim that moves ``fields`` within the cooldown of the agent's last claim that moved one of them
+        (applied, or still applying after a crash). ``deciding`` is the decision being made: its own ``applying``
+        row (a re-plan after a 409) does not count.
+        """
         cooldown = self.config.cooldown
-        if not cooldown:
+        if not cooldown or not fields or want in STABILISING:
             return
-        last = await self.ledger.last_change(ref)
+        last = await self.ledger.last_change(ref, fields=fields, actions=FORWARD_ACTIONS)
         if last is not None and last.id != deciding and now - last.at < cooldown:
             age = int((now - last.at).total_seconds())
+            moved = ", ".join(sorted(set(fields) & set(last.after)))
             raise Refused(
-                f"cooldown: last change {age}s ago (decision {last.id}); cooldown is {int(cooldown.total_seconds())}s"
+                f"cooldown: {moved} last changed {age}s ago (decision {last.id}); "
+                f"cooldown is {int(cooldown.total_seconds())}s"
             )
 
     @contextlib.asynccontextmanager

@@ -60,14 +60,14 @@ class Metrics:
         )
         self.pauses_in_force = Gauge(
             f"{PREFIX}_pauses_in_force",
-            "ScaledObjects paused now, by who paused them (agent, human, kube-downscaler).",
+            "Objects paused now (ScaledObjects, HPAs), by who paused them (agent, human, kube-downscaler).",
             ["owner"],
             registry=r,
         )
         self.pause_age = Gauge(
             f"{PREFIX}_pause_age_seconds",
             "How long each pause in force has been there (as far as the agent can tell).",
-            ["namespace", "scaledobject", "owner"],
+            ["namespace", "kind", "name", "owner"],
             registry=r,
         )
         self.sink_failures = Counter(

@@ -1,19 +1,18 @@
 """
-The reconciler: finds the agent's own temporary changes in the cluster and
-gives back those whose time is up — on start and then periodically.
+The reconciler: finds the agent's claims in the cluster and ends those whose
+time is up — on start and then periodically.
 
-It reads everything from the objects' annotations, never from memory, so it
+It reads everything from the objects' claims, never from memory, so it
 finishes after a restart what an earlier process started (level-triggered:
-an expiry passed while the agent was down is reverted on the first pass).
+an expiry passed while the agent was down is given back on the first pass).
 It also:
 - settles what a crash cut short (first, on every pass): a decision still
   ``applying`` in the ledger is completed against its object (``applied`` if
-  the object carries the change, ``failed`` if it does not), and an ownership
-  annotation naming a decision the ledger lacks is recorded as a recovered
-  decision under its own id, so every change in the cluster has its row and
-  the cooldown sees it;
-- checks each resume the agent made: if KEDA still reports ``Paused=True``
-  past ``kubernetes.resume_check_after``, that is recorded (``failed``) and posted;
+  the object carries the write, ``failed`` if it does not), and a claim naming
+  a decision the ledger lacks is recorded as a recovered decision under its own
+  id, so every change in the cluster has its row and the cooldown sees it;
+- runs each kind's follow-up (for a ScaledObject: that KEDA's ``Paused``
+  condition cleared after a resume) and records what it finds;
 - publishes the pauses in force (agent, human, kube-downscaler) with their age.
 """
 
@@ -26,21 +25,27 @@ from datetime import datetime
 
 import structlog
 
+from agent.claims import Claim, Want
 from agent.config import KubernetesConfig
 from agent.decisions import DecisionRecorder
 from agent.errors import KubernetesError, NotFound
-from agent.executor import Executor, describe_error
+from agent.executor import Executor, describe_error, landed
 from agent.metrics import Metrics
-from agent.structs import Decision, Outcome, Ownership, TargetRef, Trigger, new_id, utcnow
+from agent.structs import Decision, Outcome, TargetRef, Trigger, new_id, utcnow
 from agent.supervisor import Supervisor
-from agent.targets.base import MAX_REPLICAS, MIN_REPLICAS, PAUSED_REPLICAS, PauseOwner, TargetKind, TargetState
+from agent.targets.base import PauseOwner, TargetKind, TargetState
 
 log = structlog.get_logger("agent.reconciler")
 
 SOURCE = "reconciler"
-GIVE_BACKS = ("revert", "resume")
-# The action an ownership annotation stands for, when it predates annotations that name their action.
-ACTION_OF_FIELD = {PAUSED_REPLICAS: "pause", MIN_REPLICAS: "set_min", MAX_REPLICAS: "set_max"}
+# The action a claim stands for, for a change recovered from an object (claims do not name their action).
+ACTION_OF_WANT = {
+    Want.PAUSE: "pause",
+    Want.FLOOR: "set_min",
+    Want.CAP: "set_max",
+    Want.RAISE: "raise_max",
+    Want.HOLD: "cordon",
+}
 
 
 class Reconciler:
@@ -95,7 +100,7 @@ class Reconciler:
         decisions: list[Decision] = await self._settle_unfinished()
         states: list[TargetState] = []
         for kind in self.targets.values():
-            for namespace in self._namespaces():
+            for namespace in self._namespaces() if kind.namespaced else [None]:
                 states.extend(await kind.list(namespace))
         decisions.extend(await self._record_unknown_changes(states))
         for state in states:
@@ -129,82 +134,56 @@ class Reconciler:
         return decisions
 
     async def _record_unknown_changes(self, states: list[TargetState]) -> list[Decision]:
-        """Record, under its own id, each change the objects carry whose decision the ledger lacks."""
-        by_decision: dict[str, list[tuple[TargetState, Ownership]]] = {}
+        """Record, under its own id, each claim the objects carry whose decision the ledger lacks."""
+        by_decision: dict[str, tuple[TargetState, list[Claim]]] = {}
         for state in states:
-            for ownership in state.owned.values():
-                by_decision.setdefault(ownership.decision, []).append((state, ownership))
+            for claim in state.claims.claims:
+                by_decision.setdefault(claim.decision, (state, []))[1].append(claim)
         if not by_decision:
             return []
         known = await self.recorder.ledger.known(list(by_decision))
         decisions = []
-        for decision_id, owned in by_decision.items():
+        for decision_id, (state, claims) in by_decision.items():
             if decision_id in known or decision_id in self.recorder.in_flight:
                 continue
-            decision = _recovered(decision_id, owned)
+            decision = _recovered(decision_id, state, [c for c in claims if c.field in state.claims.kept] or claims)
             await self.recorder.record(decision)
             decisions.append(decision)
         return decisions
 
     async def _reconcile_object(self, state: TargetState, now: datetime) -> list[Decision]:
         decisions = []
-        expired = tuple(
-            name for name, o in sorted(state.owned.items()) if o.expires_at is not None and o.expires_at <= now
+        expired = sorted(
+            (c for c in state.claims.claims if c.until is not None and c.until <= now), key=lambda c: c.field
         )
         if expired and self.executor.guard.dry_run:
-            # Nothing gets reverted in dry-run, so the same expiry would be reported on every pass: once is enough.
-            marks = {(state.ref, name, state.owned[name].decision) for name in expired}
-            expired = tuple(
-                name
-                for name in expired
-                if (state.ref, name, state.owned[name].decision) not in self._reported_in_dry_run
-            )
+            # Nothing gets given back in dry-run, so the same expiry would be reported on every pass: once is enough.
+            marks = {(state.ref, c.field, c.decision) for c in expired}
+            expired = [c for c in expired if (state.ref, c.field, c.decision) not in self._reported_in_dry_run]
             self._reported_in_dry_run |= marks
         if expired:
-            first = state.owned[expired[0]]
-            trigger = Trigger(source=SOURCE, alertname=first.alertname, status="expired", fingerprint=first.fingerprint)
-            when = ", ".join(f"{n} at {state.owned[n].expires_at:%Y-%m-%d %H:%M:%S}Z" for n in expired)
-            decisions.append(
-                await self.executor.revert(
-                    state.ref, expired, trigger=trigger, reason=f"expired ({when}); restoring the value from before"
-                )
-            )
-        if state.resumed is not None:
-            decision = await self._check_resume(state, now)
-            if decision is not None:
-                decisions.append(decision)
-        return decisions
-
-    async def _check_resume(self, state: TargetState, now: datetime) -> Decision | None:
-        mark = state.resumed
-        assert mark is not None
-        kind = self.targets[state.ref.kind]
-        if state.paused_condition is True and now < mark.check_by:
-            return None  # KEDA may not have caught up yet
-        decision = None
-        if state.paused_condition is True:
-            waited = int((now - mark.at).total_seconds())
+            first = expired[0]
+            trigger = Trigger(source=SOURCE, alertname=first.holder, status="expired", fingerprint=_fingerprint(first))
+            when = ", ".join(f"{c.field} held by {c.holder} until {c.until:%Y-%m-%d %H:%M:%S}Z" for c in expired)
+            decisions.append(await self.executor.revert(state.ref, trigger=trigger, reason=f"expired ({when})"))
+        found = await self.targets[state.ref.kind].follow_up(state, now=now, dry_run=self.executor.guard.dry_run)
+        if found is not None:
             decision = Decision(
                 id=new_id(),
                 at=now,
-                trigger=Trigger(source=SOURCE, alertname="", status="resume-check", fingerprint=""),
+                trigger=Trigger(source=SOURCE, alertname="", status=found.action, fingerprint=""),
                 rule=None,
-                action="resume-check",
+                action=found.action,
                 target=state.ref,
                 before={},
                 after={},
-                reason=(
-                    f"still Paused=True {waited}s after the agent resumed it (decision {mark.decision}); "
-                    "KEDA did not pick the resume up — check the KEDA operator, or toggle "
-                    'autoscaling.keda.sh/paused to "false"'
-                ),
+                reason=found.reason,
                 dry_run=self.executor.guard.dry_run,
                 outcome=Outcome.FAILED,
             )
             await self.recorder.record(decision)
-        if not self.executor.guard.dry_run:
-            await kind.patch(state, values={}, owned={}, resumed=None)
-        return decision
+            decisions.append(decision)
+        return decisions
 
     def _publish_pauses(self, states: list[TargetState], now: datetime) -> None:
         counts = {PauseOwner.AGENT: 0, PauseOwner.HUMAN: 0, PauseOwner.DOWNSCALER: 0}
@@ -219,7 +198,7 @@ class Reconciler:
             # A human pause carries no timestamp of its own; KEDA's Paused condition, or first sight, stands in.
             since = state.pause.since or self._first_seen.setdefault(key, now)
             self.metrics.pause_age.labels(
-                namespace=state.ref.namespace, scaledobject=state.ref.name, owner=state.pause.owner
+                namespace=state.ref.namespace, kind=state.ref.kind, name=state.ref.name, owner=state.pause.owner
             ).set(max(0.0, (now - since).total_seconds()))
         for key in list(self._first_seen):
             if key not in seen:
@@ -228,40 +207,47 @@ class Reconciler:
             self.metrics.pauses_in_force.labels(owner=owner).set(count)
 
 
+def _fingerprint(claim: Claim) -> str:
+    """The alert's fingerprint, for a claim a rule holds (``rule:<rule>:<fingerprint>``); else empty."""
+    kind, _, rest = claim.holder.partition(":")
+    return rest.rpartition(":")[2] if kind == "rule" else ""
+
+
+def _rule(claim: Claim) -> str | None:
+    kind, _, rest = claim.holder.partition(":")
+    return (rest.rpartition(":")[0] or None) if kind == "rule" else None
+
+
 def _settled(row: Decision, state: TargetState | None) -> Decision:
-    """An ``applying`` row's outcome, read from the object: does it carry the change the row describes?"""
+    """An ``applying`` row's outcome, read from the object: does it carry the write the row describes?"""
     if state is None:
         return replace(row, outcome=Outcome.FAILED, reason=f"{row.reason} — settled at start: the object is gone")
-    if row.action in GIVE_BACKS:
-        landed = all(name not in state.owned and state.values.get(name) == value for name, value in row.after.items())
-    else:
-        landed = all(name in state.owned and state.owned[name].decision == row.id for name in row.after)
-    if landed:
+    if landed(row, state):
         note = "settled at start: the object carries this change; the agent stopped before recording its outcome"
         return replace(row, outcome=Outcome.APPLIED, reason=f"{row.reason} — {note}")
     note = "settled at start: not applied; the agent stopped before the patch was confirmed and the object lacks it"
     return replace(row, outcome=Outcome.FAILED, reason=f"{row.reason} — {note}")
 
 
-def _recovered(decision_id: str, owned: list[tuple[TargetState, Ownership]]) -> Decision:
-    """A change found on an object with no row in the ledger, recorded under the id the object names."""
-    state, first = owned[0]
-    mine = [o for s, o in owned if s.ref == state.ref]
+def _recovered(decision_id: str, state: TargetState, claims: list[Claim]) -> Decision:
+    """A claim found on an object with no row in the ledger, recorded under the id the object names."""
+    first = claims[0]
+    kept = state.claims.kept
     return Decision(
         id=decision_id,
-        at=first.applied_at,
+        at=first.since,
         trigger=Trigger(
             source=SOURCE,
-            alertname=first.alertname,
+            alertname=first.holder,
             status="recovered",
-            fingerprint=first.fingerprint,
-            event_key=first.event_key or None,
+            fingerprint=_fingerprint(first),
+            event_key=first.key or None,
         ),
-        rule=first.rule or None,
-        action=first.action or ACTION_OF_FIELD.get(first.field, "unknown"),
+        rule=_rule(first),
+        action=ACTION_OF_WANT.get(first.want, "unknown"),
         target=state.ref,
-        before={o.field: o.before for o in mine},
-        after={o.field: o.after for o in mine},
+        before={c.field: kept[c.field].original for c in claims if c.field in kept},
+        after={c.field: kept[c.field].written for c in claims if c.field in kept},
         reason=(
             f"{first.reason} — recovered: the object carries this change but the ledger had no record of it"
             " (written before the agent recorded changes first, or the ledger was replaced); recorded now"

@@ -3,10 +3,13 @@ Rules: from an event to plans — which action, on which target, and why that ta
 
 Every rule whose ``alertname`` and matchers fit the event yields plans. The
 target is resolved from the cluster, in order (DESIGN.md, "Finding the target
-of an alert"): the alert's own labels (a ScaledObject name, or a workload name
-mapped through ``spec.scaleTargetRef``), then a name written in the rule, then a
-label selector written in the rule. When nothing resolves, the plan carries no
-target and becomes a recorded ``no-op: no target``, never a guess.
+of an alert"): the alert's own labels (an object's name, or a workload name
+mapped through the kind's ``scaleTargetRef``), then a name written in the rule,
+then a label selector written in the rule. With ``kind: auto`` the workload is
+changed through whichever kind scales it: its ScaledObject (KEDA owns the HPA
+behind it), else its plain HPA, else its own replicas. When nothing resolves,
+the plan carries no target and becomes a recorded ``no-op: no target``, never
+a guess.
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ from agent.actions import ACTIONS
 from agent.config import RuleConfig, TargetSpec
 from agent.errors import KubernetesError
 from agent.structs import Event, Outcome, Plan, TargetRef
+from agent.targets import AUTO, AUTO_KINDS
 from agent.targets.base import TargetKind
+
+# Which kind of workload an alert label names (kube-state-metrics labels).
+WORKLOAD_OF_LABEL = {"deployment": "Deployment", "statefulset": "StatefulSet"}
 
 log = structlog.get_logger("agent.rules")
 
@@ -63,10 +70,13 @@ class Rules:
         return plans
 
     async def resolve(self, spec: TargetSpec, labels: Mapping[str, str]) -> tuple[list[TargetRef], str]:
-        kind = self._targets[spec.kind]
-        namespace = labels.get("namespace") or spec.namespace
+        auto = spec.kind == AUTO
+        kind = None if auto else self._targets[spec.kind]
+        cluster_scoped = kind is not None and not kind.namespaced
+        namespace = "" if cluster_scoped else labels.get("namespace") or spec.namespace
         try:
-            for label in spec.name_labels:
+            name_labels = spec.name_labels if spec.name_labels is not None else (kind.name_labels if kind else ())
+            for label in name_labels:
                 if labels.get(label):
                     if namespace is None:
                         return (
@@ -75,14 +85,17 @@ class Rules:
                         )
                     ref = TargetRef(kind=spec.kind, namespace=namespace, name=labels[label])
                     return [ref], f"from label {label}"
-            for label in spec.workload_labels:
+            for label in [] if cluster_scoped else spec.workload_labels:
                 if labels.get(label):
                     if namespace is None:
                         return (
                             [],
                             f"no target: label {label}={labels[label]} but no namespace label or rule namespace",
                         )
-                    refs = await kind.find_by_workload(namespace, labels[label])
+                    workload = WORKLOAD_OF_LABEL.get(label.lower(), "Deployment")
+                    if kind is None:
+                        return await self.scaler_of(namespace, workload, labels[label])
+                    refs = await kind.find_by_workload(namespace, workload, labels[label])
                     if refs:
                         return refs, f"{spec.kind} scaling {label} {labels[label]}"
                     return [], f"no target: no {spec.kind} in {namespace} scales {label} {labels[label]}"
@@ -90,8 +103,8 @@ class Rules:
                 if namespace is None:
                     return [], "no target: the rule names an object but no namespace"
                 return [TargetRef(kind=spec.kind, namespace=namespace, name=spec.name)], "named in the rule"
-            if spec.selector:
-                refs = await kind.find_by_labels(namespace, spec.selector)
+            if spec.selector and kind is not None:
+                refs = await kind.find_by_labels(None if cluster_scoped else namespace, spec.selector)
                 shown = ",".join(f"{k}={v}" for k, v in sorted(spec.selector.items()))
                 if refs:
                     return refs, f"selected by {shown}"
@@ -100,3 +113,16 @@ class Rules:
             log.warning("target lookup failed", error=str(exc))
             raise TargetLookupFailed(f"target lookup failed: {exc}") from exc
         return [], "no target: the alert carries no target labels and the rule names none"
+
+    async def scaler_of(self, namespace: str, workload: str, name: str) -> tuple[list[TargetRef], str]:
+        """The object to change for a workload: whichever kind scales it, in the order of :data:`AUTO_KINDS`."""
+        for kind_name in AUTO_KINDS:
+            kind = self._targets.get(kind_name)
+            if kind is None:
+                continue
+            refs = await kind.find_by_workload(namespace, workload, name)
+            if refs:
+                if kind_name in (workload,):
+                    return refs, f"{workload} {name} itself: nothing autoscales it"
+                return refs, f"the {kind_name} scaling {workload} {name}"
+        return [], f"no target: no {workload} {name} in {namespace}"

@@ -146,11 +146,15 @@ class TargetRef:
     name: str
 
     def __str__(self) -> str:
-        return f"{self.kind}/{self.namespace}/{self.name}"
+        # A cluster-scoped object (a Node) has no namespace: Node/node-1.
+        return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
 
     @classmethod
     def parse(cls, text: str) -> TargetRef:
-        kind, namespace, name = text.split("/", 2)
+        parts = text.split("/", 2)
+        if len(parts) == 2:
+            return cls(kind=parts[0], namespace="", name=parts[1])
+        kind, namespace, name = parts
         return cls(kind=kind, namespace=namespace, name=name)
 
 

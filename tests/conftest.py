@@ -28,6 +28,8 @@ from aiohttp import web
 from kubernetes_asyncio import client
 
 from agent.app import Agent
+from agent.claims import ANNOTATION as CLAIMS
+from agent.claims import Claims
 from agent.config import Config, parse_config
 from agent.demo import demo_config
 from agent.devcluster import DevCluster
@@ -187,6 +189,12 @@ def scaledobject(cluster: DevCluster, name: str) -> dict[str, Any]:
 
 def annotations(cluster: DevCluster, name: str) -> dict[str, str]:
     return dict(scaledobject(cluster, name)["metadata"].get("annotations") or {})
+
+
+def claims_on(cluster: DevCluster, name: str, plural: str = "scaledobjects", namespace: str | None = NS) -> Claims:
+    """The agent's claims an object carries (none when it carries no claims annotation)."""
+    marks = (cluster.get(plural, namespace, name)["metadata"].get("annotations")) or {}
+    return Claims.from_json(marks[CLAIMS]) if CLAIMS in marks else Claims()
 
 
 def patches(cluster: DevCluster, name: str) -> int:

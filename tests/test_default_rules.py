@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
+from agent.claims import Kept, Want
 from agent.demo.alerts import alert, payload
 from agent.devcluster import DevCluster
 from agent.structs import Outcome
-from tests.conftest import NS, StartAgent, annotations, patches, post, scaledobject, settle
+from tests.conftest import NS, StartAgent, annotations, claims_on, patches, post, scaledobject, settle
 
 PAUSED = "autoscaling.keda.sh/paused-replicas"
 
@@ -24,12 +23,14 @@ async def test_frequent_scaling_pauses_at_current_count_with_ownership(
 
     marks = annotations(cluster, "mcp-http-scaler")
     assert marks[PAUSED] == "3"  # mcp-http-server runs 3 pods in the examples
-    owned = json.loads(marks["scaling-agent.cortex.io/paused-replicas"])
-    assert owned["before"] is None and owned["after"] == 3
-    assert owned["alertname"] == "MCPFrequentScaling" and owned["expiresAt"]
+    held = claims_on(cluster, "mcp-http-scaler")
+    [claim] = held.claims
+    assert (claim.field, claim.want, claim.value) == ("paused-replicas", Want.PAUSE, 3)
+    assert claim.holder.startswith("rule:pause-frequent-scaling:") and claim.until is not None
+    assert held.kept["paused-replicas"] == Kept(original=None, written=3)
     [decision] = await agent.ledger.decisions()
     assert (decision.action, decision.outcome) == ("pause", Outcome.APPLIED)
-    assert owned["decision"] == decision.id
+    assert claim.decision == decision.id
     assert dict(decision.before) == {"paused-replicas": None} and dict(decision.after) == {"paused-replicas": 3}
 
 
@@ -43,7 +44,7 @@ async def test_frequent_scaling_resolved_resumes_and_restores(cluster: DevCluste
 
     marks = annotations(cluster, "mcp-http-scaler")
     assert PAUSED not in marks
-    assert "scaling-agent.cortex.io/paused-replicas" not in marks
+    assert "scaling-agent.cortex.io/claims" not in marks  # the last claim ended: the object carries no mark
     assert marks["autoscaling.keda.sh/paused"] == "false"  # the seed's own annotation is untouched
     decisions = await agent.ledger.decisions()
     assert [(d.action, d.outcome) for d in decisions] == [("pause", Outcome.APPLIED), ("revert", Outcome.APPLIED)]
@@ -62,8 +63,8 @@ async def test_at_maximum_scale_raises_max_within_ceiling(cluster: DevCluster, s
     assert outcomes["mcp-queue-scaler"].outcome == Outcome.APPLIED
     assert outcomes["mcp-queue-triggers"].outcome == Outcome.REFUSED
     assert "ceiling of 100" in outcomes["mcp-queue-triggers"].reason
-    owned = json.loads(annotations(cluster, "mcp-queue-scaler")["scaling-agent.cortex.io/max-replicas"])
-    assert (owned["before"], owned["after"]) == (50, 55)
+    kept = claims_on(cluster, "mcp-queue-scaler").kept["max-replicas"]
+    assert (kept.original, kept.written) == (50, 55)
 
 
 async def test_scale_to_zero_stuck_resumes_only_an_agent_pause(cluster: DevCluster, start_agent: StartAgent) -> None:
@@ -133,6 +134,7 @@ async def test_alert_without_a_resolvable_target_is_a_recorded_noop(
 async def test_a_new_firing_raises_max_again_but_a_replay_does_not(
     cluster: DevCluster, start_agent: StartAgent, base_config: dict
 ) -> None:
+    import json
     from datetime import UTC, datetime
 
     from agent.sources.alertmanager import parse_payload, to_events
@@ -148,8 +150,7 @@ async def test_a_new_firing_raises_max_again_but_a_replay_does_not(
     await post(agent, second)
     await settle(agent)
     assert scaledobject(cluster, "mcp-queue-scaler")["spec"]["maxReplicaCount"] == 60
-    owned = json.loads(annotations(cluster, "mcp-queue-scaler")["scaling-agent.cortex.io/max-replicas"])
-    assert owned["before"] == 50  # the value to go back to stays the original one
+    assert claims_on(cluster, "mcp-queue-scaler").kept["max-replicas"].original == 50  # the value to go back to
 
     # A crash between the patch and "processed" replays the same event: the object says it is done.
     [event] = to_events(parse_payload(json.dumps(second).encode()), received_at=utcnow())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import json
 import os
 import signal
 import sys
@@ -28,7 +27,7 @@ import yaml
 from aiohttp import web
 
 from agent.devcluster import DevCluster, kubeconfig_for
-from tests.conftest import NS, ROOT, TOKEN, _require_binary, annotations, free_port, patches, scaledobject
+from tests.conftest import NS, ROOT, TOKEN, _require_binary, annotations, claims_on, free_port, patches, scaledobject
 
 pytestmark = pytest.mark.e2e
 
@@ -254,9 +253,8 @@ async def test_prometheus_and_alertmanager_drive_the_agent(
                     lambda: scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 1,
                     "MCPColdStartSlow to set a warm floor",
                 )
-                paused = annotations(cluster, "mcp-http-scaler")["scaling-agent.cortex.io/paused-replicas"]
-                owned = json.loads(paused)
-                assert owned["alertname"] == "MCPFrequentScaling" and owned["after"] == 3
+                [claim] = claims_on(cluster, "mcp-http-scaler").claims
+                assert claim.holder.startswith("rule:pause-frequent-scaling:") and claim.value == 3
 
                 # Alertmanager repeats firing notifications (repeat_interval 4s here): no second change.
                 await until(
@@ -292,7 +290,7 @@ async def test_prometheus_and_alertmanager_drive_the_agent(
             assert count(rows, "pause", "applied") == 1
             assert count(rows, "set_min", "applied") == 1
             assert count(rows, "revert", "applied") == 2
-            assert "scaling-agent.cortex.io/min-replicas" not in annotations(cluster, "mcp-scale-to-zero")
+            assert "scaling-agent.cortex.io/claims" not in annotations(cluster, "mcp-scale-to-zero")
 
 
 async def _scraped(prom_port: int) -> bool:

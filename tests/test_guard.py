@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from agent.actions import Apply
+from agent.actions import Hold
+from agent.claims import Want
 from agent.config import GuardConfig, KubernetesConfig
 from agent.demo.alerts import alert, payload
 from agent.devcluster import DevCluster
@@ -55,7 +56,7 @@ def spec(cluster: DevCluster, name: str) -> tuple[int, int]:
     return so["minReplicaCount"], so["maxReplicaCount"]
 
 
-async def test_min_above_max_is_refused_naming_both_and_nothing_is_patched(
+async def test_a_floor_over_max_is_clamped_and_a_cap_under_min_is_refused_naming_both(
     cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
 ) -> None:
     # The examples: mcp-keda is min 2 / max 10, mcp-warm-standby min 3 / max 30. The ceiling (100) allows both writes.
@@ -66,18 +67,20 @@ async def test_min_above_max_is_refused_naming_both_and_nothing_is_patched(
     await settle(agent)
 
     by_target = {d.target.name: d for d in await agent.ledger.decisions() if d.target is not None}
-    assert by_target["mcp-keda"].outcome == Outcome.REFUSED
-    assert by_target["mcp-keda"].reason == "min-replicas 12 would exceed max-replicas 10"
+    # KEDA rejects min > max: a floor is clamped at the object's own maximum, and the decision says so.
+    assert by_target["mcp-keda"].outcome == Outcome.APPLIED
+    assert "floor 12 clamped to the ceiling of 10" in by_target["mcp-keda"].reason
+    assert spec(cluster, "mcp-keda") == (10, 10)
+    # A cap below an unclaimed floor cannot be clamped the same way: refused, naming both.
     assert by_target["mcp-warm-standby"].outcome == Outcome.REFUSED
     assert by_target["mcp-warm-standby"].reason == "min-replicas 3 would exceed max-replicas 2"
-    # Nothing was written: no patch, the spec as it was, no ownership mark to revert later.
-    assert patches(cluster, "mcp-keda") == patches(cluster, "mcp-warm-standby") == 0
-    assert spec(cluster, "mcp-keda") == (2, 10)
+    # Nothing was written for the refusal: no patch, the spec as it was, no claim to give back later.
+    assert patches(cluster, "mcp-warm-standby") == 0
     assert spec(cluster, "mcp-warm-standby") == (3, 30)
-    assert not any(k.startswith("scaling-agent.cortex.io/") for k in annotations(cluster, "mcp-keda"))
+    assert not any(k.startswith("scaling-agent.cortex.io/") for k in annotations(cluster, "mcp-warm-standby"))
     # The refusal is posted, as visible as a change.
     console = agent.sinks[0].stream  # type: ignore[attr-defined]
-    assert "min-replicas 12 would exceed max-replicas 10" in console.text
+    assert "min-replicas 3 would exceed max-replicas 2" in console.text
 
 
 async def test_writes_exactly_at_the_ceiling_and_the_floor_are_applied(
@@ -109,7 +112,7 @@ async def test_writes_exactly_at_the_ceiling_and_the_floor_are_applied(
     assert spec(cluster, "mcp-scale-to-zero") == (0, 2)
 
 
-# --- bounds, directly: Guard.check_bounds on a state and an intent -------------------------------------------
+# --- bounds, directly: Guard.check_claim on a claim, Guard.check_result on the object as it would be ----------
 
 
 def bounds_guard(tmp_path: Path, *, floor: int, ceiling: int) -> Guard:
@@ -129,54 +132,61 @@ def state(min_replicas: int | None, max_replicas: int | None) -> TargetState:
     )
 
 
-def apply(**values: int) -> Apply:
-    named = {MIN_REPLICAS: values["min"]} if "min" in values else {MAX_REPLICAS: values["max"]}
-    return Apply(values=named, reason="test", expires_at=None, revert_on_resolve=False)
+def hold(want: Want, value: int) -> Hold:
+    return Hold(want=want, value=value, reason="test", until=None, ends_on_resolve=False)
 
 
 @pytest.mark.parametrize(
-    ("current", "intent", "reason"),
+    ("current", "values", "reason"),
     [
-        ((2, 10), apply(min=11), "min-replicas 11 would exceed max-replicas 10"),
-        ((3, 30), apply(max=2), "min-replicas 3 would exceed max-replicas 2"),
+        ((2, 10), {MIN_REPLICAS: 11}, "min-replicas 11 would exceed max-replicas 10"),
+        ((3, 30), {MAX_REPLICAS: 2}, "min-replicas 3 would exceed max-replicas 2"),
     ],
-    ids=["set-min-above-max", "set-max-below-min"],
+    ids=["min-above-max", "max-below-min"],
 )
-def test_check_bounds_refuses_min_above_max(
-    tmp_path: Path, current: tuple[int, int], intent: Apply, reason: str
+def test_check_result_refuses_min_above_max(
+    tmp_path: Path, current: tuple[int, int], values: dict[str, int], reason: str
 ) -> None:
     guard = bounds_guard(tmp_path, floor=0, ceiling=50)
     with pytest.raises(Refused) as info:
-        guard.check_bounds(state(*current), intent)
+        guard.check_result(state(*current), values)
     assert info.value.reason == reason
 
 
 @pytest.mark.parametrize(
-    ("current", "intent"),
+    ("current", "values"),
     [
-        ((3, 30), apply(max=30)),  # at the ceiling
-        ((3, 30), apply(min=30)),  # at the ceiling, and min == max
-        ((0, 10), apply(min=2)),  # at the floor
-        ((0, 10), apply(max=2)),  # at the floor
-        ((None, 10), apply(min=10)),  # an object without a minimum: only the ceiling and the max apply
+        ((3, 30), {MIN_REPLICAS: 30}),  # min == max
+        ((None, 10), {MIN_REPLICAS: 10}),  # an object without a minimum: only its max applies
     ],
-    ids=["max-at-ceiling", "min-at-ceiling-equal-to-max", "min-at-floor", "max-at-floor", "min-equal-to-max"],
+    ids=["min-equal-to-max", "no-minimum"],
 )
-def test_check_bounds_allows_the_ceiling_and_the_floor_themselves(
-    tmp_path: Path, current: tuple[int | None, int], intent: Apply
+def test_check_result_allows_min_equal_to_max(
+    tmp_path: Path, current: tuple[int | None, int], values: dict[str, int]
 ) -> None:
-    bounds_guard(tmp_path, floor=2, ceiling=30).check_bounds(state(*current), intent)
+    bounds_guard(tmp_path, floor=2, ceiling=30).check_result(state(*current), values)
+
+
+@pytest.mark.parametrize(
+    "intent",
+    [hold(Want.RAISE, 30), hold(Want.FLOOR, 2), hold(Want.CAP, 2), hold(Want.PAUSE, 30), hold(Want.FLOOR, 40)],
+    ids=["raise-at-ceiling", "floor-at-floor", "cap-at-floor", "pause-at-ceiling", "floor-above-ceiling-is-clamped"],
+)
+def test_check_claim_allows_the_ceiling_and_the_floor_themselves(tmp_path: Path, intent: Hold) -> None:
+    bounds_guard(tmp_path, floor=2, ceiling=30).check_claim(intent)
 
 
 @pytest.mark.parametrize(
     ("intent", "reason"),
     [
-        (apply(max=31), "max-replicas 31 is above the ceiling of 30"),
-        (apply(min=1), "min-replicas 1 is below the floor of 2"),
+        (hold(Want.RAISE, 31), "raise 31 is above the ceiling of 30"),
+        (hold(Want.PAUSE, 31), "pause 31 is above the ceiling of 30"),
+        (hold(Want.FLOOR, 1), "floor 1 is below the floor of 2"),
+        (hold(Want.CAP, 1), "cap 1 is below the floor of 2"),
     ],
-    ids=["above-ceiling", "below-floor"],
+    ids=["raise-above-ceiling", "pause-above-ceiling", "floor-below-floor", "cap-below-floor"],
 )
-def test_check_bounds_refuses_one_past_the_ceiling_or_the_floor(tmp_path: Path, intent: Apply, reason: str) -> None:
+def test_check_claim_refuses_one_past_the_ceiling_or_the_floor(tmp_path: Path, intent: Hold, reason: str) -> None:
     with pytest.raises(Refused) as info:
-        bounds_guard(tmp_path, floor=2, ceiling=30).check_bounds(state(0, 40), intent)
+        bounds_guard(tmp_path, floor=2, ceiling=30).check_claim(intent)
     assert info.value.reason == reason

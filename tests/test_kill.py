@@ -34,13 +34,14 @@ import aiohttp
 import pytest
 import yaml
 
+from agent.claims import ANNOTATION as CLAIMS
+from agent.claims import ANNOTATION_PREFIX, Claim, Claims
 from agent.config import parse_config
 from agent.demo.alerts import alert, payload
 from agent.devcluster import DevCluster, kubeconfig_for
 from agent.ledger import make_ledger
 from agent.sources.alertmanager import parse_payload, to_events
 from agent.structs import Decision, Outcome
-from agent.targets.base import ANNOTATION_PREFIX, OWNERSHIP_ANNOTATIONS
 from tests.conftest import NS, TOKEN, free_port, kill_test_seconds, scaledobject
 
 TARGETS = ("mcp-cpu-memory-scaler", "mcp-cron-scaling", "mcp-custom-metrics-scaler", "mcp-http-triggers")
@@ -282,23 +283,26 @@ async def test_nothing_acknowledged_is_lost_and_nothing_applied_goes_unrecorded_
         assert await agents.stop() == 0
 
     writes = [w for w in cluster.writes if w.plural == "scaledobjects" and w.method == "PATCH"]
-    forward: list[tuple[str, str, dict[str, Any]]] = []  # (object, field, ownership) of each change that landed
+    forward: list[tuple[str, str, Claim]] = []  # (object, field, claim) of each claim a landed write took
     give_backs = 0
     for write in writes:
         marks = ((write.body or {}).get("metadata") or {}).get("annotations") or {}
-        for name, key in OWNERSHIP_ANNOTATIONS.items():
-            if key in marks and marks[key] is not None:
-                forward.append((str(write.name), name, json.loads(marks[key])))
-            elif key in marks:
-                give_backs += 1
+        if CLAIMS not in marks:
+            continue
+        if marks[CLAIMS] is None:  # the last claim ended: the annotation goes with it
+            give_backs += 1
+            continue
+        written = Claims.from_json(marks[CLAIMS])
+        writer = written.recent[-1]
+        taken = [c for c in written.claims if c.decision == writer]
+        forward.extend((str(write.name), c.field, c) for c in taken)
+        give_backs += not taken
     by_id = {d.id: d for d in decisions}
-    orphans = [o["decision"] for _, _, o in forward if by_id.get(o["decision"]) is None]
+    orphans = [c.decision for _, _, c in forward if by_id.get(c.decision) is None]
     not_applied = [
-        o["decision"]
-        for _, _, o in forward
-        if o["decision"] in by_id and by_id[o["decision"]].outcome != Outcome.APPLIED
+        c.decision for _, _, c in forward if c.decision in by_id and by_id[c.decision].outcome != Outcome.APPLIED
     ]
-    twice = [k for k, n in Counter((obj, f, o["eventKey"]) for obj, f, o in forward).items() if n > 1]
+    twice = [k for k, n in Counter((obj, f, c.key) for obj, f, c in forward).items() if n > 1]
     applied = [d for d in decisions if d.outcome == Outcome.APPLIED]
     applied_twice = [
         k

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from agent.actions import FORWARD_ACTIONS
 from agent.ledger import (
     DuplicateDecision,
     Ledger,
@@ -109,10 +110,12 @@ async def test_decisions_by_time_and_target_and_last_change(ledger: Ledger) -> N
     assert [d.id for d in await ledger.decisions(since=now - timedelta(hours=1))] == ["d2", "d3", "d4", "d5"]
     a = TargetRef("ScaledObject", "cortex-mcp", "a")
     assert [d.id for d in await ledger.decisions(target=a)] == ["d1", "d3", "d4"]
-    # The cooldown counts applied forward changes only: not the revert, not the refusal.
-    last = await ledger.last_change(a)
+    # The cooldown counts applied forward changes only: not the revert, not the refusal; and only of its fields.
+    last = await ledger.last_change(a, fields=["paused-replicas"], actions=FORWARD_ACTIONS)
     assert last is not None and last.id == "d1"
-    assert await ledger.last_change(TargetRef("ScaledObject", "cortex-mcp", "zzz")) is None
+    assert await ledger.last_change(a, fields=["max-replicas"], actions=FORWARD_ACTIONS) is None
+    zzz = TargetRef("ScaledObject", "cortex-mcp", "zzz")
+    assert await ledger.last_change(zzz, fields=["paused-replicas"], actions=FORWARD_ACTIONS) is None
     stored = (await ledger.decisions(target=a))[0]
     assert stored == decision("d1", at=stored.at, target="a")
 
@@ -135,7 +138,7 @@ async def test_applying_rows_are_completed_in_place_and_count_for_the_cooldown(l
     await ledger.record(decision("d2", at=now, target="a", outcome=Outcome.APPLYING))
     await ledger.record(decision("d3", at=now, target="b", outcome=Outcome.APPLYING))
     assert [d.id for d in await ledger.unfinished()] == ["d2", "d3"]
-    last = await ledger.last_change(a)
+    last = await ledger.last_change(a, fields=["paused-replicas"], actions=FORWARD_ACTIONS)
     assert last is not None and last.id == "d2"  # a change whose outcome is not known yet still counts
 
     await ledger.complete(decision("d2", at=now, target="a", outcome=Outcome.FAILED))
@@ -146,7 +149,7 @@ async def test_applying_rows_are_completed_in_place_and_count_for_the_cooldown(l
         ("d2", Outcome.FAILED),
         ("d3", Outcome.APPLIED),
     ]
-    last = await ledger.last_change(a)
+    last = await ledger.last_change(a, fields=["paused-replicas"], actions=FORWARD_ACTIONS)
     assert last is not None and last.id == "d1"  # the failed one no longer counts
     with pytest.raises(UnknownDecision):
         await ledger.complete(decision("d3", at=now, target="b", outcome=Outcome.FAILED))  # completed already

@@ -21,7 +21,7 @@ from agent.devcluster import DevCluster
 from agent.rules import Rules
 from agent.sources.alertmanager import PATH as WEBHOOK_PATH
 from agent.structs import Event
-from agent.targets import build_targets
+from agent.targets import build_targets, kinds_in_use
 from tests.conftest import NS, ROOT, SEED_ALERTS, _require_binary
 
 RULE_FILE = ROOT / "deploy" / "base" / "prometheusrule.yaml"
@@ -277,7 +277,8 @@ async def test_alert_labels_lead_the_default_rules_to_their_scaledobjects(
     default_config: Config, cluster: DevCluster, api: client.ApiClient
 ) -> None:
     """The labels each alert carries in the promtool tests, through the agent's own rule code, to objects."""
-    rules = Rules(default_config.rules, targets=build_targets(api))
+    kinds = kinds_in_use(rule.target.kind for rule in default_config.rules)
+    rules = Rules(default_config.rules, targets=build_targets(api, default_config.kubernetes, kinds))
     seen = set()
     for file, name, expected in expected_alerts():
         if name not in SEED_ALERTS:

@@ -6,7 +6,6 @@ the next start.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -15,12 +14,17 @@ from agent.demo.alerts import alert, payload
 from agent.devcluster import DevCluster
 from agent.ledger import LedgerUnavailable, SqliteLedger
 from agent.structs import Decision, Outcome, Ownership, TargetRef, Trigger, utcnow
-from tests.conftest import NS, StartAgent, annotations, build_config, patches, post, settle
+from tests.conftest import NS, StartAgent, annotations, build_config, claims_on, patches, post, settle
 
 PAUSED = "autoscaling.keda.sh/paused-replicas"
-OWNED_PAUSE = "scaling-agent.cortex.io/paused-replicas"
+OWNED_MIN = "scaling-agent.cortex.io/min-replicas"  # the release before claims: one annotation per field
 FREQUENT = {"namespace": NS, "scaledObject": "mcp-http-scaler"}
 HTTP_SCALER = TargetRef("ScaledObject", NS, "mcp-http-scaler")
+# Two floors on one field, for different reasons: the second moves the field again, so the cooldown judges it.
+FLOORS = [
+    {"name": f"floor-{n}", "alertname": f"Floor{n}", "action": {"type": "set_min", "params": {"replicas": n}}}
+    for n in (2, 4)
+]
 
 
 async def test_the_row_exists_before_the_patch_is_sent(
@@ -41,7 +45,8 @@ async def test_the_row_exists_before_the_patch_is_sent(
     assert seen == [[("pause", Outcome.APPLYING)]]
     [done] = await agent.ledger.decisions()
     assert (done.action, done.outcome) == ("pause", Outcome.APPLIED)
-    assert json.loads(annotations(cluster, "mcp-http-scaler")[OWNED_PAUSE])["decision"] == done.id
+    [claim] = claims_on(cluster, "mcp-http-scaler").claims
+    assert claim.decision == done.id
 
 
 async def test_no_patch_when_the_change_cannot_be_recorded_first(
@@ -66,18 +71,18 @@ async def test_no_patch_when_the_change_cannot_be_recorded_first(
 async def test_a_change_whose_outcome_was_never_recorded_is_settled_at_the_next_start(
     cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    config = build_config(base_config)
+    config = build_config(base_config, rules=FLOORS)
     first = await start_agent(config)
 
     async def dies_before_completing(decision: Decision) -> None:
         raise LedgerUnavailable("the process is being killed")
 
     monkeypatch.setattr(first.ledger, "complete", dies_before_completing)
-    await post(first, payload(alert("MCPFrequentScaling", FREQUENT)))
+    await post(first, payload(alert("Floor2", FREQUENT)))
     await settle(first)
-    assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "3"  # the patch landed ...
+    assert spec_min(cluster) == 2  # the patch landed ...
     [row] = await first.ledger.unfinished()  # ... and its row says only `applying`
-    await post(first, payload(alert("MCPAtMaximumScale", {"namespace": NS, "deployment": "mcp-http-server"})))
+    await post(first, payload(alert("Floor4", FREQUENT)))
     await settle(first)
     refusal = [d for d in await first.ledger.decisions() if d.target == HTTP_SCALER][-1]
     assert refusal.outcome == Outcome.REFUSED and f"decision {row.id}" in refusal.reason  # the cooldown saw it
@@ -87,10 +92,15 @@ async def test_a_change_whose_outcome_was_never_recorded_is_settled_at_the_next_
     assert await second.ledger.unfinished() == []
     settled = next(d for d in await second.ledger.decisions() if d.id == row.id)
     assert settled.outcome == Outcome.APPLIED and "settled at start: the object carries this change" in settled.reason
-    # The resolve gives the pause back, as for any change.
-    await post(second, payload(alert("MCPFrequentScaling", FREQUENT, status="resolved")))
+    # The resolve gives the floor back, as for any change.
+    await post(second, payload(alert("Floor2", FREQUENT, status="resolved")))
     await settle(second)
-    assert PAUSED not in annotations(cluster, "mcp-http-scaler")
+    assert spec_min(cluster) == 0
+
+
+def spec_min(cluster: DevCluster) -> int:
+    value: int = cluster.get("scaledobjects", NS, "mcp-http-scaler")["spec"]["minReplicaCount"]
+    return value
 
 
 async def test_a_change_that_never_reached_the_object_is_settled_as_failed(
@@ -127,33 +137,35 @@ async def test_a_change_that_never_reached_the_object_is_settled_as_failed(
 
 
 async def test_a_change_on_an_object_that_the_ledger_lacks_is_recorded_under_its_own_id(
-    cluster: DevCluster, start_agent: StartAgent
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
 ) -> None:
-    # Written by an agent from before decisions were recorded first, or with a ledger since replaced.
+    # Written by an agent from before decisions were recorded first (the release before claims, with its
+    # per-field ownership annotation), or with a ledger since replaced.
     ownership = Ownership(
-        field="paused-replicas",
-        before=None,
+        field="min-replicas",
+        before=0,
         after=2,
         decision="20261201T080000-abc123",
-        rule="pause-frequent-scaling",
-        alertname="MCPFrequentScaling",
+        rule="floor-2",
+        alertname="Floor2",
         fingerprint="f-old",
-        reason="MCPFrequentScaling: pause at 2 replicas for 2h",
+        reason="Floor2: warm floor of 2 for 1h",
         applied_at=utcnow(),
         expires_at=None,
         revert_on_resolve=True,
+        action="set_min",
     )
     cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, "mcp-http-scaler"].patch(
-        {"metadata": {"annotations": {PAUSED: "2", OWNED_PAUSE: ownership.to_json()}}}
+        {"spec": {"minReplicaCount": 2}, "metadata": {"annotations": {OWNED_MIN: ownership.to_json()}}}
     )
-    agent = await start_agent()
+    agent = await start_agent(build_config(base_config, rules=FLOORS))
     [recovered] = await agent.ledger.decisions()
-    assert (recovered.id, recovered.action, recovered.outcome) == (ownership.decision, "pause", Outcome.APPLIED)
-    assert recovered.target == HTTP_SCALER and dict(recovered.after) == {"paused-replicas": 2}
+    assert (recovered.id, recovered.action, recovered.outcome) == (ownership.decision, "set_min", Outcome.APPLIED)
+    assert recovered.target == HTTP_SCALER and dict(recovered.after) == {"min-replicas": 2}
     assert "recovered" in recovered.reason
     assert await agent.reconciler.reconcile_once() == []  # recorded once
-    # The cooldown sees that change, and "already applied" names a decision the ledger has.
-    await post(agent, payload(alert("MCPAtMaximumScale", {"namespace": NS, "deployment": "mcp-http-server"})))
+    # The cooldown sees that change (the second floor would move the same field), naming a decision the ledger has.
+    await post(agent, payload(alert("Floor4", FREQUENT)))
     await settle(agent)
     refusal = [d for d in await agent.ledger.decisions() if d.target == HTTP_SCALER][-1]
     assert refusal.outcome == Outcome.REFUSED and ownership.decision in refusal.reason
@@ -170,5 +182,5 @@ async def test_a_patch_whose_answer_was_lost_is_recorded_as_applied_once(
     [decision] = await agent.ledger.decisions()
     assert (decision.action, decision.outcome) == ("pause", Outcome.APPLIED)
     assert "answer was lost" in decision.reason and dict(decision.after) == {"paused-replicas": 3}
-    assert json.loads(annotations(cluster, "mcp-http-scaler")[OWNED_PAUSE])["decision"] == decision.id
+    assert claims_on(cluster, "mcp-http-scaler").claims[0].decision == decision.id
     assert [w.name for w in cluster.writes if w.plural == "scaledobjects"] == ["mcp-http-scaler"]  # one change

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.demo.alerts import alert, payload
@@ -12,7 +12,7 @@ from agent.devcluster import DevCluster
 from agent.ledger import SqliteLedger
 from agent.sources.alertmanager import decode
 from agent.structs import Outcome, utcnow
-from tests.conftest import NS, StartAgent, annotations, build_config, patches, post, scaledobject, settle
+from tests.conftest import NS, StartAgent, annotations, build_config, claims_on, patches, post, scaledobject, settle
 
 PAUSED = "autoscaling.keda.sh/paused-replicas"
 FREQUENT = {"namespace": NS, "scaledObject": "mcp-http-scaler"}
@@ -135,19 +135,27 @@ async def test_stale_resource_version_is_refused_by_the_emulator(cluster: DevClu
     assert scaledobject(cluster, "mcp-http-scaler")["spec"]["maxReplicaCount"] == 21
 
 
-async def test_cooldown_refuses_a_second_change_to_the_same_target(
+async def test_cooldown_refuses_a_second_move_of_a_field_but_never_a_pause_after_a_raise(
     cluster: DevCluster, start_agent: StartAgent
 ) -> None:
     agent = await start_agent()
     labels = {"namespace": NS, "deployment": "mcp-server"}
-    await post(agent, payload(alert("MCPAtMaximumScale", labels)))
+    await post(agent, payload(alert("MCPAtMaximumScale", labels, starts_at=datetime(2026, 12, 6, 8, tzinfo=UTC))))
     await settle(agent)
-    # A new firing of a different alert on the same object within the cooldown.
+    assert scaledobject(cluster, "mcp-keda")["spec"]["maxReplicaCount"] == 15
+    # Replaying real Alertmanager traffic: the agent's own raise once refused the pause of a flapping object 2 s
+    # later. A pause stops motion and holds another field: the cooldown does not judge it.
     await post(agent, payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-keda"})))
     await settle(agent)
+    pause = (await agent.ledger.decisions())[-1]
+    assert (pause.action, pause.outcome) == ("pause", Outcome.APPLIED), pause.reason
+    assert PAUSED in annotations(cluster, "mcp-keda")
+    # A new firing of the raise within the cooldown would move max-replicas again: refused, naming the field.
+    await post(agent, payload(alert("MCPAtMaximumScale", labels, starts_at=datetime(2026, 12, 6, 9, tzinfo=UTC))))
+    await settle(agent)
     last = (await agent.ledger.decisions())[-1]
-    assert last.outcome == Outcome.REFUSED and last.reason.startswith("cooldown")
-    assert PAUSED not in annotations(cluster, "mcp-keda")
+    assert last.outcome == Outcome.REFUSED and last.reason.startswith("cooldown: max-replicas last changed")
+    assert scaledobject(cluster, "mcp-keda")["spec"]["maxReplicaCount"] == 15
 
 
 async def test_namespace_outside_the_allow_list_is_refused(cluster: DevCluster, start_agent: StartAgent) -> None:
@@ -179,9 +187,17 @@ async def test_ceiling_and_floor_bound_every_write(
     await post(agent, payload(alert("A", {"namespace": NS, "scaledObject": "mcp-http-scaler"})))
     await post(agent, payload(alert("B", {"namespace": NS, "scaledObject": "mcp-queue-scaler"})))
     await settle(agent)
-    reasons = sorted(d.reason for d in await agent.ledger.decisions())
-    assert reasons == ["max-replicas 1 is below the floor of 2", "min-replicas 40 is above the ceiling of 30"]
-    assert patches(cluster, "mcp-http-scaler") == patches(cluster, "mcp-queue-scaler") == 0
+    by_rule = {d.rule: d for d in await agent.ledger.decisions()}
+    # A floor past the ceiling is clamped at the effective ceiling (the object's own max of 20, below the
+    # guard's 30), and says so; a cap below the floor is refused, and nothing is written for it.
+    assert by_rule["big-floor"].outcome == Outcome.APPLIED
+    assert "floor 40 clamped to the ceiling of 20" in by_rule["big-floor"].reason
+    assert scaledobject(cluster, "mcp-http-scaler")["spec"]["minReplicaCount"] == 20
+    assert (by_rule["tiny-max"].outcome, by_rule["tiny-max"].reason) == (
+        Outcome.REFUSED,
+        "cap 1 is below the floor of 2",
+    )
+    assert patches(cluster, "mcp-queue-scaler") == 0
 
 
 async def test_selector_hitting_too_many_targets_acts_on_none(
@@ -215,17 +231,18 @@ async def test_expiry_is_reverted_by_the_reconciler_after_a_restart(
     assert annotations(cluster, "mcp-http-scaler")[PAUSED] == "3"
     await first.stop()  # the process is gone; only the annotations remember the change
 
-    owned = json.loads(annotations(cluster, "mcp-http-scaler")["scaling-agent.cortex.io/paused-replicas"])
-    wait = datetime.fromisoformat(owned["expiresAt"]) - utcnow()
+    [claim] = claims_on(cluster, "mcp-http-scaler").claims
+    assert claim.until is not None
+    wait = claim.until - utcnow()
     await asyncio.sleep(max(0.0, wait.total_seconds()) + 0.05)  # the expiry is one second out
 
     second = await start_agent(config)  # its first reconcile pass runs during start()
     await settle(second)
     marks = annotations(cluster, "mcp-http-scaler")
-    assert PAUSED not in marks and "scaling-agent.cortex.io/paused-replicas" not in marks
+    assert PAUSED not in marks and "scaling-agent.cortex.io/claims" not in marks
     revert = (await second.ledger.decisions())[-1]
     assert (revert.action, revert.outcome, revert.trigger.source) == ("revert", Outcome.APPLIED, "reconciler")
-    assert revert.trigger.alertname == "MCPFrequentScaling"
+    assert revert.trigger.alertname == claim.holder and claim.holder.startswith("rule:short-pause:")
 
 
 async def test_drifted_value_is_left_alone_on_revert(cluster: DevCluster, start_agent: StartAgent) -> None:
@@ -238,7 +255,7 @@ async def test_drifted_value_is_left_alone_on_revert(cluster: DevCluster, start_
     await settle(agent)
     so = scaledobject(cluster, "mcp-scale-to-zero")
     assert so["spec"]["minReplicaCount"] == 5
-    assert "scaling-agent.cortex.io/min-replicas" not in so["metadata"]["annotations"]
+    assert "scaling-agent.cortex.io/claims" not in so["metadata"]["annotations"]
     assert "changed by someone else" in (await agent.ledger.decisions())[-1].reason
 
 

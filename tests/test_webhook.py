@@ -151,7 +151,8 @@ async def test_health_readiness_and_metrics(cluster: DevCluster, start_agent: St
     assert "scaling_agent_pending_events 0.0" in text
     assert 'scaling_agent_pauses_in_force{owner="agent"} 1.0' in text
     assert (
-        'scaling_agent_pause_age_seconds{namespace="cortex-mcp",owner="agent",scaledobject="mcp-http-scaler"}' in text
+        'scaling_agent_pause_age_seconds{kind="ScaledObject",name="mcp-http-scaler",namespace="cortex-mcp",owner="agent"}'
+        in text
     )
 
 

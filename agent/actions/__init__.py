@@ -11,19 +11,23 @@ from typing import Annotated
 
 from pydantic import Field
 
-from agent.actions.base import Action, Apply, Intent, Revert, Skip
+from agent.actions.base import Action, Hold, Intent, Release, Skip, holder_of
+from agent.actions.cordon import Cordon, CordonSpec
 from agent.actions.notify import Notify, NotifySpec
 from agent.actions.pause import Pause, PauseSpec
 from agent.actions.resume import Resume, ResumeSpec
 from agent.actions.set_max import RaiseMax, RaiseMaxSpec, SetMax, SetMaxSpec
 from agent.actions.set_min import SetMin, SetMinSpec
 
-_ALL: tuple[Action, ...] = (Pause(), Resume(), SetMin(), SetMax(), RaiseMax(), Notify())
+_ALL: tuple[Action, ...] = (Pause(), Resume(), SetMin(), SetMax(), RaiseMax(), Cordon(), Notify())
 ACTIONS: dict[str, Action] = {action.name: action for action in _ALL}
 
 ActionSpec = Annotated[
-    PauseSpec | ResumeSpec | SetMinSpec | SetMaxSpec | RaiseMaxSpec | NotifySpec,
+    PauseSpec | ResumeSpec | SetMinSpec | SetMaxSpec | RaiseMaxSpec | CordonSpec | NotifySpec,
     Field(discriminator="type"),
 ]
 
-__all__ = ["ACTIONS", "Action", "ActionSpec", "Apply", "Intent", "Revert", "Skip"]
+# Actions whose changes a cooldown counts: those that take claims (not give-backs, not posts).
+FORWARD_ACTIONS = tuple(name for name, action in ACTIONS.items() if action.needs_target and not action.reverts)
+
+__all__ = ["ACTIONS", "FORWARD_ACTIONS", "Action", "ActionSpec", "Hold", "Intent", "Release", "Skip", "holder_of"]

@@ -1,21 +1,25 @@
 """
 What an action is: a pure function from the target's current state to an intent.
 
-Actions never talk to Kubernetes. They read a :class:`TargetState` and say what
-should change (:class:`Apply`), what the agent should give back (:class:`Revert`)
-or why nothing should happen (:class:`Skip`). The executor does the I/O, the
-guard checks the bounds; so an action is easy to test and to add.
+Actions never talk to Kubernetes, and never compute a field's value from the
+other reasons that hold it. They read a :class:`TargetState` and say which
+claim this event takes (:class:`Hold`: a floor, a cap, a raise, a pause, a
+cordon), which claims it ends (:class:`Release`), or why nothing should happen
+(:class:`Skip`). The executor maps the claim onto the kind's fields and
+resolves every live claim into the value to write (:func:`agent.claims.resolve`);
+the guard checks the bounds. So an action is easy to test and to add.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from agent.claims import Claim, Want
 from agent.structs import Event, Outcome
 from agent.targets.base import TargetState
 
@@ -29,17 +33,23 @@ class Spec(BaseModel):
 
 
 @dataclass(frozen=True)
-class Apply:
-    values: Mapping[str, int]
+class Hold:
+    """Take (or renew) this event's claim on the target: what it wants, and until when."""
+
+    want: Want
+    value: int | None  # None for a cordon (Want.HOLD)
     reason: str
-    expires_at: datetime | None
-    revert_on_resolve: bool
+    until: datetime | None
+    ends_on_resolve: bool
 
 
 @dataclass(frozen=True)
-class Revert:
-    fields: tuple[str, ...]
+class Release:
+    """End the claims ``ends`` picks; ``nothing`` is the no-op's reason when there are none."""
+
+    ends: Callable[[Claim], bool]
     reason: str
+    nothing: str
 
 
 @dataclass(frozen=True)
@@ -48,7 +58,7 @@ class Skip:
     reason: str
 
 
-Intent = Apply | Revert | Skip
+Intent = Hold | Release | Skip
 
 
 @dataclass(frozen=True)
@@ -62,29 +72,34 @@ class Limits:
 class Action(Protocol):
     name: ClassVar[str]
     needs_target: ClassVar[bool]
-    reverts: ClassVar[bool]  # True when the action gives back (exempt from cooldown and ceilings)
+    reverts: ClassVar[bool]  # True when the action only gives back (exempt from cooldown and ceilings)
+    want: ClassVar[Want | None]  # the claim it takes, when always the same: the guard checks the kind takes it
 
-    def decide(self, state: Any, spec: Any, *, event: Event, now: datetime, limits: Limits) -> Intent: ...
+    def decide(self, state: Any, spec: Any, *, event: Event, holder: str, now: datetime, limits: Limits) -> Intent: ...
 
 
-def revert_on_resolved(state: TargetState, fields: tuple[str, ...], *, event: Event) -> Intent:
-    """On a resolved alert, give back what this very alert (same fingerprint) made the agent change."""
-    mine = tuple(
-        name
-        for name in fields
-        if name in state.owned
-        and state.owned[name].fingerprint == event.fingerprint
-        and state.owned[name].revert_on_resolve
+def holder_of(rule: str, fingerprint: str) -> str:
+    """Who holds a rule's claim: the rule and its alert, so the alert's resolve ends exactly that claim."""
+    return f"rule:{rule}:{fingerprint}"
+
+
+def release_on_resolved(holder: str, *, event: Event) -> Release:
+    """On a resolved alert, give back what this very alert (same holder) made the agent claim."""
+    return Release(
+        ends=lambda claim: claim.holder == holder and claim.ends_on_resolve,
+        reason=f"alert {event.alertname} resolved",
+        nothing=f"alert {event.alertname} resolved; nothing of its own to give back",
     )
-    if mine:
-        return Revert(fields=mine, reason=f"alert {event.alertname} resolved")
-    return Skip(Outcome.NOOP, f"alert {event.alertname} resolved; nothing of its own to revert")
 
 
-def already_owned(state: TargetState, name: str, *, event: Event) -> Skip | None:
-    owned = state.owned.get(name)
-    if owned is None:
-        return None
-    if owned.fingerprint == event.fingerprint:
-        return Skip(Outcome.NOOP, f"already applied by decision {owned.decision}")
-    return Skip(Outcome.NOOP, f"{name} already changed by the agent (decision {owned.decision}, {owned.alertname})")
+def same_event(state: TargetState, holder: str, *, event: Event) -> Skip | None:
+    """The very same event again (a redelivery the inbox could not tell): its claim is there already."""
+    for claim in state.claims.claims:
+        if claim.holder == holder and claim.key and claim.key == event.key:
+            return Skip(Outcome.NOOP, f"already applied by decision {claim.decision}")
+    return None
+
+
+def held(state: TargetState, holder: str) -> Claim | None:
+    """This holder's claim on the object (on any field), if it holds one."""
+    return next((claim for claim in state.claims.claims if claim.holder == holder), None)

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import ClassVar, Literal
 
 from agent.actions.base import Intent, Limits, Skip, Spec
+from agent.claims import Want
 from agent.structs import Event, Outcome
 from agent.targets.base import TargetState
 
@@ -28,8 +29,9 @@ class Notify:
     name: ClassVar[str] = "notify"
     needs_target: ClassVar[bool] = False
     reverts: ClassVar[bool] = False
+    want: ClassVar[Want | None] = None
 
     def decide(
-        self, state: TargetState | None, spec: NotifySpec, *, event: Event, now: datetime, limits: Limits
+        self, state: TargetState | None, spec: NotifySpec, *, event: Event, holder: str, now: datetime, limits: Limits
     ) -> Intent:
         return Skip(Outcome.APPLIED, f"{event.status}: {alert_text(event)}")

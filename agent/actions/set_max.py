@@ -1,9 +1,11 @@
 """
 ``set_max`` / ``raise_max``: lift ``max-replicas`` for MCPAtMaximumScale, never past the ceiling.
 
-``raise_max`` adds a step to the current maximum (clipped at the ceiling); ``set_max`` sets a value.
-By default the raise stays until its expiry rather than the alert's resolve: the alert resolves
-*because* there is room now, and taking the room away at once would bring it straight back.
+``raise_max`` adds a step to the current maximum (clipped at the ceiling) and claims it as a raise;
+``set_max`` sets a value: a raise when it is above the maximum from before the agent's claims, a cap when
+below. A raise lifts the ceiling only while no cap holds it. By default the claim stays until its expiry
+rather than the alert's resolve: the alert resolves *because* there is room now, and taking the room away
+at once would bring it straight back.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from agent.actions.base import Apply, Intent, Limits, Params, Skip, Spec, revert_on_resolved
+from agent.actions.base import Hold, Intent, Limits, Params, Skip, Spec, release_on_resolved, same_event
+from agent.claims import MAX_REPLICAS, Want
 from agent.durations import Duration, format_duration
 from agent.structs import Event, Outcome
-from agent.targets.base import MAX_REPLICAS, TargetState
+from agent.targets.base import TargetState
 
 
 class RaiseMaxParams(Params):
@@ -42,39 +45,36 @@ class SetMaxSpec(Spec):
     params: SetMaxParams
 
 
-def _same_event(state: TargetState, event: Event) -> Skip | None:
-    # Only the very same event is a repeat: a new firing of the alert (new startsAt) may raise again.
-    owned = state.owned.get(MAX_REPLICAS)
-    if owned is not None and owned.event_key and owned.event_key == event.key:
-        return Skip(Outcome.NOOP, f"already applied by decision {owned.decision}")
-    return None
-
-
 class RaiseMax:
     name: ClassVar[str] = "raise_max"
     needs_target: ClassVar[bool] = True
     reverts: ClassVar[bool] = False
+    want: ClassVar[Want | None] = Want.RAISE
 
-    def decide(self, state: TargetState, spec: RaiseMaxSpec, *, event: Event, now: datetime, limits: Limits) -> Intent:
+    def decide(
+        self, state: TargetState, spec: RaiseMaxSpec, *, event: Event, holder: str, now: datetime, limits: Limits
+    ) -> Intent:
         if event.status == "resolved":
-            return revert_on_resolved(state, (MAX_REPLICAS,), event=event)
-        if (skip := _same_event(state, event)) is not None:
+            return release_on_resolved(holder, event=event)
+        # Only the very same event is a repeat: a new firing of the alert (new startsAt) may raise again.
+        if (skip := same_event(state, holder, event=event)) is not None:
             return skip
         current = state.values.get(MAX_REPLICAS)
-        if current is None:
+        if not isinstance(current, int):
             return Skip(Outcome.FAILED, "the object has no max-replicas to raise")
         # A rule's own ceiling can lower the guard's, never lift it.
         ceiling = min(limits.ceiling, spec.params.ceiling or limits.ceiling)
         if current >= ceiling:
             return Skip(Outcome.REFUSED, f"max-replicas {current} already at the ceiling of {ceiling}")
         wanted = min(current + spec.params.step, ceiling)
-        return Apply(
-            values={MAX_REPLICAS: wanted},
+        return Hold(
+            want=Want.RAISE,
+            value=wanted,
             reason=(
                 f"{event.alertname}: raise max-replicas by {wanted - current} for {format_duration(spec.params.for_)}"
             ),
-            expires_at=now + spec.params.for_,
-            revert_on_resolve=spec.params.revert_on_resolve,
+            until=now + spec.params.for_,
+            ends_on_resolve=spec.params.revert_on_resolve,
         )
 
 
@@ -82,18 +82,22 @@ class SetMax:
     name: ClassVar[str] = "set_max"
     needs_target: ClassVar[bool] = True
     reverts: ClassVar[bool] = False
+    want: ClassVar[Want | None] = None  # a raise or a cap, from the value
 
-    def decide(self, state: TargetState, spec: SetMaxSpec, *, event: Event, now: datetime, limits: Limits) -> Intent:
+    def decide(
+        self, state: TargetState, spec: SetMaxSpec, *, event: Event, holder: str, now: datetime, limits: Limits
+    ) -> Intent:
         if event.status == "resolved":
-            return revert_on_resolved(state, (MAX_REPLICAS,), event=event)
-        if (skip := _same_event(state, event)) is not None:
+            return release_on_resolved(holder, event=event)
+        if (skip := same_event(state, holder, event=event)) is not None:
             return skip
         wanted = spec.params.replicas
-        if state.values.get(MAX_REPLICAS) == wanted:
-            return Skip(Outcome.NOOP, f"max-replicas already {wanted}")
-        return Apply(
-            values={MAX_REPLICAS: wanted},
+        before = state.claims.original(MAX_REPLICAS, state.values.get(MAX_REPLICAS))
+        want = Want.CAP if isinstance(before, int) and wanted < before else Want.RAISE
+        return Hold(
+            want=want,
+            value=wanted,
             reason=f"{event.alertname}: set max-replicas to {wanted} for {format_duration(spec.params.for_)}",
-            expires_at=now + spec.params.for_,
-            revert_on_resolve=spec.params.revert_on_resolve,
+            until=now + spec.params.for_,
+            ends_on_resolve=spec.params.revert_on_resolve,
         )

@@ -1,7 +1,9 @@
 """
-``set_min``: a temporary warm floor (``min-replicas``) for MCPColdStartSlow, with an expiry.
+``set_min``: a temporary warm floor for MCPColdStartSlow, with an expiry.
 
-Never lowers an existing floor: if the minimum is already at least N it is a no-op.
+A floor claim: ``minReplicaCount`` on a ScaledObject, ``minReplicas`` on an HPA, the replica count of a
+workload nothing autoscales. Floors take the highest; a floor never lowers what was there before the
+agent's claims (then it is a no-op), and never passes the effective ceiling (clamped, and said so).
 """
 
 from __future__ import annotations
@@ -11,10 +13,11 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from agent.actions.base import Apply, Intent, Limits, Params, Skip, Spec, already_owned, revert_on_resolved
+from agent.actions.base import Hold, Intent, Limits, Params, Spec, release_on_resolved, same_event
+from agent.claims import Want
 from agent.durations import Duration, format_duration
-from agent.structs import Event, Outcome
-from agent.targets.base import MIN_REPLICAS, TargetState
+from agent.structs import Event
+from agent.targets.base import TargetState
 
 
 class SetMinParams(Params):
@@ -32,19 +35,20 @@ class SetMin:
     name: ClassVar[str] = "set_min"
     needs_target: ClassVar[bool] = True
     reverts: ClassVar[bool] = False
+    want: ClassVar[Want | None] = Want.FLOOR
 
-    def decide(self, state: TargetState, spec: SetMinSpec, *, event: Event, now: datetime, limits: Limits) -> Intent:
+    def decide(
+        self, state: TargetState, spec: SetMinSpec, *, event: Event, holder: str, now: datetime, limits: Limits
+    ) -> Intent:
         if event.status == "resolved":
-            return revert_on_resolved(state, (MIN_REPLICAS,), event=event)
-        if (skip := already_owned(state, MIN_REPLICAS, event=event)) is not None:
+            return release_on_resolved(holder, event=event)
+        if (skip := same_event(state, holder, event=event)) is not None:
             return skip
-        current = state.values.get(MIN_REPLICAS) or 0
         wanted = spec.params.replicas
-        if current >= wanted:
-            return Skip(Outcome.NOOP, f"min-replicas already {current} (≥ {wanted})")
-        return Apply(
-            values={MIN_REPLICAS: wanted},
+        return Hold(
+            want=Want.FLOOR,
+            value=wanted,
             reason=f"{event.alertname}: warm floor of {wanted} for {format_duration(spec.params.for_)}",
-            expires_at=now + spec.params.for_,
-            revert_on_resolve=spec.params.revert_on_resolve,
+            until=now + spec.params.for_,
+            ends_on_resolve=spec.params.revert_on_resolve,
         )

@@ -108,14 +108,21 @@ class Ledger(Protocol):
         self, *, since: datetime | None = None, target: TargetRef | None = None, limit: int = 1000
     ) -> list[Decision]: ...
 
-    async def last_change(self, target: TargetRef) -> Decision | None:
+    async def last_change(self, target: TargetRef, *, fields: Sequence[str], actions: Sequence[str]) -> Decision | None:
         """
-        The newest forward change on ``target``, applied or still applying (for the cooldown): a change whose
-        completion a crash cut short counts too.
+        The newest change on ``target`` by one of ``actions`` that moved one of ``fields``, applied or still
+        applying (for the cooldown): a change whose completion a crash cut short counts too.
         """
         ...
 
 
-# Decisions that count for the cooldown: forward changes, not give-backs or posts.
-COOLDOWN_ACTIONS = ("pause", "set_min", "set_max", "raise_max")
+# The outcomes of changes a cooldown counts (which actions count is the caller's: agent.actions.FORWARD_ACTIONS).
 COOLDOWN_OUTCOMES = (str(Outcome.APPLIED), str(Outcome.APPLYING))
+
+
+CHANGES_SCANNED = 50  # the newest changes of a target looked through for one that moved a field
+
+
+def moved(decision: Decision, fields: Sequence[str]) -> bool:
+    """The decision changed one of ``fields`` (a claim that moved nothing does not count)."""
+    return any(name in decision.after and decision.before.get(name) != decision.after[name] for name in fields)

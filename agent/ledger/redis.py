@@ -35,11 +35,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from agent.ledger.base import (
-    COOLDOWN_ACTIONS,
+    CHANGES_SCANNED,
     COOLDOWN_OUTCOMES,
     DuplicateDecision,
     LedgerUnavailable,
     UnknownDecision,
+    moved,
 )
 from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, TargetRef
 
@@ -61,11 +62,8 @@ return 1
 
 
 def _counts_for_cooldown(decision: Decision) -> bool:
-    return (
-        decision.target is not None
-        and str(decision.outcome) in COOLDOWN_OUTCOMES
-        and decision.action in COOLDOWN_ACTIONS
-    )
+    # Every change of a field is indexed; which actions and fields count is decided when the cooldown reads it.
+    return decision.target is not None and str(decision.outcome) in COOLDOWN_OUTCOMES and bool(decision.after)
 
 
 class RedisLedger:
@@ -294,13 +292,21 @@ class RedisLedger:
             result = [d for d in result if d.target == target]
         return result[-limit:] if limit > 0 else []  # the newest `limit`, oldest first
 
-    async def last_change(self, target: TargetRef) -> Decision | None:
+    async def last_change(self, target: TargetRef, *, fields: Sequence[str], actions: Sequence[str]) -> Decision | None:
         try:
-            newest = await self._r.zrevrange(self._key("changes", str(target)), 0, 0)
+            newest = [
+                str(i) for i in await self._r.zrevrange(self._key("changes", str(target)), 0, CHANGES_SCANNED - 1)
+            ]
             if newest:
-                body = await self._r.hget(self._key("decision"), str(newest[0]))
+                bodies = await self._r.hmget(self._key("decision"), newest)
             else:  # a ledger written before changes:{target} existed kept the newest change here
-                body = await self._r.hget(self._key("last-change"), str(target))
+                bodies = [await self._r.hget(self._key("last-change"), str(target))]
         except RedisError as exc:
             raise LedgerUnavailable(f"redis read failed: {exc}") from exc
-        return None if body is None else Decision.from_dict(json.loads(body))
+        for body in bodies:
+            if body is None:
+                continue
+            decision = Decision.from_dict(json.loads(body))
+            if str(decision.outcome) in COOLDOWN_OUTCOMES and decision.action in actions and moved(decision, fields):
+                return decision
+        return None

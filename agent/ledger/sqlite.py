@@ -60,13 +60,14 @@ import aiosqlite
 import structlog
 
 from agent.ledger.base import (
-    COOLDOWN_ACTIONS,
+    CHANGES_SCANNED,
     COOLDOWN_OUTCOMES,
     DuplicateDecision,
     LedgerLocked,
     LedgerNotFound,
     LedgerUnavailable,
     UnknownDecision,
+    moved,
 )
 from agent.ledger.journal import Journal, JournalError
 from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, TargetRef
@@ -527,15 +528,21 @@ class SqliteLedger:
         rows = await self._read(sql, params)
         return [Decision.from_dict(json.loads(row[0])) for row in reversed(rows)]
 
-    async def last_change(self, target: TargetRef) -> Decision | None:
-        actions = ",".join("?" for _ in COOLDOWN_ACTIONS)
+    async def last_change(self, target: TargetRef, *, fields: Sequence[str], actions: Sequence[str]) -> Decision | None:
+        if not actions:
+            return None
+        marks = ",".join("?" for _ in actions)
         outcomes = ",".join("?" for _ in COOLDOWN_OUTCOMES)
         rows = await self._read(
-            f"SELECT body FROM decisions WHERE target = ? AND outcome IN ({outcomes}) AND action IN ({actions})"
-            " ORDER BY at DESC LIMIT 1",
-            (str(target), *COOLDOWN_OUTCOMES, *COOLDOWN_ACTIONS),
+            f"SELECT body FROM decisions WHERE target = ? AND outcome IN ({outcomes}) AND action IN ({marks})"
+            " ORDER BY at DESC LIMIT ?",
+            (str(target), *COOLDOWN_OUTCOMES, *actions, CHANGES_SCANNED),
         )
-        return Decision.from_dict(json.loads(rows[0][0])) if rows else None
+        for (body,) in rows:
+            decision = Decision.from_dict(json.loads(body))
+            if moved(decision, fields):
+                return decision
+        return None
 
     async def unfinished(self) -> list[Decision]:
         rows = await self._read(

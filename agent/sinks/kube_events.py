@@ -20,7 +20,15 @@ from agent.metrics import Metrics
 from agent.sinks.base import Sink
 from agent.structs import Decision, Outcome, TargetRef
 
-API_VERSIONS = {"ScaledObject": "keda.sh/v1alpha1"}
+API_VERSIONS = {
+    "ScaledObject": "keda.sh/v1alpha1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
+    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "Node": "v1",
+}
+# Events about cluster-scoped objects (a Node) live in `default`, where `kubectl describe node` finds them.
+CLUSTER_EVENTS_NAMESPACE = "default"
 COMPONENT = "scaling-agent"
 BURST = 25  # client-go's EventSourceObjectSpamFilter defaults
 REFILL_SECONDS = 300.0
@@ -58,14 +66,15 @@ class KubeEventSink(Sink):
     async def deliver(self, decision: Decision) -> None:
         target = decision.target
         assert target is not None
+        namespace = target.namespace or CLUSTER_EVENTS_NAMESPACE
         message = decision.summary()
         body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(name=f"{target.name}.{decision.id}".lower(), namespace=target.namespace),
+            metadata=client.V1ObjectMeta(name=f"{target.name}.{decision.id}".lower(), namespace=namespace),
             involved_object=client.V1ObjectReference(
                 api_version=API_VERSIONS.get(target.kind),
                 kind=target.kind,
                 name=target.name,
-                namespace=target.namespace,
+                namespace=target.namespace or None,
             ),
             reason=event_reason(decision),
             message=message[:1024],
@@ -80,7 +89,7 @@ class KubeEventSink(Sink):
         )
         # The answer is not needed; skipping its parsing into a typed model halves the cost of a post.
         # (Without preloading, kubernetes-asyncio leaves the status check to the caller.)
-        response = await self._core.create_namespaced_event(target.namespace, body, _preload_content=False)
+        response = await self._core.create_namespaced_event(namespace, body, _preload_content=False)
         try:
             if not 200 <= response.status < 300:
                 text = await response.text()

@@ -1,26 +1,57 @@
 """
 Target kinds: one module per kind of Kubernetes object the agent changes.
 
-A new kind (HPA, Knative Service, Deployment) is one module implementing
-:class:`~agent.targets.base.TargetKind` plus one entry in :data:`KINDS`.
+A new kind is one module implementing :class:`~agent.targets.base.TargetKind` plus one entry in :data:`KINDS`.
+A rule may also name :data:`AUTO`: the target is then found from the workload an alert names, through
+whichever kind scales it (:meth:`agent.rules.Rules.scaler_of`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from kubernetes_asyncio import client
 
 from agent.targets.base import TargetKind, TargetState
+from agent.targets.hpa import HorizontalPodAutoscalerTarget
+from agent.targets.node import NodeTarget
 from agent.targets.scaledobject import ScaledObjectTarget
+from agent.targets.workload import DeploymentTarget, StatefulSetTarget
 
-KINDS: dict[str, Callable[[client.ApiClient], TargetKind]] = {
-    ScaledObjectTarget.kind: ScaledObjectTarget,
+if TYPE_CHECKING:  # agent.config validates kinds against this registry: no import back at run time
+    from agent.config import KubernetesConfig
+
+KINDS: dict[str, Callable[[client.ApiClient, KubernetesConfig], TargetKind]] = {
+    ScaledObjectTarget.kind: lambda api, k8s: ScaledObjectTarget(api, resume_check_after=k8s.resume_check_after),
+    HorizontalPodAutoscalerTarget.kind: lambda api, k8s: HorizontalPodAutoscalerTarget(api),
+    DeploymentTarget.kind: lambda api, k8s: DeploymentTarget(api),
+    StatefulSetTarget.kind: lambda api, k8s: StatefulSetTarget(api),
+    NodeTarget.kind: lambda api, k8s: NodeTarget(api),
 }
+AUTO = "auto"
+# What `auto` may land on, in the order a workload's scaler is looked for.
+AUTO_KINDS = (
+    ScaledObjectTarget.kind,
+    HorizontalPodAutoscalerTarget.kind,
+    DeploymentTarget.kind,
+    StatefulSetTarget.kind,
+)
 
 
-def build_targets(api: client.ApiClient) -> dict[str, TargetKind]:
-    return {kind: factory(api) for kind, factory in KINDS.items()}
+def kinds_in_use(named: Iterable[str]) -> list[str]:
+    """The kinds the rules can reach (``auto`` reaches every kind that scales a workload); ScaledObject if none."""
+    kinds: list[str] = []
+    for kind in named:
+        for one in AUTO_KINDS if kind == AUTO else (kind,):
+            if one not in kinds:
+                kinds.append(one)
+    return kinds or [ScaledObjectTarget.kind]
 
 
-__all__ = ["KINDS", "TargetKind", "TargetState", "build_targets"]
+def build_targets(api: client.ApiClient, kubernetes: KubernetesConfig, kinds: Iterable[str]) -> dict[str, TargetKind]:
+    """Only the kinds in use: the agent reads (and needs RBAC for) nothing its rules cannot change."""
+    return {kind: KINDS[kind](api, kubernetes) for kind in kinds}
+
+
+__all__ = ["AUTO", "AUTO_KINDS", "KINDS", "TargetKind", "TargetState", "build_targets", "kinds_in_use"]

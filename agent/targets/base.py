@@ -1,34 +1,56 @@
 """
 What every target kind offers the executor: read one object into a
-:class:`TargetState`, and patch abstract fields plus ownership annotations.
+:class:`TargetState`, and patch abstract fields together with the object's
+claims (:mod:`agent.claims`).
 
-Actions speak in abstract fields (``paused-replicas``, ``min-replicas``,
-``max-replicas``); each kind maps them onto its own object (a ScaledObject's
+Actions and claims speak in abstract fields (``paused-replicas``,
+``min-replicas``, ``max-replicas``, ``replicas``, ``unschedulable``,
+``taint``); each kind maps them onto its own object (a ScaledObject's
 annotation and ``spec.minReplicaCount``, an HPA's ``spec.minReplicas``, a
-Knative Service's ``autoscaling.knative.dev/min-scale``...). That keeps the
-actions kind-agnostic: adding HPA or Knative is one new file in this package.
+Deployment's scale subresource, a Node's ``spec.unschedulable``) and says
+which wants it can honour at all (:meth:`TargetKind.fields_for`), so the guard
+can refuse the rest with the kind's own reason. Everything specific to one
+kind (KEDA's pause owners, its ``Paused`` condition after a resume) stays in
+that kind's module; what the reconciler must check later comes back through
+:meth:`TargetKind.follow_up`.
 """
 
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
-from agent.structs import Ownership, TargetRef, _from_iso, _iso
+from agent.claims import ANNOTATION as CLAIMS_ANNOTATION
+from agent.claims import (
+    ANNOTATION_PREFIX,
+    MAX_REPLICAS,
+    MIN_REPLICAS,
+    PAUSED_REPLICAS,
+    REPLICAS,
+    TAINT,
+    UNSCHEDULABLE,
+    Claims,
+    Value,
+    Want,
+)
+from agent.structs import Ownership, TargetRef
 
-PAUSED_REPLICAS = "paused-replicas"
-MIN_REPLICAS = "min-replicas"
-MAX_REPLICAS = "max-replicas"
-FIELDS = (PAUSED_REPLICAS, MIN_REPLICAS, MAX_REPLICAS)
+__all__ = [
+    "ANNOTATION_PREFIX",
+    "MAX_REPLICAS",
+    "MIN_REPLICAS",
+    "PAUSED_REPLICAS",
+    "REPLICAS",
+    "TAINT",
+    "UNSCHEDULABLE",
+]
 
-# Every annotation the agent writes lives under this prefix; one JSON annotation per owned field.
-ANNOTATION_PREFIX = "scaling-agent.cortex.io/"
-OWNERSHIP_ANNOTATIONS = {name: f"{ANNOTATION_PREFIX}{name}" for name in FIELDS}
-RESUMED_ANNOTATION = f"{ANNOTATION_PREFIX}resumed"
+LEGACY_FIELDS = (PAUSED_REPLICAS, MIN_REPLICAS, MAX_REPLICAS)
+# The release before claims wrote one JSON annotation per owned field; objects changed then still carry them.
+OWNERSHIP_ANNOTATIONS = {name: f"{ANNOTATION_PREFIX}{name}" for name in LEGACY_FIELDS}
 # Set to "true" by a person on an object the agent must not change (it still gives back its own changes).
 OPT_OUT_ANNOTATION = f"{ANNOTATION_PREFIX}ignore"
 # The agent's field manager: its writes are its own in the objects' managedFields.
@@ -62,39 +84,60 @@ class PauseInfo:
 
 
 @dataclass(frozen=True)
-class ResumeMark:
-    """Left on an object after the agent resumes it, until KEDA's ``Paused`` condition is seen to clear."""
-
-    decision: str
-    at: datetime
-    check_by: datetime
-
-    def to_json(self) -> str:
-        return json.dumps({"decision": self.decision, "at": _iso(self.at), "checkBy": _iso(self.check_by)})
-
-    @classmethod
-    def from_json(cls, text: str) -> ResumeMark:
-        data = json.loads(text)
-        at = _from_iso(data["at"])
-        check_by = _from_iso(data["checkBy"])
-        assert at is not None and check_by is not None
-        return cls(decision=data["decision"], at=at, check_by=check_by)
-
-
-@dataclass(frozen=True)
 class TargetState:
     ref: TargetRef
     resource_version: str | None
-    values: Mapping[str, int | None]  # the abstract fields as the object has them now
+    values: Mapping[str, Value]  # the abstract fields as the object has them now
     replicas: int | None  # pods the workload runs now (None if unknown)
-    owned: Mapping[str, Ownership] = field(default_factory=dict)
+    claims: Claims = field(default_factory=Claims)
+    legacy: tuple[str, ...] = ()  # ownership annotations of the release before claims, removed on the next write
     pause: PauseInfo | None = None
-    paused_condition: bool | None = None  # KEDA's status condition ``Paused``, if reported
-    resumed: ResumeMark | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     opted_out: bool = False  # the object carries OPT_OUT_ANNOTATION: "true"
     notes: tuple[str, ...] = ()  # anything odd found while reading (e.g. an unreadable annotation)
     changed_by: Mapping[str, str] = field(default_factory=dict)  # field → the manager that set it last, if not us
+    scaled_by: str | None = None  # another object that sets these fields (KEDA's ScaledObject behind its HPA)
+    private: Any = None  # what the kind keeps for itself between a read and its own follow-up
+
+
+def int_or_none(value: Any) -> int | None:
+    """A count as an object spells it (an int, or a string in an annotation); None when absent or unreadable."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def read_claims(annotations: Mapping[str, str]) -> tuple[Claims, tuple[str, ...], tuple[str, ...]]:
+    """
+    The claims an object's annotations hold: the claims annotation, else (an object changed by the release before
+    claims) its per-field ownership annotations, upgraded. Returns the claims, the legacy annotation keys to remove
+    on the next write, and notes on anything unreadable (left alone, never a crash).
+    """
+    notes: list[str] = []
+    legacy = tuple(key for key in OWNERSHIP_ANNOTATIONS.values() if key in annotations)
+    if CLAIMS_ANNOTATION in annotations:
+        try:
+            return Claims.from_json(annotations[CLAIMS_ANNOTATION]), legacy, ()
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            notes.append(f"unreadable annotation {CLAIMS_ANNOTATION} ({exc}); ignored")
+    owned = []
+    for key in legacy:
+        try:
+            owned.append(Ownership.from_json(annotations[key]))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            notes.append(f"unreadable annotation {key}; ignored")
+    return Claims.from_ownerships(owned), legacy, tuple(notes)
+
+
+def claims_annotations(state: TargetState, claims: Claims) -> dict[str, str | None]:
+    """The annotations a write sets for ``claims`` (None removes one): the claims, and no legacy ones left."""
+    annotations: dict[str, str | None] = {key: None for key in state.legacy}
+    # With no claim left the annotation goes: an object the agent no longer holds carries none of its marks.
+    annotations[CLAIMS_ANNOTATION] = None if claims.empty else claims.to_json()
+    return annotations
 
 
 def last_manager(managed_fields: Sequence[Mapping[str, object]], path: Sequence[str]) -> str | None:
@@ -122,15 +165,22 @@ def describe_manager(manager: str) -> str:
     return manager if who is None else f"{manager} ({who})"
 
 
-class Unset:
-    """Marks "leave the resume mark as it is" in :meth:`TargetKind.patch`."""
+@dataclass(frozen=True)
+class FollowUp:
+    """What a kind's follow-up found: a failure to record (and post) about the object, or nothing."""
 
-
-UNSET = Unset()
+    action: str
+    reason: str
 
 
 class TargetKind(Protocol):
-    kind: str
+    kind: ClassVar[str]
+    namespaced: ClassVar[bool]
+    name_labels: ClassVar[tuple[str, ...]]  # alert labels that name an object of this kind
+
+    def fields_for(self, want: Want) -> tuple[str, ...] | str:
+        """The abstract fields a claim of this want holds on this kind, or why the kind cannot honour it."""
+        ...
 
     async def ping(self, namespace: str | None) -> None:
         """One cheap authorized read: proves the API answers and the agent may read this kind."""
@@ -140,15 +190,19 @@ class TargetKind(Protocol):
 
     async def list(self, namespace: str | None) -> builtins.list[TargetState]: ...
 
-    async def find_by_workload(self, namespace: str, workload: str) -> builtins.list[TargetRef]: ...
+    async def find_by_workload(self, namespace: str, kind: str, name: str) -> builtins.list[TargetRef]:
+        """The objects of this kind that scale the workload ``kind``/``name`` (a Deployment, a StatefulSet)."""
+        ...
 
     async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]: ...
 
     async def patch(
-        self,
-        state: TargetState,
-        *,
-        values: Mapping[str, int | None],
-        owned: Mapping[str, Ownership | None],
-        resumed: ResumeMark | Unset | None = UNSET,
-    ) -> TargetState: ...
+        self, state: TargetState, *, values: Mapping[str, Value], claims: Claims, decision: str, now: datetime
+    ) -> TargetState:
+        """Write ``values`` (only the fields that change) and the claims, in one write carrying the state's
+        resourceVersion (a stale one is a Conflict)."""
+        ...
+
+    async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
+        """Anything the kind checks after a change has had time to take effect (the reconciler calls it)."""
+        ...

@@ -7,69 +7,107 @@ Field map:
   agent never writes it: it freezes at whatever count happens to be running, which is not reversible.
 - ``min-replicas`` → ``spec.minReplicaCount``; ``max-replicas`` → ``spec.maxReplicaCount``.
 
-Who owns a pause is read from the object alone: the agent's ownership annotation means the agent set it;
+Who owns a pause is read from the object alone: a claim on ``paused-replicas`` means the agent set it;
 any ``downscaler/…`` annotation means kube-downscaler (caas-team fork) manages it; anything else is a human.
 Only the first kind is ever removed by the agent.
 
 Patches are JSON merge patches carrying ``metadata.resourceVersion``, so a real API server answers 409 when
 the object changed since it was read; the executor then reads again and re-plans. Every API call goes through
 :func:`agent.errors.call`, so what fails comes out typed (not found, conflict, forbidden, throttled, unavailable).
+
+KEDA's own quirk lives here too: objects can stay ``Paused=True`` after the pause annotation is gone. When a
+write removes the agent's pause it leaves a resume mark; :meth:`ScaledObjectTarget.follow_up` (the reconciler
+calls it) checks KEDA's ``Paused`` condition once ``kubernetes.resume_check_after`` has passed, reports a stuck
+one, and takes the mark away.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
 
 from kubernetes_asyncio import client
 
+from agent.claims import Claims, Value, Want
 from agent.errors import NotFound, call
-from agent.structs import Ownership, TargetRef, _from_iso
+from agent.structs import TargetRef, _from_iso, _iso
 from agent.targets.base import (
+    ANNOTATION_PREFIX,
     FIELD_MANAGER,
     MAX_REPLICAS,
     MIN_REPLICAS,
     OPT_OUT_ANNOTATION,
-    OWNERSHIP_ANNOTATIONS,
     PAUSED_REPLICAS,
-    RESUMED_ANNOTATION,
-    UNSET,
+    FollowUp,
     PauseInfo,
     PauseOwner,
-    ResumeMark,
     TargetState,
-    Unset,
+    claims_annotations,
+    int_or_none,
     last_manager,
+    read_claims,
 )
 
 GROUP, VERSION, PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
 KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
 KEDA_PAUSED = "autoscaling.keda.sh/paused"
 DOWNSCALER_PREFIX = "downscaler/"
+RESUMED_ANNOTATION = f"{ANNOTATION_PREFIX}resumed"
 SPEC_FIELDS = {MIN_REPLICAS: "minReplicaCount", MAX_REPLICAS: "maxReplicaCount"}
 FIELD_PATHS = {  # where each abstract field lives, as managedFields name it
     PAUSED_REPLICAS: ("metadata", "annotations", KEDA_PAUSED_REPLICAS),
     MIN_REPLICAS: ("spec", "minReplicaCount"),
     MAX_REPLICAS: ("spec", "maxReplicaCount"),
 }
+FIELDS_FOR = {Want.FLOOR: (MIN_REPLICAS,), Want.CAP: (MAX_REPLICAS,), Want.RAISE: (MAX_REPLICAS,)}
 
 
-def _int_or_none(value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
+@dataclass(frozen=True)
+class ResumeMark:
+    """Left on an object after the agent resumes it, until KEDA's ``Paused`` condition is seen to clear."""
+
+    decision: str
+    at: datetime
+    check_by: datetime
+
+    def to_json(self) -> str:
+        return json.dumps({"decision": self.decision, "at": _iso(self.at), "checkBy": _iso(self.check_by)})
+
+    @classmethod
+    def from_json(cls, text: str) -> ResumeMark:
+        data = json.loads(text)
+        at = _from_iso(data["at"])
+        check_by = _from_iso(data["checkBy"])
+        assert at is not None and check_by is not None
+        return cls(decision=data["decision"], at=at, check_by=check_by)
+
+
+@dataclass(frozen=True)
+class KedaStatus:
+    """What only this kind reads: KEDA's ``Paused`` condition and the agent's resume mark."""
+
+    paused_condition: bool | None  # None: KEDA reports no Paused condition
+    resumed: ResumeMark | None
 
 
 class ScaledObjectTarget:
-    kind = "ScaledObject"
+    kind: ClassVar[str] = "ScaledObject"
+    namespaced: ClassVar[bool] = True
+    name_labels: ClassVar[tuple[str, ...]] = ("scaledObject", "scaledobject", "scaled_object")
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, *, resume_check_after: timedelta) -> None:
         self._custom = client.CustomObjectsApi(api)
+        self._resume_check_after = resume_check_after
+
+    def fields_for(self, want: Want) -> tuple[str, ...] | str:
+        if want == Want.PAUSE:
+            return (PAUSED_REPLICAS,)
+        return FIELDS_FOR.get(want) or "a ScaledObject has nothing to cordon or taint"
 
     async def ping(self, namespace: str | None) -> None:
         if namespace is None:
@@ -88,13 +126,13 @@ class ScaledObjectTarget:
             result = await call(self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
         return [await self._state(obj, with_replicas=False) for obj in result.get("items", [])]
 
-    async def find_by_workload(self, namespace: str, workload: str) -> builtins.list[TargetRef]:
+    async def find_by_workload(self, namespace: str, kind: str, name: str) -> builtins.list[TargetRef]:
         result = await call(self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
         refs = []
         for obj in result.get("items", []):
             target = obj.get("spec", {}).get("scaleTargetRef", {})
             # scaleTargetRef.kind defaults to Deployment.
-            if target.get("name") == workload and target.get("kind", "Deployment") == "Deployment":
+            if target.get("name") == name and target.get("kind", "Deployment") == kind:
                 refs.append(self._ref(obj))
         return refs
 
@@ -118,24 +156,19 @@ class ScaledObjectTarget:
         )
 
     async def patch(
-        self,
-        state: TargetState,
-        *,
-        values: Mapping[str, int | None],
-        owned: Mapping[str, Ownership | None],
-        resumed: ResumeMark | Unset | None = UNSET,
+        self, state: TargetState, *, values: Mapping[str, Value], claims: Claims, decision: str, now: datetime
     ) -> TargetState:
-        annotations: dict[str, str | None] = {}
-        spec: dict[str, int | None] = {}
+        annotations: dict[str, str | None] = claims_annotations(state, claims)
+        spec: dict[str, Value] = {}
         for name, value in values.items():
             if name == PAUSED_REPLICAS:
                 annotations[KEDA_PAUSED_REPLICAS] = None if value is None else str(value)
+                if value is None and state.values.get(PAUSED_REPLICAS) is not None:
+                    # The agent's pause ends here: check later that KEDA really resumed (follow_up).
+                    mark = ResumeMark(decision=decision, at=now, check_by=now + self._resume_check_after)
+                    annotations[RESUMED_ANNOTATION] = mark.to_json()
             else:
                 spec[SPEC_FIELDS[name]] = value
-        for name, ownership in owned.items():
-            annotations[OWNERSHIP_ANNOTATIONS[name]] = None if ownership is None else ownership.to_json()
-        if not isinstance(resumed, Unset):
-            annotations[RESUMED_ANNOTATION] = None if resumed is None else resumed.to_json()
         metadata: dict[str, Any] = {"annotations": annotations}
         if state.resource_version:
             metadata["resourceVersion"] = state.resource_version
@@ -158,6 +191,41 @@ class ScaledObjectTarget:
         # The workload's pod count did not change by this patch (KEDA acts on it later): carry it over.
         return TargetState(**{**new_state.__dict__, "replicas": state.replicas})
 
+    async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
+        """After a resume: KEDA users report objects that stay ``Paused=True`` once the annotation is gone."""
+        status = state.private
+        if not isinstance(status, KedaStatus) or status.resumed is None:
+            return None
+        mark = status.resumed
+        if status.paused_condition is True and now < mark.check_by:
+            return None  # KEDA may not have caught up yet
+        found = None
+        if status.paused_condition is True:
+            waited = int((now - mark.at).total_seconds())
+            found = FollowUp(
+                action="resume-check",
+                reason=(
+                    f"still Paused=True {waited}s after the agent resumed it (decision {mark.decision}); "
+                    "KEDA did not pick the resume up — check the KEDA operator, or toggle "
+                    'autoscaling.keda.sh/paused to "false"'
+                ),
+            )
+        if not dry_run:
+            body: dict[str, Any] = {"metadata": {"annotations": {RESUMED_ANNOTATION: None}}}
+            await call(
+                self._custom.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    state.ref.namespace,
+                    PLURAL,
+                    state.ref.name,
+                    body,
+                    _content_type="application/merge-patch+json",
+                    field_manager=FIELD_MANAGER,
+                )
+            )
+        return found
+
     def _ref(self, obj: Mapping[str, Any]) -> TargetRef:
         meta = obj["metadata"]
         return TargetRef(kind=self.kind, namespace=meta.get("namespace", ""), name=meta["name"])
@@ -175,23 +243,15 @@ class ScaledObjectTarget:
             return None
         status_replicas = (deployment.get("status") or {}).get("replicas")
         if status_replicas is not None:
-            return _int_or_none(status_replicas)
-        return _int_or_none((deployment.get("spec") or {}).get("replicas"))
+            return int_or_none(status_replicas)
+        return int_or_none((deployment.get("spec") or {}).get("replicas"))
 
     async def _state(self, obj: Mapping[str, Any], *, with_replicas: bool) -> TargetState:
         meta = obj.get("metadata", {})
         annotations: Mapping[str, str] = meta.get("annotations") or {}
         spec = obj.get("spec", {})
         ref = self._ref(obj)
-        notes: list[str] = []
-
-        owned: dict[str, Ownership] = {}
-        for name, key in OWNERSHIP_ANNOTATIONS.items():
-            if key in annotations:
-                try:
-                    owned[name] = Ownership.from_json(annotations[key])
-                except (ValueError, KeyError, TypeError):
-                    notes.append(f"unreadable annotation {key}; ignored")
+        claims, legacy, notes = read_claims(annotations)
 
         resumed = None
         if RESUMED_ANNOTATION in annotations:
@@ -206,21 +266,22 @@ class ScaledObjectTarget:
                 paused_condition = str(condition.get("status")).lower() == "true"
                 paused_since = _from_iso(condition.get("lastTransitionTime"))
 
-        paused_replicas = _int_or_none(annotations.get(KEDA_PAUSED_REPLICAS))
+        paused_replicas = int_or_none(annotations.get(KEDA_PAUSED_REPLICAS))
         pause = None
         frozen = str(annotations.get(KEDA_PAUSED, "")).lower() == "true"
         if KEDA_PAUSED_REPLICAS in annotations or frozen:
-            if PAUSED_REPLICAS in owned:
-                pause = PauseInfo(PauseOwner.AGENT, paused_replicas, owned[PAUSED_REPLICAS].applied_at)
+            mine = claims.on(PAUSED_REPLICAS)
+            if mine:
+                pause = PauseInfo(PauseOwner.AGENT, paused_replicas, min(c.since for c in mine))
             elif any(key.startswith(DOWNSCALER_PREFIX) for key in annotations):
                 pause = PauseInfo(PauseOwner.DOWNSCALER, paused_replicas, paused_since)
             else:
                 pause = PauseInfo(PauseOwner.HUMAN, paused_replicas, paused_since)
 
-        values = {
+        values: dict[str, Value] = {
             PAUSED_REPLICAS: paused_replicas,
-            MIN_REPLICAS: _int_or_none(spec.get("minReplicaCount")),
-            MAX_REPLICAS: _int_or_none(spec.get("maxReplicaCount")),
+            MIN_REPLICAS: int_or_none(spec.get("minReplicaCount")),
+            MAX_REPLICAS: int_or_none(spec.get("maxReplicaCount")),
         }
         replicas = await self._replicas(ref.namespace, obj) if with_replicas else None
         managed = meta.get("managedFields") or []
@@ -230,12 +291,12 @@ class ScaledObjectTarget:
             resource_version=meta.get("resourceVersion"),
             values=values,
             replicas=replicas,
-            owned=owned,
+            claims=claims,
+            legacy=legacy,
             pause=pause,
-            paused_condition=paused_condition,
-            resumed=resumed,
             labels=meta.get("labels") or {},
             opted_out=str(annotations.get(OPT_OUT_ANNOTATION, "")).lower() == "true",
-            notes=tuple(notes),
+            notes=notes,
             changed_by={name: m for name, m in changed_by.items() if m is not None and m != FIELD_MANAGER},
+            private=KedaStatus(paused_condition=paused_condition, resumed=resumed),
         )

@@ -1,0 +1,169 @@
+"""
+HorizontalPodAutoscalers (``autoscaling/v2``), for workloads a plain HPA scales.
+
+Field map: ``min-replicas`` → ``spec.minReplicas`` (1 when absent, as the API defaults it),
+``max-replicas`` → ``spec.maxReplicas``. An HPA has no pause of its own, so a pause holds both at the same
+count (min = max = N): the HPA controller then keeps the workload there. When the pause ends, both go back to
+what the remaining claims give (or to what they were).
+
+The HPA KEDA makes for each ScaledObject (``keda-hpa-<name>``, owned by the ScaledObject) is KEDA's: KEDA
+rewrites it from the ScaledObject on its next pass, so a change there would silently vanish. Its state says so
+(``scaled_by``) and the guard refuses to change it, naming the ScaledObject to change instead.
+
+Read and patched as plain JSON through CustomObjectsApi (the typed models cost more than the calls), JSON merge
+patches carrying the resourceVersion, under the agent's field manager.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+
+from kubernetes_asyncio import client
+
+from agent.claims import Claims, Value, Want
+from agent.errors import call
+from agent.structs import TargetRef
+from agent.targets.base import (
+    FIELD_MANAGER,
+    MAX_REPLICAS,
+    MIN_REPLICAS,
+    OPT_OUT_ANNOTATION,
+    FollowUp,
+    PauseInfo,
+    PauseOwner,
+    TargetState,
+    claims_annotations,
+    int_or_none,
+    last_manager,
+    read_claims,
+)
+
+GROUP, VERSION, PLURAL = "autoscaling", "v2", "horizontalpodautoscalers"
+SPEC_FIELDS = {MIN_REPLICAS: "minReplicas", MAX_REPLICAS: "maxReplicas"}
+FIELDS_FOR = {
+    Want.FLOOR: (MIN_REPLICAS,),
+    Want.CAP: (MAX_REPLICAS,),
+    Want.RAISE: (MAX_REPLICAS,),
+    Want.PAUSE: (MIN_REPLICAS, MAX_REPLICAS),
+}
+
+
+def keda_owner(obj: Mapping[str, Any]) -> str | None:
+    """The ScaledObject behind an HPA KEDA made, if it is one."""
+    meta = obj.get("metadata") or {}
+    for owner in meta.get("ownerReferences") or []:
+        if owner.get("kind") == "ScaledObject":
+            return f"ScaledObject/{meta.get('namespace', '')}/{owner.get('name')} (KEDA owns this HPA)"
+    return None
+
+
+class HorizontalPodAutoscalerTarget:
+    kind: ClassVar[str] = "HorizontalPodAutoscaler"
+    namespaced: ClassVar[bool] = True
+    name_labels: ClassVar[tuple[str, ...]] = ("horizontalpodautoscaler", "hpa")
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api)
+
+    def fields_for(self, want: Want) -> tuple[str, ...] | str:
+        return FIELDS_FOR.get(want) or "an HPA has nothing to cordon or taint"
+
+    async def ping(self, namespace: str | None) -> None:
+        await self._list(namespace, limit=1)
+
+    async def get(self, namespace: str, name: str) -> TargetState:
+        return self._state(
+            await call(self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        )
+
+    async def list(self, namespace: str | None) -> builtins.list[TargetState]:
+        return [self._state(obj) for obj in await self._list(namespace)]
+
+    async def find_by_workload(self, namespace: str, kind: str, name: str) -> builtins.list[TargetRef]:
+        refs = []
+        for obj in await self._list(namespace):
+            target = (obj.get("spec") or {}).get("scaleTargetRef") or {}
+            if target.get("name") == name and target.get("kind") == kind:
+                refs.append(self._ref(obj))
+        return sorted(refs)
+
+    async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]:
+        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+        return sorted(
+            self._ref(obj)
+            for obj in await self._list(namespace, label_selector=label_selector)
+            if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
+        )
+
+    async def patch(
+        self, state: TargetState, *, values: Mapping[str, Value], claims: Claims, decision: str, now: datetime
+    ) -> TargetState:
+        metadata: dict[str, Any] = {"annotations": claims_annotations(state, claims)}
+        if state.resource_version:
+            metadata["resourceVersion"] = state.resource_version
+        body: dict[str, Any] = {"metadata": metadata}
+        spec = {SPEC_FIELDS[name]: value for name, value in values.items()}
+        if spec:
+            body["spec"] = spec
+        obj = await call(
+            self._custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                state.ref.namespace,
+                PLURAL,
+                state.ref.name,
+                body,
+                _content_type="application/merge-patch+json",
+                field_manager=FIELD_MANAGER,
+            )
+        )
+        return self._state(obj)
+
+    async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
+        return None
+
+    async def _list(self, namespace: str | None, **params: Any) -> builtins.list[dict[str, Any]]:
+        if namespace is None:
+            result = await call(self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **params))
+        else:
+            result = await call(self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **params))
+        items: builtins.list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    def _ref(self, obj: Mapping[str, Any]) -> TargetRef:
+        meta = obj["metadata"]
+        return TargetRef(kind=self.kind, namespace=meta.get("namespace", ""), name=meta["name"])
+
+    def _state(self, obj: Mapping[str, Any]) -> TargetState:
+        meta = obj.get("metadata") or {}
+        annotations: Mapping[str, str] = meta.get("annotations") or {}
+        spec = obj.get("spec") or {}
+        claims, legacy, notes = read_claims(annotations)
+        minimum = int_or_none(spec.get("minReplicas"))
+        values: dict[str, Value] = {
+            MIN_REPLICAS: 1 if minimum is None else minimum,
+            MAX_REPLICAS: int_or_none(spec.get("maxReplicas")),
+        }
+        pauses = [c for c in claims.claims if c.want == Want.PAUSE]
+        pause = None
+        if pauses and values[MIN_REPLICAS] == values[MAX_REPLICAS]:
+            pause = PauseInfo(PauseOwner.AGENT, int_or_none(values[MIN_REPLICAS]), min(c.since for c in pauses))
+        managed = meta.get("managedFields") or []
+        changed_by = {name: last_manager(managed, ("spec", path)) for name, path in SPEC_FIELDS.items()}
+        return TargetState(
+            ref=self._ref(obj),
+            resource_version=meta.get("resourceVersion"),
+            values=values,
+            replicas=int_or_none((obj.get("status") or {}).get("currentReplicas")),
+            claims=claims,
+            legacy=legacy,
+            pause=pause,
+            labels=meta.get("labels") or {},
+            opted_out=str(annotations.get(OPT_OUT_ANNOTATION, "")).lower() == "true",
+            notes=notes,
+            changed_by={name: m for name, m in changed_by.items() if m is not None and m != FIELD_MANAGER},
+            scaled_by=keda_owner(obj),
+        )

@@ -1,0 +1,201 @@
+"""
+Deployments and StatefulSets that nothing autoscales: their replica count, through the ``scale`` subresource.
+
+Field map: ``replicas`` → the scale subresource's ``spec.replicas``. A floor lifts the count, a cap lowers it
+(the claims rules); there is no ceiling to raise and nothing to pause (nothing scales the workload, so its count
+already stays put), and the guard refuses both with that reason.
+
+A workload that an HPA scales (a plain one, or the one KEDA makes for a ScaledObject) is that autoscaler's: the
+HPA controller would undo a change of its replicas within seconds. Its state names the autoscaler
+(``scaled_by``) and the guard refuses, naming what to change instead.
+
+Writes go in two steps, the claims first: a merge patch of the object's annotations (carrying the
+resourceVersion), then the replica count through ``scale`` (carrying the resourceVersion that patch returned, so
+nothing slips in between). The count is written only through ``scale``: the agent never needs to patch a
+workload's spec, so it never can change a pod template. A crash between the steps leaves a claim whose value
+never landed; its decision is settled ``failed`` (the count does not match), and the next step on the object
+finds the count differs from what the agent meant to write and lets the claim go.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar
+
+from kubernetes_asyncio import client
+
+from agent.claims import Claims, Value, Want
+from agent.errors import NotFound, call
+from agent.structs import TargetRef
+from agent.targets.base import (
+    FIELD_MANAGER,
+    OPT_OUT_ANNOTATION,
+    REPLICAS,
+    FollowUp,
+    TargetState,
+    claims_annotations,
+    int_or_none,
+    last_manager,
+    read_claims,
+)
+from agent.targets.hpa import GROUP as HPA_GROUP
+from agent.targets.hpa import PLURAL as HPA_PLURAL
+from agent.targets.hpa import VERSION as HPA_VERSION
+from agent.targets.hpa import keda_owner
+
+GROUP, VERSION = "apps", "v1"
+NOT_AUTOSCALED = "nothing autoscales it"
+
+
+class _WorkloadTarget:
+    kind: ClassVar[str]
+    plural: ClassVar[str]
+    namespaced: ClassVar[bool] = True
+    name_labels: ClassVar[tuple[str, ...]]
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api)
+
+    def fields_for(self, want: Want) -> tuple[str, ...] | str:
+        if want in (Want.FLOOR, Want.CAP):
+            return (REPLICAS,)
+        if want == Want.PAUSE:
+            return f"{NOT_AUTOSCALED}, so there is nothing to pause: its replica count already stays where it is"
+        if want == Want.RAISE:
+            return f"{NOT_AUTOSCALED}, so it has no ceiling to raise (a floor or a cap sets its replica count)"
+        return f"a {self.kind} has nothing to cordon or taint"
+
+    async def ping(self, namespace: str | None) -> None:
+        await self._list(namespace, limit=1)
+
+    async def get(self, namespace: str, name: str) -> TargetState:
+        obj = await call(self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, self.plural, name))
+        return self._state(obj, await self._autoscalers(namespace))
+
+    async def list(self, namespace: str | None) -> builtins.list[TargetState]:
+        autoscalers = await self._autoscalers(namespace)
+        return [self._state(obj, autoscalers) for obj in await self._list(namespace)]
+
+    async def find_by_workload(self, namespace: str, kind: str, name: str) -> builtins.list[TargetRef]:
+        if kind != self.kind:
+            return []
+        try:
+            obj = await call(self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, self.plural, name))
+        except NotFound:
+            return []
+        return [self._ref(obj)]
+
+    async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]:
+        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+        return sorted(
+            self._ref(obj)
+            for obj in await self._list(namespace, label_selector=label_selector)
+            if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
+        )
+
+    async def patch(
+        self, state: TargetState, *, values: Mapping[str, Value], claims: Claims, decision: str, now: datetime
+    ) -> TargetState:
+        ns, name = state.ref.namespace, state.ref.name
+        metadata: dict[str, Any] = {"annotations": claims_annotations(state, claims)}
+        if state.resource_version:
+            metadata["resourceVersion"] = state.resource_version
+        obj = await call(
+            self._custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                ns,
+                self.plural,
+                name,
+                {"metadata": metadata},
+                _content_type="application/merge-patch+json",
+                field_manager=FIELD_MANAGER,
+            )
+        )
+        if REPLICAS in values:
+            scale = {
+                "metadata": {"resourceVersion": obj["metadata"].get("resourceVersion")},
+                "spec": {"replicas": values[REPLICAS]},
+            }
+            await call(
+                self._custom.patch_namespaced_custom_object_scale(
+                    GROUP,
+                    VERSION,
+                    ns,
+                    self.plural,
+                    name,
+                    scale,
+                    _content_type="application/merge-patch+json",
+                    field_manager=FIELD_MANAGER,
+                )
+            )
+        return await self.get(ns, name)
+
+    async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
+        return None
+
+    async def _list(self, namespace: str | None, **params: Any) -> builtins.list[dict[str, Any]]:
+        if namespace is None:
+            result = await call(self._custom.list_cluster_custom_object(GROUP, VERSION, self.plural, **params))
+        else:
+            result = await call(
+                self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, self.plural, **params)
+            )
+        items: builtins.list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    async def _autoscalers(self, namespace: str | None) -> dict[tuple[str, str], str]:
+        """(namespace, workload name) → the HPA (or KEDA's ScaledObject behind it) that scales it."""
+        if namespace is None:
+            result = await call(self._custom.list_cluster_custom_object(HPA_GROUP, HPA_VERSION, HPA_PLURAL))
+        else:
+            result = await call(
+                self._custom.list_namespaced_custom_object(HPA_GROUP, HPA_VERSION, namespace, HPA_PLURAL)
+            )
+        found = {}
+        for hpa in result.get("items", []):
+            target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+            if target.get("kind") == self.kind and target.get("name"):
+                meta = hpa["metadata"]
+                who = keda_owner(hpa) or f"HorizontalPodAutoscaler/{meta.get('namespace', '')}/{meta['name']}"
+                found[(meta.get("namespace", ""), target["name"])] = who
+        return found
+
+    def _ref(self, obj: Mapping[str, Any]) -> TargetRef:
+        meta = obj["metadata"]
+        return TargetRef(kind=self.kind, namespace=meta.get("namespace", ""), name=meta["name"])
+
+    def _state(self, obj: Mapping[str, Any], autoscalers: Mapping[tuple[str, str], str]) -> TargetState:
+        meta = obj.get("metadata") or {}
+        annotations: Mapping[str, str] = meta.get("annotations") or {}
+        claims, legacy, notes = read_claims(annotations)
+        replicas = int_or_none((obj.get("spec") or {}).get("replicas"))
+        ref = self._ref(obj)
+        manager = last_manager(meta.get("managedFields") or [], ("spec", "replicas"))
+        return TargetState(
+            ref=ref,
+            resource_version=meta.get("resourceVersion"),
+            values={REPLICAS: 1 if replicas is None else replicas},  # the API defaults an absent count to 1
+            replicas=int_or_none((obj.get("status") or {}).get("replicas")),
+            claims=claims,
+            legacy=legacy,
+            labels=meta.get("labels") or {},
+            opted_out=str(annotations.get(OPT_OUT_ANNOTATION, "")).lower() == "true",
+            notes=notes,
+            changed_by={REPLICAS: manager} if manager is not None and manager != FIELD_MANAGER else {},
+            scaled_by=autoscalers.get((ref.namespace, ref.name)),
+        )
+
+
+class DeploymentTarget(_WorkloadTarget):
+    kind: ClassVar[str] = "Deployment"
+    plural: ClassVar[str] = "deployments"
+    name_labels: ClassVar[tuple[str, ...]] = ("deployment",)
+
+
+class StatefulSetTarget(_WorkloadTarget):
+    kind: ClassVar[str] = "StatefulSet"
+    plural: ClassVar[str] = "statefulsets"
+    name_labels: ClassVar[tuple[str, ...]] = ("statefulset",)
