@@ -3,7 +3,7 @@
 
 ``raise_max`` adds a step to the current maximum (clipped at the ceiling) and claims it as a raise;
 ``set_max`` sets a value: a raise when it is above the maximum from before the agent's claims, a cap when
-below. A raise lifts the ceiling only while no cap holds it. By default the claim stays until its expiry
+below (on a workload nothing autoscales, a cap of its replica count). A raise lifts the ceiling only while no cap holds it. By default the claim stays until its expiry
 rather than the alert's resolve: the alert resolves *because* there is room now, and taking the room away
 at once would bring it straight back.
 """
@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from agent.actions.base import Hold, Intent, Limits, Params, Skip, Spec, release_on_resolved, same_event
-from agent.claims import MAX_REPLICAS, Want
+from agent.claims import MAX_REPLICAS, REPLICAS, Want
 from agent.durations import Duration, format_duration
 from agent.structs import Event, Outcome
 from agent.targets.base import TargetState
@@ -92,7 +92,9 @@ class SetMax:
         if (skip := same_event(state, holder, event=event)) is not None:
             return skip
         wanted = spec.params.replicas
-        before = state.claims.original(MAX_REPLICAS, state.values.get(MAX_REPLICAS))
+        # Against the maximum from before the agent's claims; a workload nothing autoscales has only its count.
+        field = MAX_REPLICAS if MAX_REPLICAS in state.values else REPLICAS
+        before = state.claims.original(field, state.values.get(field))
         want = Want.CAP if isinstance(before, int) and wanted < before else Want.RAISE
         return Hold(
             want=want,
