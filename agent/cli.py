@@ -98,13 +98,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return result
 
 
+def _cluster_scoped_kinds() -> frozenset[str]:
+    from agent.targets import CLUSTER_SCOPED
+
+    return CLUSTER_SCOPED
+
+
 async def _decisions(args: argparse.Namespace, ledger_config: LedgerConfig) -> int:
     from agent.ledger import LedgerUnavailable, make_ledger
 
     since: datetime | None = utcnow() - parse_duration(args.since) if args.since else None
     target = None
     if args.target:
-        namespace, _, name = args.target.partition("/")
+        namespace, _, name = args.target.rpartition("/")  # a cluster-scoped object (a Node) has no namespace
         target = TargetRef(kind=args.kind, namespace=namespace, name=name)
     # Read-only: a reader beside the running agent must never change its ledger (nor create one).
     ledger = make_ledger(ledger_config, readonly=True)
@@ -141,8 +147,10 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     else:
         print(f"decisions: give --config FILE or --ledger URL (or set {CONFIG_ENV})", file=sys.stderr)
         return 2
-    if args.target and "/" not in args.target:
-        print("decisions: --target must be NAMESPACE/NAME", file=sys.stderr)
+    if args.target and "/" not in args.target and args.kind not in _cluster_scoped_kinds():
+        print(
+            "decisions: --target must be NAMESPACE/NAME (NAME alone for a cluster-scoped --kind: Node)", file=sys.stderr
+        )
         return 2
     if args.since:
         try:
@@ -198,8 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decisions.add_argument("--ledger", help="ledger URL instead of a config file (sqlite:///… or redis://…)")
     decisions.add_argument("--since", help="only decisions newer than this (e.g. 1h, 30m)")
-    decisions.add_argument("--target", help="only decisions about NAMESPACE/NAME")
-    decisions.add_argument("--kind", default="ScaledObject", help="kind for --target (default ScaledObject)")
+    decisions.add_argument("--target", help="only decisions about NAMESPACE/NAME (NAME for a Node)")
+    decisions.add_argument(
+        "--kind", default="ScaledObject", help="kind for --target: ScaledObject (default), HorizontalPodAutoscaler, …"
+    )
     decisions.add_argument("--limit", type=_positive, default=1000, help="the newest N decisions (default 1000)")
     decisions.add_argument("--json", action="store_true", help="one JSON object per line")
     decisions.set_defaults(func=cmd_decisions)

@@ -236,7 +236,9 @@ class Executor:
         if isinstance(intent, Hold):
             try:
                 self.guard.check_result(state, values)
-                await self.guard.check_cooldown(ref, want=intent.want, fields=tuple(values), now=now, deciding=draft.id)
+                # Only the claim's own fields: a floor lifting a paused count is not the pause moving again.
+                moving = tuple(name for name in fields if name in values)
+                await self.guard.check_cooldown(ref, want=intent.want, fields=moving, now=now, deciding=draft.id)
             except Refused as refusal:
                 before = {name: state.values.get(name) for name in values}
                 return _finish(draft, Outcome.REFUSED, refusal.reason, before=before, after=values)
@@ -365,7 +367,9 @@ def landed(row: Decision, state: TargetState) -> bool:
     """The object carries this decision's write: it is among the claims' recent writers, or (a give-back that
     ended the last claim, and took the annotation with it) the fields hold what it wrote and nobody claims them."""
     if row.id in state.claims.recent:
-        return True
+        # Its claims are there; its values too, unless a kind that writes them in a second step (a workload's
+        # count through `scale`) stopped between the two.
+        return all(state.values.get(name) == value for name, value in row.after.items())
     if row.action not in GIVE_BACKS or not row.after:
         return False
     return all(state.values.get(name) == value and not state.claims.on(name) for name, value in row.after.items())

@@ -6,6 +6,8 @@ through whichever kind scales it (`kind: auto`).
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import Any
 
 import pytest
@@ -230,6 +232,27 @@ async def test_a_node_is_cordoned_and_tainted_and_given_back_leaving_other_taint
     assert back.outcome == Outcome.APPLIED
     node = objects.get("nodes", None, NODE)
     assert not node["spec"].get("unschedulable") and node["spec"]["taints"] == [SOMEONES_TAINT]
+
+    # `scaling-agent decisions` finds a Node's decisions by its name alone (it has no namespace).
+    cli = "import sys; from agent.cli import main; sys.exit(main(sys.argv[1:]))"
+    ledger = agent.config.ledger.url
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        cli,
+        "decisions",
+        "--ledger",
+        ledger,
+        "--kind",
+        "Node",
+        "--target",
+        NODE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert out.decode().count(f"Node/{NODE}") == 2 and b"(2 decisions)" in err
 
 
 async def test_a_node_someone_else_cordoned_stays_cordoned(

@@ -3,9 +3,9 @@
 
 ``raise_max`` adds a step to the current maximum (clipped at the ceiling) and claims it as a raise;
 ``set_max`` sets a value: a raise when it is above the maximum from before the agent's claims, a cap when
-below (on a workload nothing autoscales, a cap of its replica count). A raise lifts the ceiling only while no cap holds it. By default the claim stays until its expiry
-rather than the alert's resolve: the alert resolves *because* there is room now, and taking the room away
-at once would bring it straight back.
+below (on a workload nothing autoscales, a cap of its replica count). A raise lifts the ceiling only while
+no cap holds it. By default the claim stays until its expiry rather than the alert's resolve: the alert
+resolves *because* there is room now, and taking the room away at once would bring it straight back.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ KINDS: dict[str, Callable[[client.ApiClient, KubernetesConfig], TargetKind]] = {
     StatefulSetTarget.kind: lambda api, k8s: StatefulSetTarget(api),
     NodeTarget.kind: lambda api, k8s: NodeTarget(api),
 }
+CLUSTER_SCOPED = frozenset({NodeTarget.kind})  # kinds whose objects have no namespace
 AUTO = "auto"
 # What `auto` may land on, in the order a workload's scaler is looked for.
 AUTO_KINDS = (
@@ -54,4 +55,13 @@ def build_targets(api: client.ApiClient, kubernetes: KubernetesConfig, kinds: It
     return {kind: KINDS[kind](api, kubernetes) for kind in kinds}
 
 
-__all__ = ["AUTO", "AUTO_KINDS", "KINDS", "TargetKind", "TargetState", "build_targets", "kinds_in_use"]
+__all__ = [
+    "AUTO",
+    "AUTO_KINDS",
+    "CLUSTER_SCOPED",
+    "KINDS",
+    "TargetKind",
+    "TargetState",
+    "build_targets",
+    "kinds_in_use",
+]
