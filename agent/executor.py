@@ -215,6 +215,7 @@ class Executor:
             if not taken:
                 reason = "; ".join([*notes, _nothing_to_take(state, intent, fields)])
                 if notes:  # only letting go: still a step worth writing down
+                    claims = claims.wrote({}, decision=draft.id)
                     return await self._write(draft, kind, state, claims, reason=reason, values={})
                 return _finish(draft, Outcome.NOOP, reason)
             reason = intent.reason
@@ -242,9 +243,10 @@ class Executor:
             except Refused as refusal:
                 before = {name: state.values.get(name) for name in values}
                 return _finish(draft, Outcome.REFUSED, refusal.reason, before=before, after=values)
-            if not values:
-                held = ", ".join(f"{name} stays {state.values.get(name)}" for name in fields)
-                notes.append(f"{held}: other claims hold it there")
+        still = [name for name in fields if name not in values and claims.on(name)]
+        if still:
+            held = ", ".join(f"{name} stays {state.values.get(name)}" for name in still)
+            notes.append(f"{held}: other claims hold it there")
         claims = claims.wrote({name: r.value for name, r in resolved.items()}, decision=draft.id)
         return await self._write(draft, kind, state, claims, reason="; ".join([reason, *notes]), values=values)
 

@@ -107,6 +107,9 @@ async def test_two_floors_in_every_order_of_arrival_and_release(
     assert gone.action == "revert" and gone.outcome == Outcome.APPLIED and spec(cluster)[0] == left
     if release[0] == "Floor5":
         assert (dict(gone.before), dict(gone.after)) == ({"min-replicas": 5}, {"min-replicas": 3})
+    else:  # the lower floor ends under the higher one: nothing moves, and the decision says why
+        assert (dict(gone.before), dict(gone.after)) == ({}, {})
+        assert "min-replicas stays 5: other claims hold it there" in gone.reason
     last = await step(agent, release[1], "resolved")
     assert (dict(last.before), dict(last.after)) == ({"min-replicas": left}, {"min-replicas": 0})  # the original
     assert spec(cluster) == (0, 20)
