@@ -1,6 +1,6 @@
 """
-The deploy kit: the kustomize base and the example overlay (deploy/), the RBAC checked against the API calls the
-agent really makes, the Grafana dashboard and the Dockerfile.
+The deploy kit: the kustomize base, the example overlay and the opt-in components (deploy/), the RBAC checked
+against the API calls the agent really makes, the Grafana dashboard and the Dockerfile.
 
 No cluster, container engine or kustomize is needed. Built-in kinds are validated against the Kubernetes JSON
 schemas that the kubernetes-validate package ships. A real `kustomize build` of the overlay runs only where a
@@ -12,6 +12,7 @@ where they are installed.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonpatch
 import kmock
 import kubernetes_validate
 import pytest
@@ -40,9 +42,18 @@ from tests.conftest import NS, ROOT, TOKEN, StartAgent, build_config, post, sett
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
 OVERLAY = DEPLOY / "overlays" / "example"
+COMPONENTS = DEPLOY / "components"
+# The opt-in components (deploy/components/): the RBAC of the target kinds besides ScaledObjects.
+WORKLOAD_KINDS = COMPONENTS / "workload-kinds"  # kind auto, HorizontalPodAutoscaler, Deployment, StatefulSet
+NODE_KIND = COMPONENTS / "node-kind"  # kind Node
 DASHBOARD = DEPLOY / "grafana" / "scaling-agent-dashboard.json"
 DOCKERFILE = ROOT / "Dockerfile"
 KUBERNETES_VERSION = "1.30"
+KUSTOMIZE_KINDS = {
+    "Kustomization": "kustomize.config.k8s.io/v1beta1",
+    "Component": "kustomize.config.k8s.io/v1alpha1",
+}
+JSON_PATCH_OPS = {"add", "remove", "replace", "move", "copy", "test"}
 # Kinds that come from CRDs: kubernetes-validate has no schema for them. They are checked for shape only.
 CRD_GROUPS = {"monitoring.coreos.com", "keda.sh"}
 AGENT_NAMESPACE = "scaling-agent"
@@ -94,12 +105,58 @@ def listed_files(kustomization: Path) -> dict[str, list[Path]]:
     return listed
 
 
+def json_patch(path: Path) -> list[dict[str, Any]] | None:
+    """A JSON patch (RFC 6902) file's operations; None for a file of objects (a strategic merge patch)."""
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    if len(docs) == 1 and isinstance(docs[0], list):
+        return docs[0]
+    return None
+
+
+def component_folders() -> list[Path]:
+    return sorted(path.parent for path in COMPONENTS.glob("*/kustomization.yaml"))
+
+
 def base_objects() -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     for path in listed_files(BASE / "kustomization.yaml")["resources"]:
         if path.is_file():
             objects += load_docs(path)
     return objects
+
+
+def selected_by(target: dict[str, Any], obj: dict[str, Any]) -> bool:
+    """Whether a kustomize patch's `target` selects the object."""
+    fields = {
+        "group": api_group(obj),
+        "version": str(obj["apiVersion"]).split("/")[-1],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "namespace": obj["metadata"].get("namespace"),
+    }
+    assert set(target) <= set(fields), f"a patch target this test does not know how to select: {target}"
+    return all(fields[key] == value for key, value in target.items())
+
+
+def with_components(objects: list[dict[str, Any]], *folders: Path) -> list[dict[str, Any]]:
+    """
+    The base's objects with components, as kustomize composes them: each component's resources added, and its
+    JSON patches applied to the one object each patch's target selects. (Where a kustomize is installed,
+    test_the_components_build_on_the_base_with_kustomize checks that a real build gives the same RBAC objects.)
+    """
+    composed = copy.deepcopy(objects)
+    for folder in folders:
+        data = yaml.safe_load((folder / "kustomization.yaml").read_text())
+        assert data["kind"] == "Component"
+        assert set(data) <= {"apiVersion", "kind", "resources", "patches"}, f"{folder}: more than this test applies"
+        for item in data.get("resources") or []:
+            composed += load_docs(folder / item)
+        for patch in data.get("patches") or []:
+            operations = json_patch(folder / patch["path"])
+            assert operations is not None, f"{folder / patch['path']}: this test applies JSON patches only"
+            [index] = [i for i, obj in enumerate(composed) if selected_by(patch["target"], obj)]
+            composed[index] = jsonpatch.apply_patch(composed[index], operations)
+    return composed
 
 
 def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -143,9 +200,9 @@ def require_tool(name: str, *, expected_here: bool) -> str:
 @pytest.mark.parametrize("kustomization", kustomization_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_file_a_kustomization_names_exists_and_parses(kustomization: Path) -> None:
     data = yaml.safe_load(kustomization.read_text())
-    assert data["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and data["kind"] == "Kustomization"
+    assert data["kind"] in KUSTOMIZE_KINDS and data["apiVersion"] == KUSTOMIZE_KINDS[data["kind"]]
     listed = listed_files(kustomization)
-    assert listed["resources"], f"{kustomization} lists no resources"
+    assert listed["resources"] or listed["patches"], f"{kustomization} lists no resources and no patches"
     for path in listed["resources"]:
         if path.is_dir():
             assert (path / "kustomization.yaml").is_file(), f"{path} is a folder without a kustomization.yaml"
@@ -161,12 +218,17 @@ def test_every_file_a_kustomization_names_exists_and_parses(kustomization: Path)
         yaml.safe_load(path.read_text())
     for path in listed["patches"]:
         assert path.is_file(), f"{kustomization} patches with {path.name}, which does not exist"
+        operations = json_patch(path)
+        if operations is not None:  # a JSON patch: its kustomization entry names the target
+            for operation in operations:
+                assert operation.get("op") in JSON_PATCH_OPS and str(operation.get("path", "")).startswith("/")
+            continue
         for doc in load_docs(path):
             assert doc.get("kind") and (doc.get("metadata") or {}).get("name"), f"{path}: not a patch of an object"
 
 
-def test_every_file_in_base_and_overlay_is_used() -> None:
-    for folder in (BASE, OVERLAY):
+def test_every_file_in_base_overlay_and_components_is_used() -> None:
+    for folder in (BASE, OVERLAY, *component_folders()):
         used = {path.resolve() for paths in listed_files(folder / "kustomization.yaml").values() for path in paths}
         for path in folder.glob("*.yaml"):
             if path.name != "kustomization.yaml":
@@ -209,6 +271,8 @@ def test_built_in_kinds_validate_against_the_kubernetes_schemas() -> None:
         "Namespace",
         "ServiceAccount",
         "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
         "RoleBinding",
         "PersistentVolumeClaim",
         "Deployment",
@@ -512,10 +576,14 @@ def test_service_pdb_and_network_policy() -> None:
 
 
 Grant = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
+# Where a grant holds or a call is made, and what: (namespace, grant). Namespace None: a grant of a
+# ClusterRoleBinding (every namespace and the cluster-scoped resources), or a call on a cluster-scoped resource.
+Access = tuple[str | None, Grant]
+NON_RESOURCE = "<non-resource URL>"
+RBAC_KINDS = ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
 
-def granted(objects: list[dict[str, Any]]) -> set[Grant]:
-    role = one(objects, "ClusterRole", "scaling-agent")
+def role_grants(role: dict[str, Any]) -> set[Grant]:
     grants: set[Grant] = set()
     for rule in role["rules"]:
         assert "nonResourceURLs" not in rule and "resourceNames" not in rule
@@ -525,6 +593,10 @@ def granted(objects: list[dict[str, Any]]) -> set[Grant]:
                     assert "*" not in (group, resource, verb), f"a wildcard in {rule}"
                     grants.add((group, resource, verb))
     return grants
+
+
+def granted(objects: list[dict[str, Any]]) -> set[Grant]:
+    return role_grants(one(objects, "ClusterRole", "scaling-agent"))
 
 
 def bound_namespaces(objects: list[dict[str, Any]]) -> set[str]:
@@ -544,6 +616,37 @@ def bound_namespaces(objects: list[dict[str, Any]]) -> set[str]:
     return namespaces
 
 
+def access(objects: list[dict[str, Any]]) -> set[Access]:
+    """What the bindings grant the agent's ServiceAccount, and where: RBAC's own reading of them."""
+    account = one(objects, "ServiceAccount")
+    subjects = [{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": AGENT_NAMESPACE}]
+    roles = {
+        (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]): obj
+        for obj in objects
+        if obj["kind"] in ("ClusterRole", "Role")
+    }
+    bound = set()
+    grants: set[Access] = set()
+    for binding in (obj for obj in objects if obj["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        name = f"{binding['kind']} {binding['metadata']['name']}"
+        assert binding["subjects"] == subjects, f"{name} binds someone else"
+        ref = binding["roleRef"]
+        assert ref["apiGroup"] == "rbac.authorization.k8s.io"
+        scope = binding["metadata"]["namespace"] if binding["kind"] == "RoleBinding" else None
+        # A RoleBinding grants its role in its own namespace; a Role can be bound only there.
+        role = (ref["kind"], scope if ref["kind"] == "Role" else None, ref["name"])
+        assert role in roles, f"{name} binds {ref['kind']} {ref['name']}, which is not here"
+        bound.add(role)
+        grants |= {(scope, grant) for grant in role_grants(roles[role])}
+    assert bound == set(roles), f"roles no binding grants: {set(roles) - bound}"
+    return grants
+
+
+def allows(grants: set[Access], call: Access) -> bool:
+    namespace, grant = call
+    return (None, grant) in grants or (namespace is not None and (namespace, grant) in grants)
+
+
 def rbac_verb(request: Any) -> str:
     method = request.method.value
     if method == "GET":
@@ -557,27 +660,27 @@ def rbac_verb(request: Any) -> str:
     return verbs[method]
 
 
-def used(requests: list[Any]) -> tuple[set[Grant], set[str | None]]:
-    calls: set[Grant] = set()
-    namespaces: set[str | None] = set()
+def used_where(requests: list[Any]) -> set[Access]:
+    """Each request as RBAC sees it: its namespace (None: cluster-scoped or across namespaces) and grant."""
+    calls: set[Access] = set()
     for request in requests:
         if request.resource is None:  # a non-resource URL (/version, /apis, …): no rule grants one
-            calls.add(("<non-resource URL>", str(request.url.path), request.method.value))
+            calls.add((None, (NON_RESOURCE, str(request.url.path), request.method.value)))
             continue
         resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
-        calls.add((request.resource.group or "", resource, rbac_verb(request)))
-        namespaces.add(request.namespace)
-    return calls, namespaces
+        calls.add((request.namespace, (request.resource.group or "", resource, rbac_verb(request))))
+    return calls
 
 
-async def test_rbac_grants_exactly_the_calls_the_agent_makes(
-    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], tmp_path: Path
-) -> None:
-    objects = base_objects()
-    # The shipped in-cluster config, with a local ledger and the test's token (base_config sets its env var).
-    shipped = shipped_config_data()
-    config = build_config(
-        shipped,
+def used(requests: list[Any]) -> tuple[set[Grant], set[str | None]]:
+    calls = used_where(requests)
+    return {grant for _, grant in calls}, {namespace for namespace, grant in calls if grant[0] != NON_RESOURCE}
+
+
+def in_cluster_config(tmp_path: Path, **sections: Any) -> Any:
+    """The shipped in-cluster config, with a local ledger and the test's token (base_config sets its env var)."""
+    return build_config(
+        shipped_config_data(),
         webhook={
             "host": "127.0.0.1",
             "port": 0,
@@ -587,7 +690,15 @@ async def test_rbac_grants_exactly_the_calls_the_agent_makes(
         kubernetes={"reconcile_interval": "1h", "api_backoff": "10ms"},
         guard={"cooldown": "0s", "ceiling": 100},  # the examples' mcp-queue-scaler is at 50, the shipped ceiling
         log={"format": "console"},
+        **sections,
     )
+
+
+async def test_rbac_grants_exactly_the_calls_the_agent_makes(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], tmp_path: Path
+) -> None:
+    objects = base_objects()
+    config = in_cluster_config(tmp_path)
     assert config.kubernetes.post_events  # the Event sink is part of what is checked
     assert TOKEN and base_config  # base_config exports the token the webhook expects
 
@@ -623,13 +734,177 @@ async def test_rbac_grants_exactly_the_calls_the_agent_makes(
     # Access is per namespace: RoleBindings exactly in the namespaces of the config, and no call outside them.
     assert bound_namespaces(objects) == set(config.kubernetes.namespaces)
     assert namespaces <= bound_namespaces(objects), f"calls outside the bound namespaces: {namespaces}"
+    assert access(objects) == {(NS, grant) for grant in grants}  # the general reading agrees
+
+
+# --- RBAC of the other target kinds: the opt-in components ----------------------------------------------------
+
+HPA_SCALED = "mcp-search-server"  # a Deployment a plain HPA scales
+UNSCALED = "mcp-docs-server"  # a Deployment nothing autoscales
+STATEFUL = "mcp-vector-store"  # a StatefulSet nothing autoscales
+KEDA_SCALED = "mcp-server"  # a Deployment of the examples, which the ScaledObject mcp-keda scales
+NODE = "spot-node-1"
+
+
+def workload_object(kind: str, name: str, replicas: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}},
+        "status": {"replicas": replicas},
+    }
+
+
+def kinds_rule(alertname: str, action: dict[str, Any], kind: str) -> dict[str, Any]:
+    target = {"kind": kind} if kind == "Node" else {"kind": kind, "namespace": NS}
+    return {"name": alertname.lower(), "alertname": alertname, "action": action, "target": target}
+
+
+@pytest.mark.parametrize(
+    "components",
+    [(WORKLOAD_KINDS,), (WORKLOAD_KINDS, NODE_KIND)],
+    ids=["workload-kinds", "workload-kinds+node-kind"],
+)
+async def test_rbac_with_the_components_grants_exactly_the_calls_of_the_other_kinds(
+    cluster: DevCluster,
+    start_agent: StartAgent,
+    base_config: dict[str, Any],
+    tmp_path: Path,
+    components: tuple[Path, ...],
+) -> None:
+    # Rules of kind auto (the ScaledObject, HPA, Deployment or StatefulSet that scales a workload), and of kind
+    # Node with node-kind: each kind changed and given back, a reconcile pass and /readyz, every call recorded.
+    nodes = NODE_KIND in components
+    objects = with_components(base_objects(), *components)
+    rules = [
+        kinds_rule("Floor", {"type": "set_min", "params": {"replicas": 6}}, "auto"),
+        kinds_rule("Flapping", {"type": "pause"}, "auto"),
+        kinds_rule("Cap", {"type": "set_max", "params": {"replicas": 1, "revert_on_resolve": True}}, "auto"),
+    ]
+    if nodes:
+        rules.append(kinds_rule("NodeFailing", {"type": "cordon"}, "Node"))
+    config = in_cluster_config(tmp_path, rules=rules)
+    assert config.kubernetes.post_events and TOKEN and base_config
+
+    cluster.add(workload_object("Deployment", HPA_SCALED, 4))
+    cluster.add(
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "mcp-search", "namespace": NS},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": HPA_SCALED},
+                "minReplicas": 2,
+                "maxReplicas": 10,
+            },
+            "status": {"currentReplicas": 4, "desiredReplicas": 4},
+        }
+    )
+    cluster.add(workload_object("Deployment", UNSCALED, 2))
+    cluster.add(workload_object("StatefulSet", STATEFUL, 3))
+    cluster.add({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}, "spec": {}})
+
+    before = len(list(cluster))  # only the agent's calls count
+    agent = await start_agent(config)  # start-up runs a reconcile pass
+    steps = [
+        ("Floor", {"namespace": NS, "deployment": HPA_SCALED}),  # the HPA: get, list, patch
+        ("Flapping", {"namespace": NS, "deployment": KEDA_SCALED}),  # the ScaledObject: get, list, patch
+        ("Floor", {"namespace": NS, "deployment": UNSCALED}),  # the Deployment and deployments/scale
+        ("Cap", {"namespace": NS, "statefulset": STATEFUL}),  # the StatefulSet and statefulsets/scale
+    ]
+    if nodes:
+        steps.append(("NodeFailing", {"node": NODE}))  # the Node, its Event in default
+    for status in ("firing", "resolved"):
+        for alertname, labels in steps:
+            assert (await post(agent, payload(alert(alertname, labels, status=status)))).status == 200
+            await settle(agent)
+    await agent.reconciler.reconcile_once()
+    async with aiohttp.ClientSession() as session, session.get(f"{agent.url}/readyz") as response:
+        assert response.status == 200, await response.text()
+    await settle(agent)
+
+    applied: dict[str, int] = {}
+    for decision in await agent.ledger.decisions():
+        if decision.outcome == Outcome.APPLIED and decision.target is not None:
+            applied[decision.target.kind] = applied.get(decision.target.kind, 0) + 1
+    kinds = ["ScaledObject", "HorizontalPodAutoscaler", "Deployment", "StatefulSet"] + (["Node"] if nodes else [])
+    assert applied == dict.fromkeys(kinds, 2), "each kind changed once and given back once"
+
+    calls = used_where(list(cluster)[before:])
+    grants = access(objects)
+    assert {call for call in calls if not allows(grants, call)} == set(), "calls no binding grants where made"
+    assert grants - calls == set(), "grants no call of the agent needs (where they hold)"
+    # Namespaced calls stay in the config's namespaces (bound by the base's RoleBindings); the only cluster-scoped
+    # calls are on Nodes, and the only calls in default are the Nodes' Events.
+    assert {namespace for namespace, _ in calls} == {NS, *(["default", None] if nodes else [])}
+    assert {grant for namespace, grant in calls if namespace is None} == (
+        {("", "nodes", verb) for verb in ("get", "list", "patch")} if nodes else set()
+    )
+    assert {grant for namespace, grant in calls if namespace == "default"} == (
+        {("", "events", "create")} if nodes else set()
+    )
+    assert {binding["metadata"]["namespace"] for binding in objects if binding["kind"] == "RoleBinding"} == {
+        *config.kubernetes.namespaces,
+        *(["default"] if nodes else []),
+    }
+    # The components leave the base's bindings alone: the grants of the base are still exactly where they were.
+    assert {(NS, grant) for grant in granted(base_objects())} <= grants
+
+
+@pytest.mark.parametrize(
+    "components",
+    [(WORKLOAD_KINDS,), (NODE_KIND,), (WORKLOAD_KINDS, NODE_KIND)],
+    ids=["workload-kinds", "node-kind", "both"],
+)
+def test_the_components_build_on_the_base_with_kustomize(tmp_path: Path, components: tuple[Path, ...]) -> None:
+    # A copy of deploy/ (kustomize does not load a base from an absolute path) with a kustomization that adds
+    # the components to the base, as an overlay of yours does.
+    deploy = tmp_path / "deploy"
+    shutil.copytree(BASE, deploy / "base")
+    shutil.copytree(COMPONENTS, deploy / "components")
+    overlay = deploy / "overlays" / "with-components"
+    overlay.mkdir(parents=True)
+    kustomization = {
+        "apiVersion": KUSTOMIZE_KINDS["Kustomization"],
+        "kind": "Kustomization",
+        "resources": ["../../base"],
+        "components": [f"../../components/{folder.name}" for folder in components],
+    }
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    built = kustomize_build(overlay)
+    for obj in built:
+        if not is_crd_kind(obj):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+    def rbac(objects: list[dict[str, Any]]) -> dict[tuple[str, str | None, str], dict[str, Any]]:
+        return {
+            (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]): obj
+            for obj in objects
+            if obj["kind"] in RBAC_KINDS
+        }
+
+    composed = with_components(base_objects(), *components)
+    assert rbac(built) == rbac(composed)  # what the RBAC tests read is what kustomize builds
+    others = [obj for obj in built if obj["kind"] not in RBAC_KINDS]
+    assert others == [obj for obj in kustomize_build(BASE) if obj["kind"] not in RBAC_KINDS]
+
+
+def rbac_name(grant: Grant) -> str:
+    """How the README names a grant's resource: `scaledobjects.keda.sh`, `events`, `deployments.apps/scale`."""
+    group, resource, _ = grant
+    plural, _, subresource = resource.partition("/")
+    name = f"{plural}.{group}" if group else plural
+    return f"{name}/{subresource}" if subresource else name
 
 
 def test_the_readme_rbac_table_lists_each_grant() -> None:
     text = (DEPLOY / "README.md").read_text()
     rows = [line for line in text.splitlines() if line.startswith("|")]
-    for group, resource, verb in granted(base_objects()):
-        name = f"{resource}.{group}" if group else resource
+    everything = with_components(base_objects(), *component_folders())
+    assert granted(base_objects()) <= {grant for _, grant in access(everything)}
+    for _, grant in access(everything):
+        name, verb = rbac_name(grant), grant[2]
         assert any(f"`{verb}`" in row and f"`{name}`" in row for row in rows), f"no README row for {verb} {name}"
 
 
