@@ -1,8 +1,8 @@
 """
 Claims: many reasons holding one object's fields at once, and the value each field gets from them.
 
-Today each field the agent changes has one owner (a per-field ownership
-annotation), so a second reason on an owned field can only be a no-op. The
+With one owner per field (the per-field ownership annotations of the release
+before claims), a second reason on an owned field could only be a no-op. The
 calendar, spot evacuation and cost need several at once: a schedule window
 holds a floor of 3 while an alert asks for 5; a cost cap holds a ceiling while a
 notice pre-scales. So a temporary change becomes a :class:`Claim` on a field,
@@ -257,8 +257,9 @@ def _want_of(ownership: Ownership) -> Want:
         return Want.PAUSE
     if ownership.field == MIN_REPLICAS:
         return Want.FLOOR
+    # A raise never lowers: a lowered maximum was a cap, whether or not the annotation names its action.
     lowered = ownership.before is not None and ownership.after is not None and ownership.after < ownership.before
-    return Want.CAP if ownership.action == "set_max" and lowered else Want.RAISE
+    return Want.CAP if lowered else Want.RAISE
 
 
 def resolve(claims: Claims, *, ceiling: int, current: Mapping[str, Value]) -> dict[str, Resolved]:

@@ -199,7 +199,13 @@ class Executor:
         if isinstance(intent, Skip):
             return _finish(draft, intent.outcome, intent.reason)
 
-        notes: list[str] = []
+        try:
+            self.guard.check_readable(state)
+        except Refused as refusal:
+            return _finish(draft, Outcome.REFUSED, refusal.reason)
+        # Every field someone else changed is let go first, whichever field this step is about: the values are
+        # recomputed and written for every field the agent holds, and none may be written over a person's edit.
+        claims, notes = _let_go_drifted(state, state.claims, tuple(sorted(state.claims.kept)))
         if isinstance(intent, Hold):
             try:
                 fields = self.guard.check_kind(kind, state, intent.want)
@@ -207,7 +213,6 @@ class Executor:
                 self.guard.check_claim(intent)
             except Refused as refusal:
                 return _finish(draft, Outcome.REFUSED, refusal.reason)
-            claims, notes = _let_go_drifted(state, state.claims, fields)
             try:
                 claims, taken = _take(state, claims, intent, fields, draft=draft, holder=holder)
             except Refused as refusal:
@@ -220,12 +225,11 @@ class Executor:
                 return _finish(draft, Outcome.NOOP, reason)
             reason = intent.reason
         else:
-            claims, dropped = state.claims.release(intent.ends)
-            if not dropped:
+            claims, dropped = claims.release(intent.ends)
+            if not dropped and not notes:
                 return _finish(draft, Outcome.NOOP, intent.nothing)
             fields = tuple(sorted({c.field for c in dropped}))
-            claims, notes = _let_go_drifted(state, claims, fields)
-            reason = intent.reason
+            reason = intent.reason if dropped else intent.nothing
             if draft.action not in GIVE_BACKS:
                 # The give-back of a claim is its own kind of decision, whatever rule made it.
                 draft = replace(draft, action="revert")

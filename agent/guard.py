@@ -4,6 +4,7 @@ The guard: every check between "a rule wants this" and "the API is called", and 
 Before any object is read: the blast radius (a rule whose selector hits more
 objects than ``max_targets_per_event`` acts on none). Then, per object, in
 order: the namespace allow-list (cluster-scoped kinds such as Node have none),
+claims the agent can read (it never writes over an unreadable claims annotation),
 whether the kind can honour the claim at all (a pause on a Deployment nothing
 autoscales; any change to the HPA KEDA owns), the object's own opt-out
 annotation (``scaling-agent.cortex.io/ignore: "true"``), the claim's bounds
@@ -93,6 +94,11 @@ class Guard:
         if isinstance(fields, str):
             raise Refused(f"{kind.kind}: {fields}")
         return fields
+
+    def check_readable(self, state: TargetState) -> None:
+        """The agent never writes over claims it cannot read: the values they kept would be lost."""
+        if state.notes:
+            raise Refused(f"{'; '.join(state.notes)}: the agent will not write over it; fix or remove it by hand")
 
     def check_opt_out(self, state: TargetState) -> None:
         if state.opted_out:

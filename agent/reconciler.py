@@ -152,7 +152,14 @@ class Reconciler:
         return decisions
 
     async def _reconcile_object(self, state: TargetState, now: datetime) -> list[Decision]:
-        decisions = []
+        decisions: list[Decision] = []
+        if state.notes:
+            log.warning(
+                "an object carries annotations the agent cannot read; it leaves them",
+                target=str(state.ref),
+                notes=list(state.notes),
+            )
+            return decisions
         expired = sorted(
             (c for c in state.claims.claims if c.until is not None and c.until <= now), key=lambda c: c.field
         )

@@ -183,3 +183,23 @@ def test_changes_written_before_claims_existed_are_read_and_given_back() -> None
     assert values(held, current=current) == {"paused-replicas": None, "max-replicas": 55}
     held, _ = held.release(lambda c: c.until is not None and c.until <= T0 + timedelta(days=1))  # expiry
     assert values(held, current=current) == {"paused-replicas": None, "max-replicas": 50}
+
+
+def test_a_lowered_maximum_from_before_claims_is_read_as_a_cap_even_without_its_action() -> None:
+    # Written by the release before claims, before its annotations named their action.
+    lowered = Ownership(
+        field="max-replicas",
+        before=20,
+        after=5,
+        decision="d-old",
+        rule="cap",
+        alertname="Cap",
+        fingerprint="f1",
+        reason="Cap: set max-replicas to 5 for 24h",
+        applied_at=T0,
+        expires_at=None,
+        revert_on_resolve=False,
+    )
+    held = Claims.from_ownerships([lowered])
+    assert [c.want for c in held.claims] == [Want.CAP]
+    assert values(held, current={"max-replicas": 5, "min-replicas": 0, "paused-replicas": None}) == {"max-replicas": 5}

@@ -289,3 +289,33 @@ async def test_an_expiry_written_by_the_release_before_claims_is_given_back(
     # The others' claims were not touched: they have not expired.
     claims, legacy, _ = read_claims(annotations(cluster, "mcp-http-scaler"))
     assert {c.want for c in claims.claims} == {Want.PAUSE} and legacy == ("scaling-agent.cortex.io/paused-replicas",)
+
+
+async def test_an_edit_of_another_field_is_never_written_over_by_a_step_on_this_one(
+    cluster: DevCluster, start_agent: StartAgent, api: client.ApiClient, config: Any
+) -> None:
+    agent = await start_agent(config)
+    await step(agent, "Cap5")
+    assert spec(cluster) == (0, 5)
+    await edit_by_hand(api, {"spec": {"maxReplicaCount": 30}})
+    floor = await step(agent, "Floor3")  # about min-replicas; the agent also holds max-replicas, now edited
+    assert spec(cluster) == (3, 30)  # the person's maximum stands
+    assert dict(floor.after) == {"min-replicas": 3}
+    assert "max-replicas was changed by kubectl-edit (a person, through kubectl) since (now 30" in floor.reason
+    assert [c.field for c in claims_on(cluster, SCALER).claims] == ["min-replicas"]  # the cap is let go
+    await step(agent, "Cap5", "resolved")  # nothing of its own left to give back
+    assert spec(cluster) == (3, 30)
+
+
+async def test_an_unreadable_claims_annotation_is_never_written_over(
+    cluster: DevCluster, start_agent: StartAgent, config: Any
+) -> None:
+    cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, SCALER].patch(
+        {"metadata": {"annotations": {CLAIMS: '{"version": 99, "kept": {}}'}}}
+    )
+    agent = await start_agent(config)
+    refused = await step(agent, "Floor3")
+    assert refused.outcome == Outcome.REFUSED
+    assert refused.reason.startswith(f"unreadable annotation {CLAIMS} (claims annotation version 99")
+    assert "the agent will not write over it; fix or remove it by hand" in refused.reason
+    assert annotations(cluster, SCALER)[CLAIMS] == '{"version": 99, "kept": {}}' and spec(cluster) == (0, 20)

@@ -14,7 +14,11 @@ Two objects are prepared the way a real cluster might look: a pause an earlier
 agent process left on ``mcp-filesystem-scaler`` (the kind MCPScaleToZeroStuck
 is about) and a pause a human set on ``mcp-cost-optimized``; and a warm floor
 on ``mcp-keda`` whose time ran out while "the agent was down", which the
-reconciler reverts at start-up from the annotations alone.
+reconciler reverts at start-up from the annotations alone. The earlier
+process's marks are written the way the release before claims wrote them (one
+ownership annotation per field), so the demo also shows the upgrade: the agent
+reads them as claims and replaces them with its one claims annotation on its
+next write to the object.
 """
 
 from __future__ import annotations
@@ -197,8 +201,9 @@ def _print_state(cluster: Any, names: list[str], *, reconcile_every: timedelta) 
         "  paused-replicas: KEDA's autoscaling.keda.sh/paused-replicas annotation (-: not paused)\n"
         "  min, max: spec.minReplicaCount and spec.maxReplicaCount\n"
         "  agent annotations: the agent's own scaling-agent.cortex.io/… annotations on the object:\n"
-        "    paused-replicas, min-replicas, max-replicas: a change to that field that the agent still\n"
-        "      owns, and gives back when its alert resolves or its time runs out\n"
+        "    claims: the reasons the agent holds fields of the object for, with each field's value\n"
+        "      from before; a claim ends when its alert resolves or its time runs out, and the value\n"
+        "      from before comes back with the last one\n"
         "    resumed: the agent removed a pause and has not yet checked that KEDA's Paused condition\n"
         f"      cleared; its reconciler checks on its next pass (every {seconds} s here), then drops the mark\n"
         "    -: none; the agent holds nothing on the object now"

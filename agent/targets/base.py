@@ -114,7 +114,7 @@ def read_claims(annotations: Mapping[str, str]) -> tuple[Claims, tuple[str, ...]
     """
     The claims an object's annotations hold: the claims annotation, else (an object changed by the release before
     claims) its per-field ownership annotations, upgraded. Returns the claims, the legacy annotation keys to remove
-    on the next write, and notes on anything unreadable (left alone, never a crash).
+    on the next write, and notes on anything unreadable (never a crash; the guard then refuses to write over it).
     """
     notes: list[str] = []
     legacy = tuple(key for key in OWNERSHIP_ANNOTATIONS.values() if key in annotations)
@@ -122,13 +122,13 @@ def read_claims(annotations: Mapping[str, str]) -> tuple[Claims, tuple[str, ...]
         try:
             return Claims.from_json(annotations[CLAIMS_ANNOTATION]), legacy, ()
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            notes.append(f"unreadable annotation {CLAIMS_ANNOTATION} ({exc}); ignored")
+            notes.append(f"unreadable annotation {CLAIMS_ANNOTATION} ({exc})")
     owned = []
     for key in legacy:
         try:
             owned.append(Ownership.from_json(annotations[key]))
         except (ValueError, KeyError, TypeError, AttributeError):
-            notes.append(f"unreadable annotation {key}; ignored")
+            notes.append(f"unreadable annotation {key}")
     return Claims.from_ownerships(owned), legacy, tuple(notes)
 
 
