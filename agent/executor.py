@@ -109,8 +109,11 @@ class Executor:
             kind = self.targets[plan.target.kind]
 
             def decide(state: TargetState) -> Intent:
-                if action.want is not None and plan.event.status != "resolved":
-                    self.guard.check_kind(kind, state, action.want)  # before the action reads fields it lacks
+                if plan.event.status != "resolved":
+                    if action.want is not None:
+                        self.guard.check_kind(kind, state, action.want)  # before the action reads fields it lacks
+                    if action.ends is not None:
+                        self.guard.check_own(state, action.ends)
                 return action.decide(
                     state, plan.spec, event=plan.event, holder=holder, now=now, limits=self.guard.limits
                 )
@@ -210,9 +213,11 @@ class Executor:
             try:
                 fields = self.guard.check_kind(kind, state, intent.want)
                 self.guard.check_opt_out(state)
-                self.guard.check_claim(intent)
+                intent, clipped = self.guard.check_claim(intent, state, fields)
             except Refused as refusal:
                 return _finish(draft, Outcome.REFUSED, refusal.reason)
+            if clipped:
+                notes.append(clipped)
             try:
                 claims, taken = _take(state, claims, intent, fields, draft=draft, holder=holder)
             except Refused as refusal:

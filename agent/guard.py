@@ -6,9 +6,10 @@ objects than ``max_targets_per_event`` acts on none). Then, per object, in
 order: the namespace allow-list (cluster-scoped kinds such as Node have none),
 claims the agent can read (it never writes over an unreadable claims annotation),
 whether the kind can honour the claim at all (a pause on a Deployment nothing
-autoscales; any change to the HPA KEDA owns), the object's own opt-out
+autoscales; any change to the HPA KEDA owns), that what a give-back ends is the
+agent's own (never a pause someone else set), the object's own opt-out
 annotation (``scaling-agent.cortex.io/ignore: "true"``), the claim's bounds
-(floor/ceiling), the resulting bounds (min ≤ max), the cooldown, then the
+(floor/ceiling; a raise is clipped at the ceiling), the resulting bounds (min ≤ max), the cooldown, then the
 limit on changes in flight at once. Dry-run is the last word: everything is
 decided and recorded, nothing is patched. A check that says no raises
 :class:`Refused` with the reason; the executor records it as a ``refused``
@@ -39,7 +40,7 @@ from agent.claims import MAX_REPLICAS, MIN_REPLICAS, Value, Want
 from agent.config import GuardConfig, KubernetesConfig
 from agent.ledger import Ledger
 from agent.structs import Outcome, Plan, TargetRef
-from agent.targets.base import OPT_OUT_ANNOTATION, TargetKind, TargetState
+from agent.targets.base import OPT_OUT_ANNOTATION, PauseOwner, TargetKind, TargetState
 
 # Claims that stop motion: a cooldown never refuses them.
 STABILISING = (Want.PAUSE, Want.HOLD)
@@ -104,15 +105,34 @@ class Guard:
         if state.opted_out:
             raise Refused(f'the object opts out of the agent ({OPT_OUT_ANNOTATION}: "true")')
 
-    def check_claim(self, intent: Hold) -> None:
-        """A claim's own value within the guard's bounds (a floor above the ceiling is clamped, not refused)."""
+    def check_own(self, state: TargetState, ends: Want) -> None:
+        """An action that only ends claims (resume) ends the agent's own: never a pause someone else set."""
+        if ends == Want.PAUSE and state.pause is not None and state.pause.owner != PauseOwner.AGENT:
+            raise Refused(f"paused by {state.pause.owner}, not by the agent; the agent never removes that pause")
+
+    def check_claim(self, intent: Hold, state: TargetState, fields: Sequence[str]) -> tuple[Hold, str | None]:
+        """
+        A claim's own value within the guard's bounds. A floor above the ceiling is clamped later (with every
+        claim on the object in view); a raise up to a limit (``raise_max``) is clipped at the ceiling (the lower
+        of the guard's and the rule's), and refused when the field is there already; any other value past the
+        ceiling is refused. Returns the claim as bounded, and a note when it was clipped.
+        """
         value = intent.value
         if value is None:
-            return
-        if value > self.config.ceiling and intent.want != Want.FLOOR:
+            return intent, None
+        if intent.want == Want.RAISE and intent.up_to is not None:  # raise_max: up to the ceiling, not past it
+            ceiling = min(self.config.ceiling, intent.up_to)
+            for name in fields:
+                current = state.values.get(name)
+                if isinstance(current, int) and current >= ceiling:
+                    raise Refused(f"{name} {current} already at the ceiling of {ceiling}")
+            if value > ceiling:
+                return replace(intent, value=ceiling), f"raise to {value} clipped at the ceiling of {ceiling}"
+        elif value > self.config.ceiling and intent.want != Want.FLOOR:
             raise Refused(f"{intent.want} {value} is above the ceiling of {self.config.ceiling}")
         if value < self.config.floor:
             raise Refused(f"{intent.want} {value} is below the floor of {self.config.floor}")
+        return intent, None
 
     def check_result(self, state: TargetState, values: Mapping[str, Value]) -> None:
         """The object as it would be: min ≤ max (KEDA and the HPA controller reject the rest)."""

@@ -173,7 +173,10 @@ def test_check_result_allows_min_equal_to_max(
     ids=["raise-at-ceiling", "floor-at-floor", "cap-at-floor", "pause-at-ceiling", "floor-above-ceiling-is-clamped"],
 )
 def test_check_claim_allows_the_ceiling_and_the_floor_themselves(tmp_path: Path, intent: Hold) -> None:
-    bounds_guard(tmp_path, floor=2, ceiling=30).check_claim(intent)
+    assert bounds_guard(tmp_path, floor=2, ceiling=30).check_claim(intent, state(0, 10), ("max-replicas",)) == (
+        intent,
+        None,
+    )
 
 
 @pytest.mark.parametrize(
@@ -188,5 +191,16 @@ def test_check_claim_allows_the_ceiling_and_the_floor_themselves(tmp_path: Path,
 )
 def test_check_claim_refuses_one_past_the_ceiling_or_the_floor(tmp_path: Path, intent: Hold, reason: str) -> None:
     with pytest.raises(Refused) as info:
-        bounds_guard(tmp_path, floor=2, ceiling=30).check_claim(intent)
+        bounds_guard(tmp_path, floor=2, ceiling=30).check_claim(intent, state(0, 10), ("max-replicas",))
     assert info.value.reason == reason
+
+
+def test_a_raise_up_to_a_limit_is_clipped_at_the_ceiling_and_refused_once_there(tmp_path: Path) -> None:
+    guard = bounds_guard(tmp_path, floor=2, ceiling=30)
+    raise_to_35 = Hold(want=Want.RAISE, value=35, reason="test", until=None, ends_on_resolve=False, up_to=40)
+    clipped, note = guard.check_claim(raise_to_35, state(0, 28), ("max-replicas",))
+    assert (clipped.value, note) == (30, "raise to 35 clipped at the ceiling of 30")
+    rule_ceiling = Hold(want=Want.RAISE, value=35, reason="test", until=None, ends_on_resolve=False, up_to=29)
+    assert guard.check_claim(rule_ceiling, state(0, 28), ("max-replicas",))[0].value == 29  # the rule's, lower
+    with pytest.raises(Refused, match="max-replicas 30 already at the ceiling of 30"):
+        guard.check_claim(raise_to_35, state(0, 30), ("max-replicas",))

@@ -41,6 +41,7 @@ class Hold:
     reason: str
     until: datetime | None
     ends_on_resolve: bool
+    up_to: int | None = None  # a raise up to a limit: clipped at the lower of this and the guard's ceiling
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class Action(Protocol):
     needs_target: ClassVar[bool]
     reverts: ClassVar[bool]  # True when the action only gives back (exempt from cooldown and ceilings)
     want: ClassVar[Want | None]  # the claim it takes, when always the same: the guard checks the kind takes it
+    ends: ClassVar[Want | None]  # the claims it ends, when it only ends (resume): the guard checks they are ours
 
     def decide(self, state: Any, spec: Any, *, event: Event, holder: str, now: datetime, limits: Limits) -> Intent: ...
 

@@ -37,6 +37,7 @@ class Cordon:
     needs_target: ClassVar[bool] = True
     reverts: ClassVar[bool] = False
     want: ClassVar[Want | None] = Want.HOLD
+    ends: ClassVar[Want | None] = None
 
     def decide(
         self, state: TargetState, spec: CordonSpec, *, event: Event, holder: str, now: datetime, limits: Limits

@@ -30,6 +30,7 @@ class Notify:
     needs_target: ClassVar[bool] = False
     reverts: ClassVar[bool] = False
     want: ClassVar[Want | None] = None
+    ends: ClassVar[Want | None] = None
 
     def decide(
         self, state: TargetState | None, spec: NotifySpec, *, event: Event, holder: str, now: datetime, limits: Limits

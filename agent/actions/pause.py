@@ -38,6 +38,7 @@ class Pause:
     needs_target: ClassVar[bool] = True
     reverts: ClassVar[bool] = False
     want: ClassVar[Want | None] = Want.PAUSE
+    ends: ClassVar[Want | None] = None
 
     def decide(
         self, state: TargetState, spec: PauseSpec, *, event: Event, holder: str, now: datetime, limits: Limits

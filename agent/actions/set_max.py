@@ -50,6 +50,7 @@ class RaiseMax:
     needs_target: ClassVar[bool] = True
     reverts: ClassVar[bool] = False
     want: ClassVar[Want | None] = Want.RAISE
+    ends: ClassVar[Want | None] = None
 
     def decide(
         self, state: TargetState, spec: RaiseMaxSpec, *, event: Event, holder: str, now: datetime, limits: Limits
@@ -62,19 +63,15 @@ class RaiseMax:
         current = state.values.get(MAX_REPLICAS)
         if not isinstance(current, int):
             return Skip(Outcome.FAILED, "the object has no max-replicas to raise")
-        # A rule's own ceiling can lower the guard's, never lift it.
-        ceiling = min(limits.ceiling, spec.params.ceiling or limits.ceiling)
-        if current >= ceiling:
-            return Skip(Outcome.REFUSED, f"max-replicas {current} already at the ceiling of {ceiling}")
-        wanted = min(current + spec.params.step, ceiling)
+        # The guard clips the raise at the ceiling (the rule's own may lower the guard's, never lift it).
+        step, lasting = spec.params.step, format_duration(spec.params.for_)
         return Hold(
             want=Want.RAISE,
-            value=wanted,
-            reason=(
-                f"{event.alertname}: raise max-replicas by {wanted - current} for {format_duration(spec.params.for_)}"
-            ),
+            value=current + step,
+            reason=f"{event.alertname}: raise max-replicas by {step} for {lasting}",
             until=now + spec.params.for_,
             ends_on_resolve=spec.params.revert_on_resolve,
+            up_to=spec.params.ceiling or limits.ceiling,
         )
 
 
@@ -83,6 +80,7 @@ class SetMax:
     needs_target: ClassVar[bool] = True
     reverts: ClassVar[bool] = False
     want: ClassVar[Want | None] = None  # a raise or a cap, from the value
+    ends: ClassVar[Want | None] = None
 
     def decide(
         self, state: TargetState, spec: SetMaxSpec, *, event: Event, holder: str, now: datetime, limits: Limits

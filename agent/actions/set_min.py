@@ -36,6 +36,7 @@ class SetMin:
     needs_target: ClassVar[bool] = True
     reverts: ClassVar[bool] = False
     want: ClassVar[Want | None] = Want.FLOOR
+    ends: ClassVar[Want | None] = None
 
     def decide(
         self, state: TargetState, spec: SetMinSpec, *, event: Event, holder: str, now: datetime, limits: Limits
