@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -319,3 +320,20 @@ async def test_an_unreadable_claims_annotation_is_never_written_over(
     assert refused.reason.startswith(f"unreadable annotation {CLAIMS} (claims annotation version 99")
     assert "the agent will not write over it; fix or remove it by hand" in refused.reason
     assert annotations(cluster, SCALER)[CLAIMS] == '{"version": 99, "kept": {}}' and spec(cluster) == (0, 20)
+
+
+async def test_the_cooldown_judges_only_a_claim_that_moves_its_own_field_again(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    agent = await start_agent(build_config(base_config, guard={"cooldown": "5m"}, rules=RULES))
+    assert (await step(agent, "Flapping")).outcome == Outcome.APPLIED
+    # The floor lifts the paused count as well: that is the floor's doing, judged on min-replicas alone.
+    lifted = await step(agent, "Floor5")
+    assert lifted.outcome == Outcome.APPLIED and dict(lifted.after) == {"min-replicas": 5, "paused-replicas": 5}
+    assert (await step(agent, "Floor3")).outcome == Outcome.APPLIED  # moves nothing: never refused
+    again = await step(agent, "Floor8")  # would move min-replicas again within 5 minutes
+    assert again.outcome == Outcome.REFUSED
+    assert re.match(rf"cooldown: min-replicas last changed \d+s ago \(decision {lifted.id}\)", again.reason)
+    assert spec(cluster)[0] == 5
+    assert (await step(agent, "Floor5", "resolved")).outcome == Outcome.APPLIED  # a give-back: never refused
+    assert spec(cluster)[0] == 3
