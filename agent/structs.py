@@ -8,9 +8,9 @@ executor turns a plan into a :class:`Decision`. Each stage only reads the
 records of the stage before it, so a new source, action or target kind never
 has to know the others.
 
-Records that are persisted (events in the inbox, decisions in the ledger,
-ownership annotations on objects) convert to and from plain JSON here, in one
-place, so that every ledger backend and every target kind agree on the format.
+Records that are persisted (events in the inbox, decisions in the ledger)
+convert to and from plain JSON here, in one place, so that every ledger backend
+agrees on the format; the claims on objects do so in :mod:`agent.claims`.
 """
 
 from __future__ import annotations
@@ -197,10 +197,8 @@ class Plan:
 @dataclass(frozen=True)
 class Ownership:
     """
-    What the agent writes on an object for each field it changed temporarily.
-
-    It is the whole memory of the change: any replica, after any crash, can
-    revert the field from this record alone (state lives in the cluster).
+    What the release before claims wrote on an object for each field it changed temporarily (one annotation per
+    field). Read only now, to upgrade such objects to claims (:meth:`agent.claims.Claims.from_ownerships`).
     """
 
     field: str
