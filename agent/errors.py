@@ -20,8 +20,9 @@ Now each target kind makes its calls through :func:`call`, and the stages above
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -96,3 +97,21 @@ async def call(awaitable: Awaitable[T]) -> T:
         typed = classify(exc)
         assert typed is not None
         raise typed from exc
+
+
+async def call_json(awaitable: Awaitable[Any]) -> dict[str, Any]:
+    """
+    One API call made with ``_preload_content=False`` (the answer read as plain JSON, not a typed model), with
+    the status check kubernetes-asyncio then leaves to the caller: a non-2xx answer comes out typed too.
+    """
+    response = await call(awaitable)
+    try:
+        body = await call(response.read())
+        if not 200 <= response.status <= 299:
+            typed = classify(ApiException(status=response.status, reason=response.reason))
+            assert typed is not None
+            raise typed
+        data: dict[str, Any] = json.loads(body)
+        return data
+    finally:
+        response.release()

@@ -274,3 +274,17 @@ async def test_a_replica_claim_on_a_node_is_refused_by_the_guard(
     agent = await start_agent(build_config(base_config, rules=rules))
     decision = await step(agent, "NodeFloor", {"node": NODE})
     assert decision.outcome == Outcome.REFUSED and decision.reason.startswith("Node: a Node has no replica count")
+
+
+async def test_an_unknown_node_is_a_recorded_failure_naming_it_and_api_faults_come_out_typed(
+    objects: DevCluster, start_agent: StartAgent, config: Any
+) -> None:
+    agent = await start_agent(config)
+    unknown = await step(agent, "NodeFailing", {"node": "no-such-node"})
+    assert (unknown.outcome, unknown.reason) == (Outcome.FAILED, "Node/no-such-node not found")
+    assert unknown.target == ref("Node", "no-such-node")
+    # A Node is read as plain JSON; a server error is retried like any other read, then recorded.
+    objects.fail(method="GET", plural="nodes", status=503, times=10)
+    unavailable = await step(agent, "NodeFailing", {"node": NODE})
+    assert (unavailable.outcome, unavailable.reason) == (Outcome.FAILED, "Kubernetes API unreachable")
+    assert "503" in (unavailable.error or "")

@@ -14,7 +14,6 @@ allow-list does not apply to them; the rules that name a Node kind are what let 
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar
@@ -22,7 +21,7 @@ from typing import Any, ClassVar
 from kubernetes_asyncio import client
 
 from agent.claims import Claims, Value, Want
-from agent.errors import call
+from agent.errors import call_json
 from agent.structs import TargetRef
 from agent.targets.base import (
     ANNOTATION_PREFIX,
@@ -59,13 +58,13 @@ class NodeTarget:
         return "a Node has no replica count (cordon it, or change the workloads on it)"
 
     async def ping(self, namespace: str | None) -> None:
-        await self._read(self._core.list_node(limit=1, _preload_content=False))
+        await call_json(self._core.list_node(limit=1, _preload_content=False))
 
     async def get(self, namespace: str, name: str) -> TargetState:
-        return self._state(await self._read(self._core.read_node(name, _preload_content=False)))
+        return self._state(await call_json(self._core.read_node(name, _preload_content=False)))
 
     async def list(self, namespace: str | None) -> builtins.list[TargetState]:
-        result = await self._read(self._core.list_node(_preload_content=False))
+        result = await call_json(self._core.list_node(_preload_content=False))
         return [self._state(obj) for obj in result.get("items", [])]
 
     async def find_by_workload(self, namespace: str, kind: str, name: str) -> builtins.list[TargetRef]:
@@ -73,7 +72,7 @@ class NodeTarget:
 
     async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]:
         label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
-        result = await self._read(self._core.list_node(label_selector=label_selector, _preload_content=False))
+        result = await call_json(self._core.list_node(label_selector=label_selector, _preload_content=False))
         return sorted(
             self._ref(obj)
             for obj in result.get("items", [])
@@ -96,7 +95,7 @@ class NodeTarget:
         body: dict[str, Any] = {"metadata": metadata}
         if spec:
             body["spec"] = spec
-        obj = await self._read(
+        obj = await call_json(
             self._core.patch_node(
                 state.ref.name,
                 body,
@@ -109,14 +108,6 @@ class NodeTarget:
 
     async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
         return None
-
-    async def _read(self, request: Any) -> dict[str, Any]:
-        response = await call(request)
-        try:
-            data: dict[str, Any] = json.loads(await response.read())
-        finally:
-            response.release()
-        return data
 
     def _ref(self, obj: Mapping[str, Any]) -> TargetRef:
         return TargetRef(kind=self.kind, namespace="", name=obj["metadata"]["name"])
