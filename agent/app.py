@@ -30,7 +30,7 @@ from agent.rules import Rules
 from agent.server import build_app
 from agent.sinks import Sink, build_sinks
 from agent.sinks.slack import Console
-from agent.sources import DECODERS, AlertmanagerSource
+from agent.sources import SourceContext, build_sources, check_sources
 from agent.supervisor import Supervisor
 from agent.targets import build_targets, kinds_in_use
 from agent.worker import Intake, Worker
@@ -72,9 +72,11 @@ class Agent:
             recorder=self.recorder,
             metrics=self.metrics,
             lanes=config.workers,
-            decoders=DECODERS,
         )
         self.intake = Intake(ledger=self.ledger, worker=self.worker, metrics=self.metrics)
+        context = SourceContext(intake=self.intake, metrics=self.metrics, webhook=config.webhook)
+        self.sources = build_sources(check_sources(config, origin="config"), context=context)
+        self.worker.decoders = {source.name: source.decode for source in self.sources}
         self.reconciler = Reconciler(
             targets=self.targets,
             executor=self.executor,
@@ -82,7 +84,6 @@ class Agent:
             metrics=self.metrics,
             kubernetes=config.kubernetes,
         )
-        self.alertmanager = AlertmanagerSource(config.webhook, intake=self.intake, metrics=self.metrics)
         self._runner: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.port: int | None = None
@@ -107,13 +108,15 @@ class Agent:
         self.reconciler.start(self.supervisor)
         await self.worker.resume_pending()
         self._housekeeping = self.supervisor.spawn("ledger-housekeeping", self._prune_inbox_hourly)
+        for source in self.sources:
+            source.start(self.supervisor)
         # Put what start-up made (modules, config, clients: ~120,000 objects) out of the cyclic collector's
         # reach. Left in, each full collection walked them all and stalled the event loop for 70-110 ms,
         # under load: the webhook's p99 went from ~10 ms to ~50 ms in those rounds (bench/README.md).
         gc.collect()
         gc.freeze()
         app = build_app(
-            routes=self.alertmanager.routes(),
+            routes=[route for source in self.sources for route in source.routes()],
             ledger=self.ledger,
             ping_kubernetes=self._ping_kubernetes,
             dead_tasks=lambda: self.supervisor.dead,
@@ -156,6 +159,8 @@ class Agent:
         if self._runner is not None:
             await self._runner.cleanup()  # no new events
             self._runner = None
+        for source in self.sources:
+            await source.stop()
         await self.supervisor.cancel(self._housekeeping)
         self._housekeeping = None
         await self.reconciler.stop()

@@ -46,7 +46,11 @@ def _print_config_error(exc: ConfigError) -> int:
 
 
 def _load(path: str, *, secrets: bool) -> Config:
+    from agent.sources import check_sources
+
     config = load_config(path)
+    # Each source checks its own section; the checked settings (defaults filled in) replace the raw ones.
+    config.sources = dict(check_sources(config, origin=path))
     if secrets:
         check_secrets(config, source=path)
     return config

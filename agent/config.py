@@ -282,15 +282,27 @@ class TargetSpec(Model):
         return self
 
 
+EventKindName = Literal["alert", "schedule", "notice", "intent"]
+
+
 class RuleConfig(Model):
+    """
+    A rule matches an event of its ``kind`` (alert by default) whose name is ``alertname`` (when given) and whose
+    labels fit every matcher; a rule needs at least one of the two.
+    """
+
     name: str = Field(min_length=1)
-    alertname: str = Field(min_length=1)
+    kind: EventKindName = "alert"
+    alertname: str | None = Field(default=None, min_length=1)
     matchers: list[Matcher] = []
     action: ActionSpec
     target: TargetSpec = TargetSpec()
 
-    def matches(self, alertname: str, labels: Mapping[str, str]) -> bool:
-        return alertname == self.alertname and all(m.matches(labels) for m in self.matchers)
+    @model_validator(mode="after")
+    def _matches_something(self) -> RuleConfig:
+        if self.alertname is None and not self.matchers:
+            raise ValueError("give alertname, matchers, or both: a rule matching every event is a mistake")
+        return self
 
 
 class LogConfig(Model):
@@ -306,6 +318,9 @@ class Config(Model):
     guard: GuardConfig = GuardConfig()
     log: LogConfig = LogConfig()
     workers: int = Field(default=4, ge=1, le=64)
+    # Each source's own section, checked by the source itself (agent.sources.check_sources), so that this module
+    # never imports the sources: `alertmanager` is on by default.
+    sources: dict[str, Any] = {}
     rules: list[RuleConfig] = []
 
     @model_validator(mode="after")

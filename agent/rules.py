@@ -1,9 +1,9 @@
 """
 Rules: from an event to plans — which action, on which target, and why that target.
 
-Every rule whose ``alertname`` and matchers fit the event yields plans. The
-target is resolved from the cluster, in order (DESIGN.md, "Finding the target
-of an alert"): the alert's own labels (an object's name, or a workload name
+Every rule whose kind, ``alertname`` and matchers fit the event yields plans. The
+target is resolved from the cluster, in order (docs/rules.md, "Finding the
+target"): the alert's own labels (an object's name, or a workload name
 mapped through the kind's ``scaleTargetRef``), then a name written in the rule,
 then a label selector written in the rule. With ``kind: auto`` the workload is
 changed through whichever kind scales it: its ScaledObject (KEDA owns the HPA
@@ -31,6 +31,13 @@ WORKLOAD_OF_LABEL = {"deployment": "Deployment", "statefulset": "StatefulSet"}
 log = structlog.get_logger("agent.rules")
 
 
+def matches(rule: RuleConfig, event: Event) -> bool:
+    """The rule's kind, its name (when it gives one) and every matcher on the event's labels."""
+    if rule.kind != event.kind or (rule.alertname is not None and rule.alertname != event.alertname):
+        return False
+    return all(matcher.matches(event.labels) for matcher in rule.matchers)
+
+
 class TargetLookupFailed(Exception):
     pass
 
@@ -41,7 +48,7 @@ class Rules:
         self._targets = targets
 
     def matching(self, event: Event) -> list[RuleConfig]:
-        return [rule for rule in self._rules if rule.matches(event.alertname, event.labels)]
+        return [rule for rule in self._rules if matches(rule, event)]
 
     async def plan(self, event: Event) -> list[Plan]:
         plans: list[Plan] = []

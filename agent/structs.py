@@ -70,9 +70,22 @@ def new_id() -> str:
     return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
 
 
+class EventKind(enum.StrEnum):
+    """What an event is; rules match on it (``rules[].kind``)."""
+
+    ALERT = "alert"  # an alert firing or resolving (Alertmanager)
+    SCHEDULE = "schedule"  # a calendar window's edge
+    NOTICE = "notice"  # a preemption notice: a node is going away
+    INTENT = "intent"  # a producer announcing load ahead
+
+
 @dataclass(frozen=True)
 class Event:
-    """One thing that happened, as a source heard it: an alert firing or resolving."""
+    """
+    One thing that happened, as a source heard it: an alert firing or resolving, a window opening, a notice.
+    ``alertname`` is the event's name (an alert's ``alertname``, a schedule's name); ``deadline``, when set, puts
+    the event in the worker's urgent lane, ahead of any backlog (a preemption notice gives 30 s to 2 minutes).
+    """
 
     source: str
     key: str  # idempotency key: the same key twice is the same event delivered twice
@@ -83,6 +96,9 @@ class Event:
     annotations: Mapping[str, str] = field(default_factory=dict)
     starts_at: datetime | None = None
     received_at: datetime = field(default_factory=utcnow)
+    kind: EventKind = EventKind.ALERT
+    namespace: str | None = None  # the event's own namespace, when it has one (else the labels' `namespace`)
+    deadline: datetime | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -96,6 +112,9 @@ class Event:
                 "annotations": dict(self.annotations),
                 "starts_at": _iso(self.starts_at),
                 "received_at": _iso(self.received_at),
+                "kind": str(self.kind),
+                "namespace": self.namespace,
+                "deadline": _iso(self.deadline),
             },
             sort_keys=True,
         )
@@ -113,6 +132,9 @@ class Event:
             annotations=data["annotations"],
             starts_at=_from_iso(data["starts_at"]),
             received_at=_from_iso(data["received_at"]) or utcnow(),
+            kind=EventKind(data.get("kind", EventKind.ALERT)),  # events stored before kinds were alerts
+            namespace=data.get("namespace"),
+            deadline=_from_iso(data.get("deadline")),
         )
 
 

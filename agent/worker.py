@@ -15,6 +15,13 @@ marked processed before the unpacker adds newer ones.
 Acknowledgements go first (:class:`Gate`): every unit of the worker's work
 waits for its turn, so that in an alert storm senders get their 2xx quickly
 and the work, safe in the ledger, catches up afterwards.
+
+Deadlines go before both. An event that carries a deadline (a preemption
+notice gives 30 s to 2 minutes) runs in its own urgent lane, which never waits
+for the gate nor behind the other lanes' backlog. It has to be urgent from
+intake on: a source of such events builds them at intake and stores them with
+:meth:`Intake.accept` (never as a delivery for the single, gated unpacker), and
+they are queued in the urgent lane as soon as they are in the ledger.
 """
 
 from __future__ import annotations
@@ -171,15 +178,16 @@ class Worker:
         recorder: DecisionRecorder,
         metrics: Metrics,
         lanes: int,
-        decoders: Mapping[str, Decoder],
+        decoders: Mapping[str, Decoder] | None = None,
     ) -> None:
         self.ledger = ledger
-        self.decoders = decoders
+        self.decoders: Mapping[str, Decoder] = decoders or {}  # the sources' (set once they are built)
         self.rules = rules
         self.executor = executor
         self.recorder = recorder
         self.metrics = metrics
         self._lanes: list[asyncio.Queue[InboxEntry]] = [asyncio.Queue() for _ in range(lanes)]
+        self._urgent: asyncio.Queue[InboxEntry] = asyncio.Queue()  # events with a deadline: never gated
         self._tasks: list[asyncio.Task[None]] = []
         self.gate = Gate(on_storm=self._storm_changed)
         self._delivered = asyncio.Event()  # a delivery may be waiting to be unpacked
@@ -191,10 +199,13 @@ class Worker:
     @property
     def depth(self) -> int:
         """Deliveries not yet unpacked and events not yet processed."""
-        return self._deliveries_waiting + sum(lane.qsize() for lane in self._lanes)
+        return self._deliveries_waiting + self._urgent.qsize() + sum(lane.qsize() for lane in self._lanes)
 
     def submit(self, entries: Sequence[InboxEntry]) -> None:
         for entry in entries:
+            if entry.event.deadline is not None:
+                self._urgent.put_nowait(entry)
+                continue
             lane = zlib.crc32(entry.event.fingerprint.encode()) % len(self._lanes)
             self._lanes[lane].put_nowait(entry)
 
@@ -219,6 +230,7 @@ class Worker:
             supervisor.spawn(f"worker-lane-{i}", functools.partial(self._run, lane))
             for i, lane in enumerate(self._lanes)
         ]
+        self._tasks.append(supervisor.spawn("worker-urgent", functools.partial(self._run, self._urgent, gated=False)))
         self._tasks.append(supervisor.spawn("worker-unpacker", self._unpack_loop))
 
     async def stop(self) -> None:
@@ -236,7 +248,7 @@ class Worker:
         """Wait until every delivery is unpacked and every queued event processed (tests, the demo)."""
         while True:
             await self._unpacked.wait()
-            for lane in self._lanes:
+            for lane in (self._urgent, *self._lanes):
                 await lane.join()
             if self._unpacked.is_set():
                 return
@@ -273,7 +285,10 @@ class Worker:
         decoded: list[list[Event]] = []
         for delivery in deliveries:
             try:
-                decoded.append(self.decoders[delivery.source](delivery))
+                decoder = self.decoders.get(delivery.source)
+                if decoder is None:  # stored while a source now turned off (or removed) was on
+                    raise LookupError(f"no source named {delivery.source!r} is enabled to decode it")
+                decoded.append(decoder(delivery))
             except Exception as exc:  # stored but unreadable (a decoder bug, a downgrade): say so, and skip it
                 log.exception(
                     "delivery could not be decoded; skipped",
@@ -292,11 +307,14 @@ class Worker:
                 self.metrics.events_received.labels(source=entry.event.source, status=entry.event.status).inc()
             self.submit(entries)
 
-    async def _run(self, lane: asyncio.Queue[InboxEntry]) -> None:
+    async def _run(self, lane: asyncio.Queue[InboxEntry], *, gated: bool = True) -> None:
         while True:
             entry = await lane.get()
             try:
-                async with self.gate.turn():
+                if gated:
+                    async with self.gate.turn():
+                        await self.process(entry)
+                else:  # the urgent lane: a deadline does not wait for acknowledgements to calm down
                     await self.process(entry)
             except asyncio.CancelledError:
                 raise

@@ -14,6 +14,9 @@ import yaml
 from agent.cli import main
 from agent.config import ConfigError, load_config
 from agent.demo import demo_config
+from agent.rules import matches
+from agent.sources import check_sources
+from agent.structs import Event, EventKind
 from tests.conftest import ROOT, SEED_ALERTS, free_port
 
 GOOD: dict[str, Any] = {
@@ -250,8 +253,39 @@ def test_effective_config_reads_back_as_the_same_config(
     assert main(["check-config", str(write_yaml(data, "first.yaml"))]) == 0
     printed = capsys.readouterr().out
     again = load_config(write_yaml(printed, "again.yaml"))
+    for config in (first, again):  # as `check-config` and `run` read a file: each source checks its section
+        config.sources = dict(check_sources(config, origin="test"))
     assert again == first
-    assert first.rules[0].matches("MCPFrequentScaling", {"severity": "warning", "namespace": "cortex-mcp", "team": "x"})
-    assert not first.rules[0].matches(
-        "MCPFrequentScaling", {"severity": "warning", "namespace": "cortex-mcp", "team": 'a "b"'}
+    assert printed.count("alertmanager:") == 1 and "enabled: true" in printed  # the source's defaults, shown
+    assert matches(first.rules[0], event({"severity": "warning", "namespace": "cortex-mcp", "team": "x"}))
+    assert not matches(first.rules[0], event({"severity": "warning", "namespace": "cortex-mcp", "team": 'a "b"'}))
+
+
+def event(labels: dict[str, str], kind: EventKind = EventKind.ALERT) -> Event:
+    return Event(
+        source="test",
+        key="k",
+        alertname="MCPFrequentScaling",
+        status="firing",
+        fingerprint="f",
+        labels=labels,
+        kind=kind,
     )
+
+
+def test_a_rule_matches_on_kind_and_labels_and_needs_a_name_or_a_matcher(write_yaml: Callable[..., Path]) -> None:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    data["rules"] = [
+        {"name": "by-labels", "kind": "notice", "matchers": ['node=~"spot-.*"'], "action": {"type": "notify"}},
+        {"name": "everything", "action": {"type": "notify"}},
+    ]
+    with pytest.raises(ConfigError) as info:
+        load_config(write_yaml(data, "bad.yaml"))
+    assert info.value.errors == [
+        "rules[1]: give alertname, matchers, or both: a rule matching every event is a mistake"
+    ]
+    data["rules"].pop()
+    [rule] = load_config(write_yaml(data, "good.yaml")).rules
+    assert matches(rule, event({"node": "spot-node-1"}, EventKind.NOTICE))
+    assert not matches(rule, event({"node": "spot-node-1"}))  # an alert with the same labels is another kind
+    assert not matches(rule, event({"node": "on-demand-1"}, EventKind.NOTICE))

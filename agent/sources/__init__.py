@@ -1,25 +1,54 @@
 """
-Sources: where events come from.
+Sources: where events come from. One module per source (:class:`~agent.sources.base.Source`), one line in
+:data:`SOURCES`.
 
-A source that is sent something (a webhook, later a queue consumer) stores it
-as received through :meth:`agent.worker.Intake.receive` and acknowledges its
-sender only once that returned (the delivery is then durable); its decoder,
-registered in :data:`DECODERS` under the source's name, later turns the
-delivery into :class:`~agent.structs.Event` records in the worker, off the
-acknowledgement's path. A source that makes events itself (a scheduler) hands
-them to :meth:`agent.worker.Intake.accept`.
-
-Today: the Alertmanager webhook. An AMQP consumer, a Redis-stream consumer or
-a scheduler is one new module here plus, for the first two, one entry in
-:data:`DECODERS`.
+Today: the Alertmanager webhook. An AMQP consumer, a Redis-stream consumer, the calendar or a preemption-notice
+webhook is one new module here plus one entry in :data:`SOURCES`; app.py builds whatever the registry and the
+config's ``sources`` section say.
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping
+from typing import Any
 
-from agent.sources import alertmanager
+from pydantic import BaseModel, ValidationError
+
+from agent.config import Config, ConfigError, format_errors
 from agent.sources.alertmanager import AlertmanagerSource
-from agent.worker import Decoder
+from agent.sources.base import Source, SourceContext, SourceSettings
 
-DECODERS: Mapping[str, Decoder] = {alertmanager.SOURCE: alertmanager.decode}
+SOURCES: dict[str, type[Source]] = {
+    AlertmanagerSource.name: AlertmanagerSource,
+}
 
-__all__ = ["DECODERS", "AlertmanagerSource"]
+
+def check_sources(config: Config, *, origin: str) -> dict[str, SourceSettings]:
+    """
+    Every source's settings, validated from ``sources.<name>`` (its defaults where the section is absent). Raises
+    :class:`~agent.config.ConfigError` naming each problem's field path, and an unknown source by name.
+    """
+    errors: list[str] = []
+    settings: dict[str, SourceSettings] = {}
+    for name in config.sources:
+        if name not in SOURCES:
+            errors.append(f"sources.{name}: unknown source; known: {', '.join(sorted(SOURCES))}")
+    for name, source in SOURCES.items():
+        section: Any = config.sources.get(name) or {}
+        if isinstance(section, BaseModel):  # checked already
+            section = section.model_dump()
+        try:
+            settings[name] = source.Settings.model_validate(section)
+        except ValidationError as exc:
+            errors.extend(f"sources.{name}.{line}" for line in format_errors(exc))
+    if errors:
+        raise ConfigError(origin, errors)
+    return settings
+
+
+def build_sources(settings: Mapping[str, SourceSettings], *, context: SourceContext) -> list[Source]:
+    """The enabled sources, built."""
+    return [SOURCES[name](one, context=context) for name, one in settings.items() if one.enabled]
+
+
+__all__ = ["SOURCES", "Source", "SourceContext", "SourceSettings", "build_sources", "check_sources"]

@@ -10,7 +10,9 @@ the notification is durably in the inbox.
 
 The request does as little as that takes: it validates the payload and stores
 its body as received (a :class:`~agent.structs.Delivery`). The worker later
-runs :func:`decode` on it, off the request: each alert becomes one
+runs :meth:`AlertmanagerSource.decode` on it, off the request, from the payload
+the request already parsed (kept in memory for the deliveries not yet unpacked;
+only after a restart, or past that bound, is a body parsed again): each alert becomes one
 :class:`~agent.structs.Event` whose idempotency key is its fingerprint, status
 and ``startsAt``, so a repeat notification of the same firing carries the same
 key and turns into a recorded no-op. (Building and storing the events inside
@@ -22,8 +24,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 import structlog
@@ -32,13 +35,15 @@ from aiohttp import web
 from agent.config import BasicAuth, BearerAuth, WebhookConfig
 from agent.ledger import LedgerUnavailable
 from agent.metrics import Metrics
+from agent.sources.base import SourceContext, SourceSettings
 from agent.structs import Delivery, Event, utcnow
-from agent.worker import Intake
+from agent.supervisor import Supervisor
 
 log = structlog.get_logger("agent.sources.alertmanager")
 
 SOURCE = "alertmanager"
 PATH = "/webhooks/alertmanager"
+PARSED_KEPT = 4096  # parsed payloads kept for the unpacker; past that (a storm's backlog) a body is parsed again
 ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 
 
@@ -153,15 +158,35 @@ def _error(status: int, reason: str, metrics: Metrics, **headers: str) -> web.Re
     return web.json_response({"status": "error", "error": reason}, status=status, headers=headers or None)
 
 
+class AlertmanagerSettings(SourceSettings):
+    """``sources.alertmanager``: on unless turned off; its auth and body limit are the ``webhook`` section's."""
+
+    enabled: bool = True
+
+
 class AlertmanagerSource:
-    def __init__(self, config: WebhookConfig, *, intake: Intake, metrics: Metrics) -> None:
-        self.config = config
-        self.intake = intake
-        self.metrics = metrics
-        self.auth = Authenticator(config)
+    name: ClassVar[str] = SOURCE
+    Settings: ClassVar[type[SourceSettings]] = AlertmanagerSettings
+
+    def __init__(self, settings: AlertmanagerSettings, *, context: SourceContext) -> None:
+        self.config = context.webhook
+        self.intake = context.intake
+        self.metrics = context.metrics
+        self.auth = Authenticator(context.webhook)
+        self._parsed: OrderedDict[int, PayloadV4] = OrderedDict()
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(PATH, self.handle)]
+
+    def start(self, supervisor: Supervisor) -> None:
+        """A webhook: nothing runs in the background."""
+
+    async def stop(self) -> None:
+        self._parsed.clear()
+
+    def decode(self, delivery: Delivery) -> list[Event]:
+        payload = self._parsed.pop(delivery.id, None) or parse_payload(delivery.body)
+        return to_events(payload, received_at=delivery.received_at)
 
     async def handle(self, request: web.Request) -> web.Response:
         if not self.auth.check(request.headers.get("Authorization")):
@@ -183,6 +208,9 @@ class AlertmanagerSource:
         except LedgerUnavailable as exc:
             log.error("notification not recorded; asking Alertmanager to retry", error=str(exc), alerts=alerts)
             return _error(503, "cannot record the notification now; retry later", self.metrics)
+        self._parsed[delivery_id] = payload  # parsed once: the unpacker takes it from here
+        if len(self._parsed) > PARSED_KEPT:
+            self._parsed.popitem(last=False)
         if payload.truncatedAlerts:
             log.warning("Alertmanager truncated this notification", truncated=payload.truncatedAlerts)
         # Formatted, not json.dumps-ed: two integers, on every acknowledgement's path.

@@ -1,0 +1,67 @@
+"""
+What a source is: one module that owns its config section, its start and stop, its routes and its decoder.
+
+The agent builds its sources from :data:`agent.sources.SOURCES` and the config's ``sources`` section, so a new
+source (a queue consumer, the calendar) is its module plus one registry line, and app.py never names one. A
+source hands what it hears to the :class:`~agent.worker.Intake`: a webhook stores the body as received
+(``receive``) and the worker unpacks it later with the source's :meth:`Source.decode`, off the acknowledgement's
+path; a source that builds its events itself stores them (``accept``). Either way nothing is acknowledged before
+it is in the ledger.
+
+A source's settings are its own pydantic model (``Settings``), validated from ``sources.<name>`` with errors
+named by their field path and file like every other setting (:func:`agent.sources.check_sources`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict
+
+from agent.metrics import Metrics
+from agent.structs import Delivery, Event
+
+if TYPE_CHECKING:
+    from agent.config import WebhookConfig
+    from agent.supervisor import Supervisor
+    from agent.worker import Intake
+
+
+class SourceSettings(BaseModel):
+    """Every source's section has ``enabled``; a source adds its own fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What every source is given: where to hand events, the metrics, and the HTTP server's shared settings."""
+
+    intake: Intake
+    metrics: Metrics
+    webhook: WebhookConfig  # auth and body limit shared by every source that takes HTTP requests
+
+
+class Source(Protocol):
+    name: ClassVar[str]
+    Settings: ClassVar[type[SourceSettings]]
+
+    def __init__(self, settings: Any, *, context: SourceContext) -> None: ...
+
+    def routes(self) -> list[web.RouteDef]:
+        """The HTTP routes it serves on the agent's server (none for a consumer)."""
+        ...
+
+    def start(self, supervisor: Supervisor) -> None:
+        """Start its background work (a consumer, a timer) under the supervisor; nothing for a webhook."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    def decode(self, delivery: Delivery) -> list[Event]:
+        """The events of one delivery it stored with ``Intake.receive``."""
+        ...
