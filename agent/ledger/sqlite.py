@@ -16,7 +16,7 @@ hops of a batch waited for the GIL behind the busy event loop; see
 bench/README.md.) Reads go through aiosqlite on a second connection, which WAL
 lets run beside the writer.
 
-The agent is the file's only writer (one replica; see the README), so event
+The agent is the file's only writer (one replica; see docs/operations.md), so event
 ids are handed out by the writer itself, and a redelivery is recognised by
 ``INSERT OR IGNORE`` into a table of first-seen keys. The writer holds an
 exclusive lock on ``<file>.lock`` (``flock``) while it is open: a second agent
