@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 from kubernetes_asyncio import client
 
-from agent.config import Config
+from agent.configfile import Config
 from agent.decisions import DecisionRecorder
 from agent.executor import Executor
 from agent.guard import Guard
@@ -54,7 +54,9 @@ class Agent:
         self.supervisor = Supervisor(metrics=self.metrics)
         self.ledger = ledger or make_ledger(config.ledger, supervisor=self.supervisor)
         self.targets = build_targets(api, config.kubernetes, kinds_in_use(rule.target.kind for rule in config.rules))
-        self.sinks: list[Sink] = build_sinks(config, api=api, metrics=self.metrics, console=console)
+        self.sinks: list[Sink] = build_sinks(
+            slack=config.slack, kubernetes=config.kubernetes, api=api, metrics=self.metrics, console=console
+        )
         self.recorder = DecisionRecorder(ledger=self.ledger, sinks=self.sinks, metrics=self.metrics)
         self.guard = Guard(config.guard, kubernetes=config.kubernetes, ledger=self.ledger, dry_run=dry_run)
         self.executor = Executor(

@@ -20,15 +20,8 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
-from agent.config import (
-    Config,
-    ConfigError,
-    LedgerConfig,
-    check_secrets,
-    effective_config,
-    format_errors,
-    load_config,
-)
+from agent.config import ConfigError, LedgerConfig, format_errors
+from agent.configfile import Config, check_secrets, effective_config, load_config
 from agent.durations import parse_duration
 from agent.structs import TargetRef, utcnow
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import structlog
 
 from agent.actions import ACTIONS
-from agent.config import RuleConfig, TargetSpec
+from agent.configfile import RuleConfig, TargetSpec
 from agent.errors import KubernetesError
 from agent.structs import Event, Outcome, Plan, TargetRef
 from agent.targets import AUTO, AUTO_KINDS

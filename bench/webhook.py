@@ -170,7 +170,7 @@ def agent_config(workdir: Path, *, workers: int) -> dict[str, Any]:
 async def serve_agent(kube_url: str, workdir: Path, *, workers: int, profile: Path | None) -> None:
     """The real agent (dry-run) against the emulated API; stops by exiting at once on SIGTERM."""
     from agent.app import Agent
-    from agent.config import parse_config
+    from agent.configfile import parse_config
     from agent.devcluster import kubeconfig_for
     from agent.kube import make_api_client
     from agent.logs import setup_logging

@@ -30,7 +30,7 @@ from kubernetes_asyncio import client
 from agent.app import Agent
 from agent.claims import ANNOTATION as CLAIMS
 from agent.claims import Claims
-from agent.config import Config, parse_config
+from agent.configfile import Config, parse_config
 from agent.demo import demo_config
 from agent.devcluster import DevCluster
 from agent.logs import setup_logging

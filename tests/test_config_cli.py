@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from agent.cli import main
-from agent.config import ConfigError, load_config
+from agent.config import ConfigError
+from agent.configfile import load_config
 from agent.demo import demo_config
 from agent.rules import matches
 from agent.sources import check_sources
@@ -44,7 +45,7 @@ def test_shipped_config_is_valid_and_has_the_demo_rules() -> None:
 
 
 def load_config_data(data: dict[str, Any]):  # type: ignore[no-untyped-def]
-    from agent.config import parse_config
+    from agent.configfile import parse_config
 
     return parse_config(data, source="<demo>")
 

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 from agent.cli import build_parser
-from agent.config import parse_config
+from agent.configfile import parse_config
 from agent.demo.alerts import alert, payload
 from agent.devcluster import DevCluster
 from agent.metrics import Metrics
@@ -650,7 +650,9 @@ def allows(grants: set[Access], call: Access) -> bool:
 def rbac_verb(request: Any) -> str:
     method = request.method.value
     if method == "GET":
-        if request.action == kmock.action.WATCH or request.params.get("watch") in ("true", "1"):
+        # The API server reads ?watch= as Go's strconv.ParseBool: kubernetes-asyncio's Watch sends "True".
+        watching = request.params.get("watch") in ("1", "t", "T", "TRUE", "true", "True")
+        if request.action == kmock.action.WATCH or watching:
             return "watch"
         return "get" if request.name else "list"
     if method == "DELETE":

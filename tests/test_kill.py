@@ -36,7 +36,7 @@ import yaml
 
 from agent.claims import ANNOTATION as CLAIMS
 from agent.claims import ANNOTATION_PREFIX, Claim, Claims
-from agent.config import parse_config
+from agent.configfile import parse_config
 from agent.demo.alerts import alert, payload
 from agent.devcluster import DevCluster, kubeconfig_for
 from agent.ledger import make_ledger

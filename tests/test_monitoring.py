@@ -16,7 +16,7 @@ import pytest
 import yaml
 from kubernetes_asyncio import client
 
-from agent.config import Config, load_config
+from agent.configfile import Config, load_config
 from agent.devcluster import DevCluster
 from agent.rules import Rules
 from agent.sources.alertmanager import PATH as WEBHOOK_PATH

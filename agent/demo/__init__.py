@@ -37,7 +37,7 @@ from typing import Any
 import aiohttp
 import yaml
 
-from agent.config import parse_config
+from agent.configfile import parse_config
 from agent.demo.alerts import alert, payload
 from agent.structs import Ownership, utcnow
 from agent.targets.base import MIN_REPLICAS, OWNERSHIP_ANNOTATIONS, PAUSED_REPLICAS

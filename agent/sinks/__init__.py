@@ -9,20 +9,27 @@ from __future__ import annotations
 
 from kubernetes_asyncio import client
 
-from agent.config import POSTED_OUTCOMES, Config
+from agent.config import POSTED_OUTCOMES, KubernetesConfig, SlackConfig
 from agent.metrics import Metrics
 from agent.sinks.base import Sink
 from agent.sinks.kube_events import KubeEventSink
 from agent.sinks.slack import Console, ConsoleSink, SlackSink
 
 
-def build_sinks(config: Config, *, api: client.ApiClient, metrics: Metrics, console: Console | None) -> list[Sink]:
+def build_sinks(
+    *,
+    slack: SlackConfig | None,
+    kubernetes: KubernetesConfig,
+    api: client.ApiClient,
+    metrics: Metrics,
+    console: Console | None,
+) -> list[Sink]:
     sinks: list[Sink] = []
-    if config.slack is not None:
-        sinks.append(SlackSink(config.slack, metrics=metrics))
+    if slack is not None:
+        sinks.append(SlackSink(slack, metrics=metrics))
     else:
         sinks.append(ConsoleSink(metrics=metrics, outcomes=list(POSTED_OUTCOMES), stream=console))
-    if config.kubernetes.post_events:
+    if kubernetes.post_events:
         sinks.append(KubeEventSink(api, metrics=metrics))
     return sinks
 

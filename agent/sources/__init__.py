@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from agent.config import Config, ConfigError, format_errors
+from agent.config import ConfigError, format_errors
+from agent.configfile import Config
 from agent.sources.alertmanager import AlertmanagerSource
 from agent.sources.base import Source, SourceContext, SourceSettings
 
