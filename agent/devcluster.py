@@ -42,6 +42,37 @@ agent relies on and kmock lacks:
 - ``watch=True`` (what kubernetes-asyncio's ``Watch`` sends) starts a watch,
   as the API server parses booleans; kmock takes only ``watch=true`` and
   would answer a list the client cannot read;
+- a list answers ``metadata.resourceVersion``, the newest version of any
+  change the emulator has recorded (one counter for every kind, as etcd's
+  revision), taken at the same instant as its items: a list-then-watch cache
+  resumes its watch from it, and kmock answers a placeholder no watch takes;
+- every change (a write through the API, the scale subresource, ``add()``,
+  ``put_status()``, ``change()``, ``remove()``) is kept in a bounded history
+  per resource (``history_limit``, 1,000 by default), with the version it got
+  (a delete gets one of its own, as in etcd): a watch from
+  ``resourceVersion=N`` replays only the changes after N, so a cache that
+  resumes after a dropped connection neither misses a change nor sees its
+  objects ADDED again; without a version (or with ``"0"``) a watch starts with
+  an ADDED for every current object, oldest first, so the Watch's own resume
+  point (the last object's version) misses nothing; a direct
+  ``cluster.objects[...].patch(...)`` bypasses this (no version, no event);
+- a watch sees a change through its selectors as the API server's watch cache
+  does: an object that starts matching arrives as ADDED, one that stops
+  matching as DELETED (its last matching content, the change's version), so a
+  cache filtered by a selector drops what left its selection;
+- a watch from a version older than the history kept (``compact()`` drops it
+  all, as an etcd compaction) answers, as a real server, a 200 stream with one
+  ``ERROR`` event (a ``Status``, code 410, reason ``Expired``) and ends: the
+  client must relist, the path a cache takes after a long disconnection;
+- ``allowWatchBookmarks=true`` brings ``BOOKMARK`` events (only ``kind``,
+  ``apiVersion`` and ``metadata.resourceVersion``): one right after the
+  initial events, then every ``bookmark_interval`` seconds (1 s here; about a
+  minute on a real server), so a cache on a quiet kind keeps a recent resume
+  point and its resume does not fall behind a compaction;
+- a watch streams until ``timeoutSeconds``, until the client goes away, or
+  until ``drop_watches()`` ends every open one (as an API server restart or a
+  load balancer would), so a client's reconnect can be tested; kmock streams
+  forever and ignores the timeout;
 - HorizontalPodAutoscalers (``autoscaling/v2``), StatefulSets and
   cluster-scoped Nodes are served like the rest; a strategic merge patch (what
   kubernetes-asyncio sends for a dict body on a built-in kind) is applied as a
@@ -53,11 +84,14 @@ Needs the ``kmock`` package (the ``demo`` or ``dev`` extra).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import itertools
 import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -80,6 +114,7 @@ RESOURCES = {
 }
 # The resource of each plural (``get("deployments", ...)``): one resource a plural, by its last path segment.
 PLURALS = {resource.rsplit("/", 1)[1]: resource for resource in RESOURCES.values()}
+KINDS = {resource.rsplit("/", 1)[1]: key for key, resource in RESOURCES.items()}  # plural: (apiVersion, kind)
 CLUSTER_SCOPED = frozenset({"nodes"})
 GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})  # what strconv.ParseBool reads as true
 SCALABLE = frozenset({"deployments", "statefulsets"})  # the kinds whose scale subresource is served
@@ -133,19 +168,93 @@ class Write:
     subresource: str | None = None  # "scale" for a write through /scale (the body is then a Scale)
 
 
+@dataclass(frozen=True)
+class Change:
+    """One change of one object, as a watch replays it."""
+
+    version: int
+    type: str  # ADDED, MODIFIED or DELETED
+    object: dict[str, Any]  # the object after the change (before it, for DELETED), with the change's version
+    previous: dict[str, Any] | None  # the object before the change, when known (what a selector matched then)
+
+
+@dataclass
+class _Feed:
+    """
+    What kmock's handlers put their watch events into (in place of its buses): each event is recorded in the
+    cluster's history at once, in the same step as the change it tells, so no list or watch sees one without
+    the other.
+    """
+
+    resource: Any
+    record: Callable[[Any, str, Mapping[str, Any]], None]
+
+    async def put(self, *events: Mapping[str, Any]) -> None:
+        for event in events:
+            self.record(self.resource, str(event["type"]), event["object"])
+
+
+class _Feeds(dict[Any, _Feed]):
+    def __init__(self, record: Callable[[Any, str, Mapping[str, Any]], None]) -> None:
+        super().__init__()
+        self._record = record
+
+    def __missing__(self, resource: Any) -> _Feed:
+        feed = self[resource] = _Feed(resource, self._record)
+        return feed
+
+
+WATCH_POLL = 0.5  # seconds: how soon an idle watch notices that its client went away
+
+
 @attrs.define(kw_only=True)
 class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
     faults: list[Fault] = attrs.field(factory=list)
     # kmock logs every request for assertions, and matching a request walks that log: after a thousand
     # requests each one costs ~250 ms of CPU. The demo and the bench need no log, only the objects.
     keep_requests: bool = True
+    history_limit: int = 1000  # changes kept per resource for watches that resume from a resourceVersion
+    bookmark_interval: float = 1.0  # seconds between BOOKMARK events (to watches that allow them)
     writes: list[Write] = attrs.field(factory=list, init=False)
+    watching: int = attrs.field(default=0, init=False)  # watch streams open now
     _versions: Any = attrs.field(factory=lambda: itertools.count(1000), init=False)
+    _recorded: int = attrs.field(default=999, init=False)  # the newest version of a recorded change
+    _history: dict[str, deque[Change]] = attrs.field(factory=dict, init=False)  # by plural, oldest first
+    _dropped: dict[str, int] = attrs.field(factory=dict, init=False)  # by plural: the newest change dropped
+    _compacted: int = attrs.field(default=0, init=False)  # a watch may not start from an older version
+    _last_seen: dict[tuple[str, str | None, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
+    _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)  # replaced once set
+    _drops: int = attrs.field(default=0, init=False)  # drop_watches() calls so far
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         for resource in RESOURCES.values():
             self.resources[resource] = {}
+        self._buses = _Feeds(self._record)  # type: ignore[misc]  # kmock's handlers tell their changes to the history
+
+    @property
+    def resource_version(self) -> str:
+        """The collection's current version, as a list answers it."""
+        return str(self._recorded)
+
+    def compact(self) -> None:
+        """Drop the change history, as an etcd compaction: a watch from any older version answers 410 Expired."""
+        for plural, history in self._history.items():
+            if history:
+                self._dropped[plural] = history[-1].version
+                history.clear()
+        self._compacted = self._recorded
+        self._wake()
+
+    def drop_watches(self) -> int:
+        """End every open watch stream (as an API server restart would); returns how many were open."""
+        self._drops += 1
+        self._wake()
+        return self.watching
+
+    def changes(self, plural: str) -> list[Change]:
+        """The changes kept for a resource, oldest first (what a watch from an old enough version replays)."""
+        return list(self._history.get(plural, ()))
 
     def fail(
         self, *, method: str, plural: str, status: int = 500, times: int = 1, message: str = "", landed: bool = False
@@ -162,15 +271,21 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         return fault
 
     def add(self, obj: Mapping[str, Any]) -> None:
-        """Put an object into the cluster as if it had been created (status included)."""
+        """
+        Put an object into the cluster as if it had been created (status included); one that exists is replaced.
+        Watches see it ADDED (MODIFIED for a replaced one).
+        """
         body = dict(obj)
-        resource = RESOURCES[(body["apiVersion"], body["kind"])]
+        resource = kmock.resource(RESOURCES[(body["apiVersion"], body["kind"])])  # a key the objects hash alike
         meta = dict(body.get("metadata") or {})
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", _now())
         meta["resourceVersion"] = str(next(self._versions))
         body["metadata"] = meta
-        self.objects[resource, meta.get("namespace"), meta["name"]] = body
+        key = (resource, meta.get("namespace"), meta["name"])
+        existed = key in self.objects and not self.objects[key].deleted
+        self.objects[key] = body
+        self._record(resource, "MODIFIED" if existed else "ADDED", body)
 
     def load(self, paths: Iterable[Path]) -> list[dict[str, Any]]:
         """Load YAML files (multi-document); objects of unknown kinds are skipped. Returns what was added."""
@@ -191,7 +306,65 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     def put_status(self, plural: str, namespace: str | None, name: str, status: Mapping[str, Any]) -> None:
         """What a controller would do: change an object's status (e.g. KEDA's Paused condition)."""
-        self.objects[PLURALS[plural], namespace, name].patch({"status": dict(status)})
+        self.change(plural, namespace, name, {"status": dict(status)})
+
+    def change(self, plural: str, namespace: str | None, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """
+        Change an object behind the API (someone else's write): ``patch`` is merged into it (``None`` removes a
+        key), with a new resourceVersion, and watches see it MODIFIED. Returns the object after the change.
+        """
+        resource = kmock.resource(PLURALS[plural])
+        obj = self.objects[resource, namespace, name]
+        if obj.deleted:
+            raise KeyError(f"{plural} {namespace}/{name} is deleted")
+        meta = {**(patch.get("metadata") or {}), "resourceVersion": str(next(self._versions))}
+        obj.patch({**patch, "metadata": meta})
+        self._record(resource, "MODIFIED", obj.raw)
+        return self.get(plural, namespace, name)
+
+    def remove(self, plural: str, namespace: str | None, name: str) -> None:
+        """Delete an object behind the API (finalizers ignored); watches see it DELETED."""
+        resource = kmock.resource(PLURALS[plural])
+        obj = self.objects[resource, namespace, name]
+        if obj.deleted:
+            raise KeyError(f"{plural} {namespace}/{name} is deleted")
+        last = obj.raw
+        obj.delete()
+        self._record(resource, "DELETED", last)
+
+    def _record(self, resource: Any, kind: str, obj: Mapping[str, Any]) -> None:
+        """
+        Keep a change in its resource's history and wake the watches. A change whose object carries no version
+        newer than every recorded one (a delete, kmock's own deletionTimestamp, a write that lost a race for the
+        lock) gets a new one here, in the stored object too, so the versions in a history only grow.
+        """
+        plural = str(resource.plural)
+        body = copy.deepcopy(dict(obj))
+        meta = body["metadata"] = dict(body.get("metadata") or {})
+        key = (plural, meta.get("namespace"), str(meta.get("name")))
+        version = _version(meta.get("resourceVersion"))
+        if kind == "DELETED" or version is None or version <= self._recorded:
+            version = next(self._versions)
+            meta["resourceVersion"] = str(version)
+            stored_key = (resource, key[1], key[2])
+            if kind != "DELETED" and stored_key in self.objects and not self.objects[stored_key].deleted:
+                self.objects[stored_key].patch({"metadata": {"resourceVersion": str(version)}})
+        if kind == "DELETED":
+            previous = self._last_seen.pop(key, None)
+        else:
+            previous = self._last_seen.get(key)
+            self._last_seen[key] = body
+        self._recorded = version
+        history = self._history.setdefault(plural, deque())
+        history.append(Change(version, kind, body, previous))
+        while len(history) > max(self.history_limit, 0):
+            self._dropped[plural] = history.popleft().version
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake every watch waiting for a change (each waits on the event it saw before looking)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
 
     async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
         try:
@@ -312,22 +485,164 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
             await self._buses[resource].put({"type": "MODIFIED", "object": parent.raw})
             return aiohttp.web.json_response(_scale_of(parent.raw))
 
-    async def _serve_list(self, request: Any) -> Any:
-        payload = await super()._serve_list(request)
+    def _known(self, request: Any) -> None:
+        if not any(resource == request.resource for resource in self._get_resources()):
+            raise kmock.KubernetesError(
+                status=404, reason="NotFound", message="the server could not find the requested resource"
+            )
+
+    def _visible(self, request: Any) -> Selected:
+        """What a list or a watch answers: its namespace (all, for none), its name if any, its selectors."""
         selected = _selection(request)
-        payload["items"] = [item for item in payload["items"] if selected(item)]
+
+        def visible(obj: Mapping[str, Any]) -> bool:
+            meta = obj.get("metadata") or {}
+            if request.namespace is not None and meta.get("namespace") != request.namespace:
+                return False
+            return (request.name is None or meta.get("name") == request.name) and selected(obj)
+
+        return visible
+
+    def _current(self, request: Any, visible: Selected) -> list[dict[str, Any]]:
+        """The objects a list answers now, oldest version first."""
+        items = [
+            obj.raw
+            for (resource, _, _), obj in self.objects.items()
+            if resource == request.resource and not obj.deleted and visible(obj.raw)
+        ]
+        return sorted(items, key=lambda item: _version((item.get("metadata") or {}).get("resourceVersion")) or 0)
+
+    async def _serve_list(self, request: Any) -> Any:
+        self._known(request)
+        visible = self._visible(request)
+        # No await from here: the items and the version are one instant (every change is recorded in the step
+        # that makes it), so a watch from this version misses nothing and repeats nothing.
+        items = self._current(request, visible)
+        payload: dict[str, Any] = {"metadata": {"resourceVersion": self.resource_version}, "items": items}
+        api_version, kind = KINDS.get(request.resource.plural, (None, None))
+        if kind is not None:
+            payload = {"apiVersion": api_version, "kind": f"{kind}List", **payload}
         return payload
 
-    async def _serve_watch(self, request: Any) -> Any:
-        selected = _selection(request)
-        async for event in super()._serve_watch(request):
-            changed = event.get("object") if isinstance(event, Mapping) else None
-            if not isinstance(changed, Mapping) or selected(changed):
-                yield event
+    async def _serve_watch(self, request: Any) -> AsyncIterator[Any]:
+        self._known(request)
+        visible = self._visible(request)
+        params = request.params
+        since = _version(params.get("resourceVersion") or "0", what="resourceVersion")
+        timeout = _version(params.get("timeoutSeconds") or "0", what="timeoutSeconds")
+        bookmarks = params.get("allowWatchBookmarks") in GO_TRUE
+        plural = request.resource.plural
+        group, version = request.resource.group, request.resource.version
+        api_version, kind = KINDS.get(plural, (f"{group}/{version}" if group else version, plural.capitalize()))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout else None
+        drops = self._drops
+        self.watching += 1
+        try:
+            yield b""  # the headers go now: a quiet watch is still a watch
+            if not since:  # no version, or "0": the current objects first, then their changes
+                last = self._recorded
+                for item in self._current(request, visible):
+                    yield {"type": "ADDED", "object": copy.deepcopy(item)}
+            else:
+                last = since
+                oldest = max(self._compacted, self._dropped.get(plural, 0))
+                if since < oldest:
+                    yield _expired(since, oldest)
+                    return
+            next_bookmark = loop.time() if bookmarks else None  # one right after the initial events
+            # Until the timeout (checked between events too, so a busy kind does not keep it open), a drop, or
+            # the client's going away.
+            while self._drops == drops and not _gone(request) and (deadline is None or loop.time() < deadline):
+                if last < self._dropped.get(plural, 0):  # changes it had not seen yet were dropped meanwhile
+                    yield _expired(last, self._dropped[plural])
+                    return
+                changed = self._changed  # taken before looking: a change after the look sets it
+                pending = [change for change in self._history.get(plural, ()) if change.version > last]
+                if pending:
+                    for change in pending:
+                        last = change.version
+                        event = _seen_as(change, visible)
+                        if event is not None:
+                            yield event
+                    continue
+                now = loop.time()
+                if next_bookmark is not None and now >= next_bookmark:
+                    last = max(last, self._recorded)  # every change of this resource up to here was sent
+                    marker = {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(last)}}
+                    yield {"type": "BOOKMARK", "object": marker}
+                    next_bookmark = loop.time() + self.bookmark_interval
+                    continue
+                wake = min(t for t in (deadline, next_bookmark, now + WATCH_POLL) if t is not None)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), max(wake - now, 0.0))
+        finally:
+            self.watching -= 1
 
 
 def _now() -> str:
     return datetime.now(tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- watches --------------------------------------------------------------------------------------------------
+
+
+def _version(text: Any, *, what: str = "") -> int | None:
+    """A resourceVersion (or a count of seconds) as a number; None, or 400 when ``what`` names a parameter."""
+    try:
+        number = int(str(text))
+        if number < 0:
+            raise ValueError(text)
+        return number
+    except (TypeError, ValueError):
+        if not what:
+            return None
+        raise kmock.KubernetesError(
+            status=400, reason="BadRequest", message=f"{what}: Invalid value: {text!r}: must be a number"
+        ) from None
+
+
+def _expired(since: int, oldest: int) -> dict[str, Any]:
+    """The event a real API server streams for a watch from a version older than it keeps."""
+    status = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"too old resource version: {since} ({oldest})",
+        "reason": "Expired",
+        "code": 410,
+    }
+    return {"type": "ERROR", "object": status}
+
+
+def _seen_as(change: Change, visible: Selected) -> dict[str, Any] | None:
+    """
+    A change as a watch with these selectors sees it (the API server's watch cache): an object that starts
+    matching is ADDED, one that stops matching is DELETED with its last content, one never seen is nothing.
+    """
+    if change.type == "DELETED":
+        return {"type": "DELETED", "object": change.object} if visible(change.object) else None
+    now = visible(change.object)
+    if change.type == "ADDED" or change.previous is None:  # an object changed behind the history: as it is now
+        before = now and change.type != "ADDED"
+    else:
+        before = visible(change.previous)
+    if now:
+        return {"type": "MODIFIED" if before else "ADDED", "object": change.object}
+    if before:
+        assert change.previous is not None
+        last = copy.deepcopy(change.previous)
+        last["metadata"]["resourceVersion"] = str(change.version)
+        return {"type": "DELETED", "object": last}
+    return None
+
+
+def _gone(request: Any) -> bool:
+    """Whether the client of a streaming request has gone away."""
+    raw = getattr(request, "_raw_request", None)
+    transport = getattr(raw, "transport", None)
+    return raw is not None and (transport is None or transport.is_closing())
 
 
 def _manager(request: Any) -> str:

@@ -1,15 +1,19 @@
 """
 The emulated API server (agent.devcluster) answers as a real one, through the real kubernetes-asyncio client: the
-scale subresource of Deployments and StatefulSets, label and field selectors, Nodes and HorizontalPodAutoscalers.
+scale subresource of Deployments and StatefulSets, label and field selectors, Nodes and HorizontalPodAutoscalers,
+and watches (a list's resourceVersion, resuming from it, 410 Gone, bookmarks, dropped connections).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import kmock
 import pytest
 import yaml
 from kubernetes_asyncio import client, watch
@@ -434,3 +438,261 @@ async def test_hpas_read_list_and_patch_with_a_field_manager(cluster: DevCluster
         await autoscaling.patch_namespaced_horizontal_pod_autoscaler("web", NS, body)
     assert conflict.value.status == 409
     assert cluster.get("horizontalpodautoscalers", NS, "web")["spec"]["minReplicas"] == 4
+
+
+# --- watches: resourceVersion, resume, 410, bookmarks, drops ---------------------------------------------------
+
+KEDA = ("keda.sh", "v1alpha1")
+
+
+async def next_event(stream: watch.Watch) -> dict[str, Any]:
+    event: dict[str, Any] = await asyncio.wait_for(anext(stream), WAIT)
+    return event
+
+
+def seen(event: dict[str, Any]) -> tuple[str, str, str]:
+    """An event as (type, name, resourceVersion), from the raw object (a model or a dict alike)."""
+    meta = event["raw_object"]["metadata"]
+    return event["type"], meta.get("name", ""), meta["resourceVersion"]
+
+
+def version_of(cluster: DevCluster, plural: str, namespace: str | None, name: str) -> str:
+    return str(cluster.get(plural, namespace, name)["metadata"]["resourceVersion"])
+
+
+def watch_requests(cluster: DevCluster, plural: str) -> list[Any]:
+    return [r for r in cluster if r.action == kmock.action.WATCH and r.resource and r.resource.plural == plural]
+
+
+async def test_a_list_answers_the_collections_resource_version(cluster: DevCluster, api: client.ApiClient) -> None:
+    custom = client.CustomObjectsApi(api)
+    listed = await custom.list_namespaced_custom_object(*KEDA, NS, "scaledobjects")
+    version = listed["metadata"]["resourceVersion"]
+    assert listed["kind"] == "ScaledObjectList" and version == cluster.resource_version
+    assert int(version) >= max(int(item["metadata"]["resourceVersion"]) for item in listed["items"])
+    patched = await custom.patch_namespaced_custom_object(
+        *KEDA, NS, "scaledobjects", "mcp-keda", {"spec": {"minReplicaCount": 2}}
+    )
+    listed = await custom.list_namespaced_custom_object(*KEDA, NS, "scaledobjects")
+    assert listed["metadata"]["resourceVersion"] == patched["metadata"]["resourceVersion"] == cluster.resource_version
+    assert int(listed["metadata"]["resourceVersion"]) > int(version)
+    # one counter for every kind, as etcd's revision: a change of a Pod moves every collection's version
+    core = client.CoreV1Api(api)
+    cluster.add(node("node-1"))
+    assert (await core.list_node()).metadata.resource_version == version_of(cluster, "nodes", None, "node-1")
+    cluster.add(pod("p-1", "node-1"))
+    pods = version_of(cluster, "pods", NS, "p-1")
+    assert (await core.list_namespaced_pod(NS)).metadata.resource_version == pods
+    assert (await core.list_pod_for_all_namespaces()).metadata.resource_version == pods
+    assert (await core.list_node()).metadata.resource_version == pods
+
+
+async def test_a_watch_from_a_version_sends_only_the_changes_after_it(
+    cluster: DevCluster, api: client.ApiClient
+) -> None:
+    custom = client.CustomObjectsApi(api)
+    listed = await custom.list_namespaced_custom_object(*KEDA, NS, "scaledobjects")
+    since = listed["metadata"]["resourceVersion"]
+    await custom.patch_namespaced_custom_object(
+        *KEDA, NS, "scaledobjects", "mcp-keda", {"spec": {"minReplicaCount": 2}}
+    )
+    cluster.put_status("scaledobjects", NS, "mcp-http-scaler", {"conditions": [{"type": "Ready", "status": "True"}]})
+    cluster.add(pod("p-1", "node-1"))  # another kind: not in this watch
+    async with watch.Watch() as watcher:
+        stream = watcher.stream(
+            custom.list_namespaced_custom_object, *KEDA, NS, "scaledobjects", resource_version=since, timeout_seconds=30
+        )
+        assert [seen(await next_event(stream)) for _ in range(2)] == [
+            ("MODIFIED", "mcp-keda", version_of(cluster, "scaledobjects", NS, "mcp-keda")),
+            ("MODIFIED", "mcp-http-scaler", version_of(cluster, "scaledobjects", NS, "mcp-http-scaler")),
+        ]
+        # then the changes as they happen: a test-side change, a create through the API
+        cluster.change("scaledobjects", NS, "mcp-keda", {"metadata": {"labels": {"team": "search"}}})
+        changed = await next_event(stream)
+        assert seen(changed) == ("MODIFIED", "mcp-keda", version_of(cluster, "scaledobjects", NS, "mcp-keda"))
+        assert changed["object"]["metadata"]["labels"]["team"] == "search"
+        body = copy.deepcopy(cluster.get("scaledobjects", NS, "mcp-keda"))
+        body["metadata"] = {"name": "mcp-new", "namespace": NS}
+        await custom.create_namespaced_custom_object(*KEDA, NS, "scaledobjects", body)
+        created = await next_event(stream)
+        assert seen(created) == ("ADDED", "mcp-new", version_of(cluster, "scaledobjects", NS, "mcp-new"))
+        assert watcher.resource_version == cluster.resource_version  # the client's resume point follows
+    assert [r.params["watch"] for r in watch_requests(cluster, "scaledobjects")] == ["True"]  # the Watch's spelling
+
+
+async def test_a_watch_without_a_version_starts_with_every_object(cluster: DevCluster, api: client.ApiClient) -> None:
+    cluster.add(node("node-2"))
+    cluster.add(node("node-1"))
+    core = client.CoreV1Api(api)
+    async with watch.Watch() as watcher:
+        stream = watcher.stream(core.list_node, timeout_seconds=30)
+        initial = [seen(await next_event(stream)) for _ in range(2)]
+        assert initial == [  # oldest first: the Watch resumes from the last one and misses nothing
+            ("ADDED", "node-2", version_of(cluster, "nodes", None, "node-2")),
+            ("ADDED", "node-1", version_of(cluster, "nodes", None, "node-1")),
+        ]
+        cluster.put_status("nodes", None, "node-2", {"conditions": [{"type": "Ready", "status": "False"}]})
+        modified = await next_event(stream)
+        assert seen(modified) == ("MODIFIED", "node-2", version_of(cluster, "nodes", None, "node-2"))
+        assert modified["object"].status.conditions[0].status == "False"
+
+
+async def test_deletes_arrive_as_deleted_with_a_version_of_their_own(
+    cluster: DevCluster, api: client.ApiClient
+) -> None:
+    apps = client.AppsV1Api(api)
+    before = version_of(cluster, "deployments", NS, "mcp-server")
+    async with watch.Watch() as watcher:
+        stream = watcher.stream(
+            apps.list_namespaced_deployment, NS, resource_version=cluster.resource_version, timeout_seconds=30
+        )
+        await apps.delete_namespaced_deployment("mcp-server", NS)
+        deleted = await next_event(stream)
+        assert seen(deleted)[:2] == ("DELETED", "mcp-server")
+        assert int(seen(deleted)[2]) > int(before) and seen(deleted)[2] == cluster.resource_version
+        assert deleted["object"].spec.replicas == 3  # the last content
+        cluster.remove("deployments", NS, "mcp-http-server")
+        assert seen(await next_event(stream)) == ("DELETED", "mcp-http-server", cluster.resource_version)
+
+
+async def test_an_object_leaving_a_watchs_selector_is_deleted_for_it(
+    cluster: DevCluster, api: client.ApiClient
+) -> None:
+    cluster.add(pod("p-1", "node-1", app="web"))
+    cluster.add(pod("p-2", "node-1", app="worker"))
+    core = client.CoreV1Api(api)
+    async with watch.Watch() as watcher:
+        stream = watcher.stream(core.list_namespaced_pod, NS, label_selector="app=web", timeout_seconds=30)
+        assert seen(await next_event(stream))[:2] == ("ADDED", "p-1")
+        cluster.change("pods", NS, "p-2", {"status": {"phase": "Failed"}})  # never selected: nothing
+        cluster.change("pods", NS, "p-1", {"metadata": {"labels": {"app": "worker"}}})
+        left = await next_event(stream)
+        assert seen(left) == ("DELETED", "p-1", version_of(cluster, "pods", NS, "p-1"))
+        assert left["object"].metadata.labels["app"] == "web"  # its last content the selector matched
+        cluster.change("pods", NS, "p-2", {"metadata": {"labels": {"app": "web"}}})
+        assert seen(await next_event(stream)) == ("ADDED", "p-2", version_of(cluster, "pods", NS, "p-2"))
+
+
+async def test_a_watch_older_than_the_history_is_410_gone(cluster: DevCluster, api: client.ApiClient) -> None:
+    custom = client.CustomObjectsApi(api)
+    since = cluster.resource_version
+    cluster.change("scaledobjects", NS, "mcp-keda", {"spec": {"minReplicaCount": 2}})
+    cluster.compact()
+    async with watch.Watch() as watcher:
+        stream = watcher.stream(
+            custom.list_namespaced_custom_object, *KEDA, NS, "scaledobjects", resource_version=since, timeout_seconds=30
+        )
+        with pytest.raises(client.ApiException) as gone:
+            await next_event(stream)
+    assert gone.value.status == 410 and "Expired" in str(gone.value.reason)
+    # on the wire: a 200 stream of one ERROR event whose object is a Status, then its end
+    url = f"{str(cluster.url).rstrip('/')}/apis/keda.sh/v1alpha1/namespaces/{NS}/scaledobjects"
+    params = {"watch": "true", "resourceVersion": since}
+    async with aiohttp.ClientSession() as session, asyncio.timeout(WAIT), session.get(url, params=params) as response:
+        assert response.status == 200
+        lines = (await response.read()).decode().splitlines()
+    assert len(lines) == 1
+    error = json.loads(lines[0])
+    assert error["type"] == "ERROR"
+    assert {k: error["object"][k] for k in ("kind", "code", "reason", "status")} == {
+        "kind": "Status",
+        "code": 410,
+        "reason": "Expired",
+        "status": "Failure",
+    }
+    # a watch from the current version is not too old: it sees the next change
+    async with watch.Watch() as watcher:
+        stream = watcher.stream(
+            custom.list_namespaced_custom_object,
+            *KEDA,
+            NS,
+            "scaledobjects",
+            resource_version=cluster.resource_version,
+            timeout_seconds=30,
+        )
+        cluster.change("scaledobjects", NS, "mcp-keda", {"spec": {"minReplicaCount": 3}})
+        assert seen(await next_event(stream))[:2] == ("MODIFIED", "mcp-keda")
+
+
+async def test_the_history_is_bounded_per_resource(cluster: DevCluster, api: client.ApiClient) -> None:
+    cluster.history_limit = 2
+    apps = client.AppsV1Api(api)
+    since = cluster.resource_version
+    for replicas in (4, 5, 6):
+        cluster.change("deployments", NS, "mcp-server", {"spec": {"replicas": replicas}})
+    assert [c.object["spec"]["replicas"] for c in cluster.changes("deployments")] == [5, 6]
+    async with watch.Watch() as watcher:  # the first change after ``since`` is gone: 410
+        stream = watcher.stream(apps.list_namespaced_deployment, NS, resource_version=since, timeout_seconds=30)
+        with pytest.raises(client.ApiException) as gone:
+            await next_event(stream)
+    assert gone.value.status == 410
+    after_first = str(cluster.changes("deployments")[0].version - 1)  # nothing of this kind lost after it
+    async with watch.Watch() as watcher:
+        stream = watcher.stream(apps.list_namespaced_deployment, NS, resource_version=after_first, timeout_seconds=30)
+        assert [(await next_event(stream))["object"].spec.replicas for _ in range(2)] == [5, 6]
+    async with watch.Watch() as watcher:  # not a version at all: 400, before any stream
+        stream = watcher.stream(apps.list_namespaced_deployment, NS, resource_version="abc", timeout_seconds=30)
+        with pytest.raises(client.ApiException) as invalid:
+            await next_event(stream)
+    assert invalid.value.status == 400
+
+
+async def test_bookmarks_arrive_when_allowed(cluster: DevCluster, api: client.ApiClient) -> None:
+    cluster.bookmark_interval = 0.2
+    core = client.CoreV1Api(api)
+    since = cluster.resource_version
+    async with watch.Watch() as watcher:
+        stream = watcher.stream(core.list_node, resource_version=since, allow_watch_bookmarks=True, timeout_seconds=30)
+        first = await next_event(stream)  # right after the (here: no) initial events
+        assert first["type"] == "BOOKMARK"
+        assert first["raw_object"] == {"kind": "Node", "apiVersion": "v1", "metadata": {"resourceVersion": since}}
+        cluster.add(node("node-1"))
+        assert seen(await next_event(stream))[:2] == ("ADDED", "node-1")
+        cluster.add(pod("p-1", "node-1"))  # another kind moves the version on: the next bookmark carries it
+        bookmark = await next_event(stream)
+        assert bookmark["type"] == "BOOKMARK"
+        assert bookmark["raw_object"]["metadata"]["resourceVersion"] == version_of(cluster, "pods", NS, "p-1")
+        assert watcher.resource_version == cluster.resource_version  # the Watch resumes from the bookmark
+        assert (await next_event(stream))["type"] == "BOOKMARK"  # and again, every bookmark_interval
+
+
+async def test_a_watch_ends_at_its_timeout(cluster: DevCluster, api: client.ApiClient) -> None:
+    core = client.CoreV1Api(api)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with watch.Watch() as watcher, asyncio.timeout(WAIT):
+        events = [event async for event in watcher.stream(core.list_node, timeout_seconds=1)]
+    assert events == []  # no Nodes, no bookmarks asked for
+    assert 0.9 <= loop.time() - started < WAIT
+    assert cluster.watching == 0
+
+
+async def test_dropped_watches_end_and_the_client_resumes(cluster: DevCluster, api: client.ApiClient) -> None:
+    apps = client.AppsV1Api(api)
+    async with watch.Watch() as watcher:  # with a timeout, the Watch ends with the stream
+        stream = watcher.stream(
+            apps.list_namespaced_deployment, NS, field_selector="metadata.name=mcp-server", timeout_seconds=60
+        )
+        assert seen(await next_event(stream))[:2] == ("ADDED", "mcp-server")
+        assert cluster.drop_watches() == 1
+        with pytest.raises(StopAsyncIteration):
+            await next_event(stream)
+    custom = client.CustomObjectsApi(api)
+    async with watch.Watch() as watcher:  # without one, the Watch reconnects from the last version it saw
+        stream = watcher.stream(
+            custom.list_namespaced_custom_object, *KEDA, NS, "scaledobjects", field_selector="metadata.name=mcp-keda"
+        )
+        first = await next_event(stream)
+        assert seen(first)[:2] == ("ADDED", "mcp-keda")
+        cluster.drop_watches()
+        cluster.change("scaledobjects", NS, "mcp-keda", {"spec": {"minReplicaCount": 2}})  # while it is away
+        assert seen(await next_event(stream)) == (
+            "MODIFIED",
+            "mcp-keda",
+            version_of(cluster, "scaledobjects", NS, "mcp-keda"),
+        )
+        watches = watch_requests(cluster, "scaledobjects")
+        assert len(watches) == 2 and watches[1].params["resourceVersion"] == seen(first)[2]
+    async with asyncio.timeout(WAIT):  # the server side of every closed watch ends too
+        while cluster.watching:  # noqa: ASYNC110 (a count, not an event: polled)
+            await asyncio.sleep(0.05)
