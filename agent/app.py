@@ -100,6 +100,8 @@ class Agent:
 
     async def start(self) -> None:
         await self.ledger.open()
+        for kind in self.targets.values():
+            kind.start(self.supervisor)  # its cache lists and watches meanwhile; reads fall back to the API
         for sink in self.sinks:
             sink.start(self.supervisor)
         self.worker.start(self.supervisor)
@@ -156,6 +158,8 @@ class Agent:
         namespace = None if "*" in namespaces else namespaces[0]
         for kind in self.targets.values():
             await kind.ping(namespace)
+            if not kind.ready:
+                raise RuntimeError(f"the {kind.kind} cache has not listed everything yet")
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -167,6 +171,8 @@ class Agent:
         self._housekeeping = None
         await self.reconciler.stop()
         await self.worker.stop()  # unprocessed events stay in the ledger for the next start
+        for kind in self.targets.values():
+            await kind.stop()
         for sink in self.sinks:
             await sink.stop()
         await self.ledger.close()

@@ -157,8 +157,11 @@ class KubernetesConfig(Model):
     api_attempts: int = Field(default=4, ge=1, le=10)
     api_backoff: Duration = timedelta(milliseconds=200)
     post_events: bool = True
+    # Read ScaledObjects and their Deployments from a watch-backed cache (list + watch), not one GET per decision.
+    watch: bool = True
+    resync: Duration = timedelta(minutes=10)  # how often the cache lists everything again, to correct any drift
 
-    @field_validator("reconcile_interval")
+    @field_validator("reconcile_interval", "resync")
     @classmethod
     def _interval_at_least_a_second(cls, value: timedelta) -> timedelta:
         if value < ONE_SECOND:

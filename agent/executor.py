@@ -165,6 +165,7 @@ class Executor:
                         return await self._attempt(draft, kind, ref, decide, holder=holder)
                     except Conflict:
                         log.info("conflict on patch; reading again", target=str(ref))
+                        kind.invalidate(ref.namespace, ref.name)  # the cached copy is stale: read the API
                         continue
                     except NotFound as exc:
                         return _finish(draft, Outcome.FAILED, f"{ref} not found", error=str(exc))

@@ -720,6 +720,18 @@ async def test_rbac_grants_exactly_the_calls_the_agent_makes(
     for body in steps:
         assert (await post(agent, body)).status == 200
         await settle(agent)
+    # Reads come from the watch-backed caches (list + watch). The API is read directly only when a cache cannot
+    # answer: after a 409 (the cached copy is stale: get the ScaledObject) and for a Deployment the cache does not
+    # have (get it, in case it is newer than the cache). Both happen here once.
+    cluster.fail(method="PATCH", plural="scaledobjects", status=409, times=1)
+    assert (
+        await post(agent, payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-keda"})))
+    ).status == 200
+    await settle(agent)
+    cluster.remove("deployments", NS, "mcp-cost-optimized-server")
+    cost = {"namespace": NS, "scaledObject": "mcp-cost-optimized"}
+    assert (await post(agent, payload(alert("MCPFrequentScaling", cost)))).status == 200
+    await settle(agent)
     await agent.reconciler.reconcile_once()
     async with aiohttp.ClientSession() as session, session.get(f"{agent.url}/readyz") as response:
         assert response.status == 200, await response.text()
@@ -817,6 +829,8 @@ async def test_rbac_with_the_components_grants_exactly_the_calls_of_the_other_ki
     ]
     if nodes:
         steps.append(("NodeFailing", {"node": NODE}))  # the Node, its Event in default
+    # The ScaledObject's first patch meets a 409: the cached copy is stale, so it is read again from the API.
+    cluster.fail(method="PATCH", plural="scaledobjects", status=409, times=1)
     for status in ("firing", "resolved"):
         for alertname, labels in steps:
             assert (await post(agent, payload(alert(alertname, labels, status=status)))).status == 200

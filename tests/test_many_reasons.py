@@ -226,9 +226,7 @@ def load_legacy(cluster: DevCluster, *, expire: str | None = None) -> dict[str, 
                     owned = json.loads(value)
                     owned["expiresAt"] = (datetime.now(tz=UTC) - timedelta(minutes=1)).isoformat()
                     marks[key] = json.dumps(owned)
-        cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, name].patch(
-            {"spec": captured[name]["spec"], "metadata": {"annotations": marks}}
-        )
+        cluster.change("scaledobjects", NS, name, {"spec": captured[name]["spec"], "metadata": {"annotations": marks}})
     return captured
 
 
@@ -311,9 +309,7 @@ async def test_an_edit_of_another_field_is_never_written_over_by_a_step_on_this_
 async def test_an_unreadable_claims_annotation_is_never_written_over(
     cluster: DevCluster, start_agent: StartAgent, config: Any
 ) -> None:
-    cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, SCALER].patch(
-        {"metadata": {"annotations": {CLAIMS: '{"version": 99, "kept": {}}'}}}
-    )
+    cluster.change("scaledobjects", NS, SCALER, {"metadata": {"annotations": {CLAIMS: '{"version": 99, "kept": {}}'}}})
     agent = await start_agent(config)
     refused = await step(agent, "Floor3")
     assert refused.outcome == Outcome.REFUSED

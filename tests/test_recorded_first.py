@@ -155,8 +155,11 @@ async def test_a_change_on_an_object_that_the_ledger_lacks_is_recorded_under_its
         revert_on_resolve=True,
         action="set_min",
     )
-    cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, "mcp-http-scaler"].patch(
-        {"spec": {"minReplicaCount": 2}, "metadata": {"annotations": {OWNED_MIN: ownership.to_json()}}}
+    cluster.change(
+        "scaledobjects",
+        NS,
+        "mcp-http-scaler",
+        {"spec": {"minReplicaCount": 2}, "metadata": {"annotations": {OWNED_MIN: ownership.to_json()}}},
     )
     agent = await start_agent(build_config(base_config, rules=FLOORS))
     [recovered] = await agent.ledger.decisions()

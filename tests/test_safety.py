@@ -30,7 +30,7 @@ def short_pause(base_config: dict[str, Any], duration: str) -> Any:
 
 
 def set_annotations(cluster: DevCluster, name: str, values: dict[str, Any]) -> None:
-    cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, name].patch({"metadata": {"annotations": values}})
+    cluster.change("scaledobjects", NS, name, {"metadata": {"annotations": values}})
 
 
 async def test_dry_run_decides_and_records_but_patches_nothing(cluster: DevCluster, start_agent: StartAgent) -> None:
@@ -204,7 +204,7 @@ async def test_selector_hitting_too_many_targets_acts_on_none(
     cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
 ) -> None:
     for name in ("mcp-http-scaler", "mcp-keda", "mcp-queue-scaler"):
-        cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, name].patch({"metadata": {"labels": {"tier": "mcp"}}})
+        cluster.change("scaledobjects", NS, name, {"metadata": {"labels": {"tier": "mcp"}}})
     rules = [
         {
             "name": "wide",
@@ -250,7 +250,7 @@ async def test_drifted_value_is_left_alone_on_revert(cluster: DevCluster, start_
     await post(agent, payload(alert("MCPColdStartSlow")))
     await settle(agent)
     # Someone edits the floor by hand while the agent owns it.
-    cluster.objects["keda.sh/v1alpha1/scaledobjects", NS, "mcp-scale-to-zero"].patch({"spec": {"minReplicaCount": 5}})
+    cluster.change("scaledobjects", NS, "mcp-scale-to-zero", {"spec": {"minReplicaCount": 5}})
     await post(agent, payload(alert("MCPColdStartSlow", status="resolved")))
     await settle(agent)
     so = scaledobject(cluster, "mcp-scale-to-zero")

@@ -155,7 +155,7 @@ def _prepare(cluster: Any) -> None:
     def annotate(name: str, annotations: Mapping[str, str]) -> None:
         obj = cluster.get("scaledobjects", NAMESPACE, name)
         merged = {**(obj["metadata"].get("annotations") or {}), **annotations}
-        cluster.objects["keda.sh/v1alpha1/scaledobjects", NAMESPACE, name].patch({"metadata": {"annotations": merged}})
+        cluster.change("scaledobjects", NAMESPACE, name, {"metadata": {"annotations": merged}})
 
     def owned(name: str, before: int | None, after: int, expires_in: timedelta) -> str:
         return Ownership(
@@ -180,7 +180,7 @@ def _prepare(cluster: Any) -> None:
         },
     )
     annotate("mcp-cost-optimized", {"autoscaling.keda.sh/paused-replicas": "2"})
-    cluster.objects["keda.sh/v1alpha1/scaledobjects", NAMESPACE, "mcp-keda"].patch({"spec": {"minReplicaCount": 4}})
+    cluster.change("scaledobjects", NAMESPACE, "mcp-keda", {"spec": {"minReplicaCount": 4}})
     annotate("mcp-keda", {OWNERSHIP_ANNOTATIONS[MIN_REPLICAS]: owned(MIN_REPLICAS, 2, 4, -timedelta(minutes=5))})
 
 

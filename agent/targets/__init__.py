@@ -23,7 +23,12 @@ if TYPE_CHECKING:  # agent.config validates kinds against this registry: no impo
     from agent.config import KubernetesConfig
 
 KINDS: dict[str, Callable[[client.ApiClient, KubernetesConfig], TargetKind]] = {
-    ScaledObjectTarget.kind: lambda api, k8s: ScaledObjectTarget(api, resume_check_after=k8s.resume_check_after),
+    ScaledObjectTarget.kind: lambda api, k8s: ScaledObjectTarget(
+        api,
+        resume_check_after=k8s.resume_check_after,
+        namespaces=None if not k8s.watch else [None] if "*" in k8s.namespaces else list(k8s.namespaces),
+        resync=k8s.resync,
+    ),
     HorizontalPodAutoscalerTarget.kind: lambda api, k8s: HorizontalPodAutoscalerTarget(api),
     DeploymentTarget.kind: lambda api, k8s: DeploymentTarget(api),
     StatefulSetTarget.kind: lambda api, k8s: StatefulSetTarget(api),

@@ -37,6 +37,7 @@ from agent.claims import (
     Want,
 )
 from agent.structs import Ownership, TargetRef
+from agent.supervisor import Supervisor
 
 __all__ = [
     "ANNOTATION_PREFIX",
@@ -205,4 +206,19 @@ class TargetKind(Protocol):
 
     async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
         """Anything the kind checks after a change has had time to take effect (the reconciler calls it)."""
+        ...
+
+    def start(self, supervisor: Supervisor) -> None:
+        """Start whatever keeps its reads fresh (a watch-backed cache), under the supervisor."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    @property
+    def ready(self) -> bool:
+        """Its reads can be served (a cache has listed once); /readyz waits for it."""
+        ...
+
+    def invalidate(self, namespace: str, name: str) -> None:
+        """The copy it holds is stale (a 409 said so): the next read goes to the API."""
         ...

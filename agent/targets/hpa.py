@@ -26,6 +26,7 @@ from kubernetes_asyncio import client
 from agent.claims import Claims, Value, Want
 from agent.errors import call
 from agent.structs import TargetRef
+from agent.supervisor import Supervisor
 from agent.targets.base import (
     FIELD_MANAGER,
     MAX_REPLICAS,
@@ -124,6 +125,19 @@ class HorizontalPodAutoscalerTarget:
 
     async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
         return None
+
+    def start(self, supervisor: Supervisor) -> None:
+        """Reads go to the API: nothing to keep fresh."""
+
+    async def stop(self) -> None:
+        pass
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def invalidate(self, namespace: str, name: str) -> None:
+        pass
 
     async def _list(self, namespace: str | None, **params: Any) -> builtins.list[dict[str, Any]]:
         if namespace is None:

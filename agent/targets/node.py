@@ -23,6 +23,7 @@ from kubernetes_asyncio import client
 from agent.claims import Claims, Value, Want
 from agent.errors import call_json
 from agent.structs import TargetRef
+from agent.supervisor import Supervisor
 from agent.targets.base import (
     ANNOTATION_PREFIX,
     FIELD_MANAGER,
@@ -108,6 +109,19 @@ class NodeTarget:
 
     async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
         return None
+
+    def start(self, supervisor: Supervisor) -> None:
+        """Reads go to the API: nothing to keep fresh."""
+
+    async def stop(self) -> None:
+        pass
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    def invalidate(self, namespace: str, name: str) -> None:
+        pass
 
     def _ref(self, obj: Mapping[str, Any]) -> TargetRef:
         return TargetRef(kind=self.kind, namespace="", name=obj["metadata"]["name"])

@@ -15,6 +15,11 @@ Patches are JSON merge patches carrying ``metadata.resourceVersion``, so a real 
 the object changed since it was read; the executor then reads again and re-plans. Every API call goes through
 :func:`agent.errors.call`, so what fails comes out typed (not found, conflict, forbidden, throttled, unavailable).
 
+Reads come from two watch-backed caches (:mod:`agent.targets.cache`), the ScaledObjects and the Deployments
+they scale, each a slim projection of the fields read here; until a cache has listed once (and for an object it
+does not have yet) a read goes to the API. A patch's answer goes into the cache at once, and a 409 makes the
+next read go to the API (:meth:`ScaledObjectTarget.invalidate`).
+
 KEDA's own quirk lives here too: objects can stay ``Paused=True`` after the pause annotation is gone. When a
 write removes the agent's pause it leaves a resume mark; :meth:`ScaledObjectTarget.follow_up` (the reconciler
 calls it) checks KEDA's ``Paused`` condition once ``kubernetes.resume_check_after`` has passed, reports a stuck
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +42,7 @@ from kubernetes_asyncio import client
 from agent.claims import Claims, Value, Want
 from agent.errors import NotFound, call
 from agent.structs import TargetRef, _from_iso, _iso
+from agent.supervisor import Supervisor
 from agent.targets.base import (
     ANNOTATION_PREFIX,
     FIELD_MANAGER,
@@ -52,6 +59,7 @@ from agent.targets.base import (
     last_manager,
     read_claims,
 )
+from agent.targets.cache import ObjectCache, Projection, prune
 
 GROUP, VERSION, PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
 KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
@@ -65,6 +73,42 @@ FIELD_PATHS = {  # where each abstract field lives, as managedFields name it
     MAX_REPLICAS: ("spec", "maxReplicaCount"),
 }
 FIELDS_FOR = {Want.FLOOR: (MIN_REPLICAS,), Want.CAP: (MAX_REPLICAS,), Want.RAISE: (MAX_REPLICAS,)}
+
+
+OUR_ANNOTATIONS = (ANNOTATION_PREFIX, "autoscaling.keda.sh/", DOWNSCALER_PREFIX)
+MANAGED_PATHS = {
+    "f:spec": {"f:minReplicaCount": True, "f:maxReplicaCount": True},
+    "f:metadata": {"f:annotations": {f"f:{KEDA_PAUSED_REPLICAS}": True}},
+}
+
+
+def _managed(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Who set the fields the agent reads, and nothing else of managedFields."""
+    slim = []
+    for entry in entries or []:
+        fields = prune(entry.get("fieldsV1") or {}, MANAGED_PATHS)
+        if fields:
+            slim.append({"manager": entry.get("manager"), "time": entry.get("time"), "fieldsV1": fields})
+    return slim
+
+
+SCALED_OBJECT_FIELDS: dict[str, Any] = {
+    "metadata": {
+        "name": True,
+        "namespace": True,
+        "resourceVersion": True,
+        "labels": True,  # selectors
+        "annotations": lambda marks: {k: v for k, v in (marks or {}).items() if k.startswith(OUR_ANNOTATIONS)},
+        "managedFields": _managed,
+    },
+    "spec": {"minReplicaCount": True, "maxReplicaCount": True, "scaleTargetRef": True},
+    "status": {"conditions": lambda conditions: [c for c in conditions or [] if c.get("type") == "Paused"]},
+}
+DEPLOYMENT_FIELDS: dict[str, Any] = {
+    "metadata": {"name": True, "namespace": True, "resourceVersion": True},
+    "spec": {"replicas": True},
+    "status": {"replicas": True},
+}
 
 
 @dataclass(frozen=True)
@@ -100,9 +144,62 @@ class ScaledObjectTarget:
     namespaced: ClassVar[bool] = True
     name_labels: ClassVar[tuple[str, ...]] = ("scaledObject", "scaledobject", "scaled_object")
 
-    def __init__(self, api: client.ApiClient, *, resume_check_after: timedelta) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        resume_check_after: timedelta,
+        namespaces: builtins.list[str | None] | None = None,
+        resync: timedelta = timedelta(minutes=10),
+    ) -> None:
         self._custom = client.CustomObjectsApi(api)
         self._resume_check_after = resume_check_after
+        # Without namespaces (a test building the kind alone) every read goes to the API.
+        self._objects: ObjectCache | None = None
+        self._deployments: ObjectCache | None = None
+        if namespaces is not None:
+            self._objects = ObjectCache(
+                name=PLURAL,
+                listers={ns: self._lister(GROUP, VERSION, PLURAL, ns) for ns in namespaces},
+                project=functools.partial(prune, keep=SCALED_OBJECT_FIELDS),
+                resync=resync,
+            )
+            self._deployments = ObjectCache(
+                name="deployments",
+                listers={ns: self._lister("apps", "v1", "deployments", ns) for ns in namespaces},
+                project=functools.partial(prune, keep=DEPLOYMENT_FIELDS),
+                resync=resync,
+            )
+
+    def _lister(self, group: str, version: str, plural: str, namespace: str | None) -> Any:
+        if namespace is None:
+            return functools.partial(self._custom.list_cluster_custom_object, group, version, plural)
+        return functools.partial(self._custom.list_namespaced_custom_object, group, version, namespace, plural)
+
+    def start(self, supervisor: Supervisor) -> None:
+        for cache in (self._objects, self._deployments):
+            if cache is not None:
+                cache.start(supervisor)
+
+    async def stop(self) -> None:
+        for cache in (self._objects, self._deployments):
+            if cache is not None:
+                await cache.stop()
+
+    @property
+    def ready(self) -> bool:
+        return all(cache is None or cache.ready for cache in (self._objects, self._deployments))
+
+    def invalidate(self, namespace: str, name: str) -> None:
+        if self._objects is not None:
+            self._objects.forget(namespace, name)
+
+    def _cached(self) -> ObjectCache | None:
+        return self._objects if self._objects is not None and self._objects.ready else None
+
+    def _items(self, namespace: str | None) -> builtins.list[Projection] | None:
+        cache = self._cached()
+        return None if cache is None else cache.items(namespace)
 
     def fields_for(self, want: Want) -> tuple[str, ...] | str:
         if want == Want.PAUSE:
@@ -116,20 +213,34 @@ class ScaledObjectTarget:
             await call(self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, limit=1))
 
     async def get(self, namespace: str, name: str) -> TargetState:
+        cache = self._cached()
+        cached = None if cache is None else cache.get(namespace, name)
+        if cached is not None:
+            return await self._state(cached, with_replicas=True)
+        # Not listed yet, new, or invalidated after a 409: from the API, and kept.
         obj = await call(self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        if self._objects is not None:
+            self._objects.put(obj)
         return await self._state(obj, with_replicas=True)
 
     async def list(self, namespace: str | None) -> builtins.list[TargetState]:
-        if namespace is None:
-            result = await call(self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
-        else:
-            result = await call(self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
-        return [await self._state(obj, with_replicas=False) for obj in result.get("items", [])]
+        items = self._items(namespace)
+        if items is None:
+            if namespace is None:
+                result = await call(self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL))
+            else:
+                result = await call(self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
+            items = result.get("items", [])
+        return [await self._state(obj, with_replicas=False) for obj in items]
 
     async def find_by_workload(self, namespace: str, kind: str, name: str) -> builtins.list[TargetRef]:
-        result = await call(self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))
+        items = self._items(namespace)
+        if items is None:
+            items = (await call(self._custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL))).get(
+                "items", []
+            )
         refs = []
-        for obj in result.get("items", []):
+        for obj in items:
             target = obj.get("spec", {}).get("scaleTargetRef", {})
             # scaleTargetRef.kind defaults to Deployment.
             if target.get("name") == name and target.get("kind", "Deployment") == kind:
@@ -137,6 +248,13 @@ class ScaledObjectTarget:
         return refs
 
     async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]:
+        items = self._items(namespace)
+        if items is not None:
+            return sorted(
+                self._ref(obj)
+                for obj in items
+                if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
+            )
         # The selector is also filtered here: a list's labelSelector is a hint some servers ignore.
         label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
         if namespace is None:
@@ -187,6 +305,8 @@ class ScaledObjectTarget:
                 field_manager=FIELD_MANAGER,
             )
         )
+        if self._objects is not None:
+            obj = self._objects.put(obj)
         new_state = await self._state(obj, with_replicas=False)
         # The workload's pod count did not change by this patch (KEDA acts on it later): carry it over.
         return TargetState(**{**new_state.__dict__, "replicas": state.replicas})
@@ -212,7 +332,7 @@ class ScaledObjectTarget:
             )
         if not dry_run:
             body: dict[str, Any] = {"metadata": {"annotations": {RESUMED_ANNOTATION: None}}}
-            await call(
+            answered = await call(
                 self._custom.patch_namespaced_custom_object(
                     GROUP,
                     VERSION,
@@ -224,6 +344,8 @@ class ScaledObjectTarget:
                     field_manager=FIELD_MANAGER,
                 )
             )
+            if self._objects is not None:
+                self._objects.put(answered)
         return found
 
     def _ref(self, obj: Mapping[str, Any]) -> TargetRef:
@@ -234,13 +356,17 @@ class ScaledObjectTarget:
         target = obj.get("spec", {}).get("scaleTargetRef", {})
         if not target.get("name") or target.get("kind", "Deployment") != "Deployment":
             return None
-        try:
-            # Read as plain JSON: building the typed V1Deployment model costs more than the call itself.
-            deployment = await call(
-                self._custom.get_namespaced_custom_object("apps", "v1", namespace, "deployments", target["name"])
-            )
-        except NotFound:
-            return None
+        listed = self._deployments if self._deployments is not None and self._deployments.ready else None
+        deployment: Mapping[str, Any] | None = None if listed is None else listed.get(namespace, target["name"])
+        if deployment is None:
+            try:
+                # Read as plain JSON: building the typed V1Deployment model costs more than the call itself.
+                deployment = await call(
+                    self._custom.get_namespaced_custom_object("apps", "v1", namespace, "deployments", target["name"])
+                )
+            except NotFound:
+                return None
+        assert deployment is not None
         status_replicas = (deployment.get("status") or {}).get("replicas")
         if status_replicas is not None:
             return int_or_none(status_replicas)
