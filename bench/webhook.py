@@ -6,7 +6,9 @@ Two measurements, each against both servers in the same run (see bench/README.md
 - throughput: ``wrk`` (a compiled load generator, separate process) posts Alertmanager v4 payloads for a
   fixed time over a fixed number of keep-alive connections; alerts/s for each server and their ratio;
 - latency: an open-loop paced sender (asyncio + aiohttp) posts one payload every 1 ms (1,000 alerts/s)
-  for a fixed count and records each ack's latency; p50/p99 for each server.
+  for a fixed count and records each ack's latency; p50/p99 for each server;
+- the worker behind the acks (agent only): decisions/s during the load, the backlog sampled from /metrics, and
+  for the paced load the time from each ack to its decision in the ledger (p50/p99/max).
 
 Each server runs in its own child process (this script started with ``--serve bare|agent|cluster``), a
 fresh one per measurement: the bare handler; or the agent (dry-run, sqlite ledger in a temp dir) with the
@@ -56,6 +58,10 @@ START_TIMEOUT = 60.0  # seconds for a child server to say it listens
 STOP_TIMEOUT = 10.0
 RATIO_TARGET = 0.7
 P99_TARGET_MS = 20.0
+DECISION_P99_TARGET_MS = 50.0  # the worker's target at --rate: ack -> decision recorded, p99
+BACKLOG_FLAT_FACTOR = 2.0  # ... and the backlog flat: last sample <= 2 x the first nonzero one, or <= the floor
+BACKLOG_FLOOR = 50
+SAMPLE_SECONDS = 0.5  # how often the backlog is read from /metrics during the load
 PACED_ID_THREAD = 0xFF00  # the paced sender's "thread number" in alert ids (wrk's threads count from 0)
 
 
@@ -74,9 +80,14 @@ def body_template(alertname: str = "MCPFrequentScaling") -> str:
     return json.dumps(payload(one), separators=(",", ":"))
 
 
+def ident_of(tid: int, counter: int) -> str:
+    """The alert's fingerprint (and ``instance`` suffix), as alerts.lua makes it."""
+    return f"{tid:04x}{counter:012x}"
+
+
 def render(template: str, *, tid: int, counter: int, targets: list[str]) -> bytes:
     """The same substitution alerts.lua does, for the paced sender."""
-    ident = f"{tid:04x}{counter:012x}"
+    ident = ident_of(tid, counter)
     target = targets[counter % len(targets)] if targets else ""
     return template.replace("@@ID@@", ident).replace("@@SO@@", target).encode()
 
@@ -310,6 +321,9 @@ class Paced:
     lag_ms: list[float] = field(default_factory=list)
     statuses: collections.Counter[str] = field(default_factory=collections.Counter)
     starts: list[float] = field(default_factory=list)
+    acks: dict[str, float] = field(default_factory=dict)  # fingerprint -> wall clock (time.time()) at its 200
+    first_sent: float = float("nan")  # wall clock of the first request's start
+    last_answered: float = float("nan")  # ... and of the last answer
 
     @property
     def ok(self) -> int:
@@ -343,6 +357,8 @@ async def run_paced(url: str, *, token: str, template: str, targets: list[str], 
         async def one(i: int, due: float) -> None:
             body = render(template, tid=PACED_ID_THREAD, counter=i + 1, targets=targets)
             now = loop.time()
+            if not result.starts:
+                result.first_sent = time.time()
             result.starts.append(now)
             result.lag_ms.append((now - due) * 1000)
             start = time.perf_counter()
@@ -354,6 +370,9 @@ async def run_paced(url: str, *, token: str, template: str, targets: list[str], 
                 status = type(exc).__name__
             if status == "200":
                 result.latencies_ms.append((time.perf_counter() - start) * 1000)
+                # The ack's wall-clock time, for the ack -> decision figure: the agent's ledger stamps decisions
+                # with the same clock (one machine).
+                result.acks[ident_of(PACED_ID_THREAD, i + 1)] = result.last_answered = time.time()
             result.statuses[status] += 1
 
         tasks: list[asyncio.Task[None]] = []
@@ -392,6 +411,65 @@ async def read_metrics(url: str) -> dict[str, float]:
             if sample.name == "scaling_agent_sink_dropped_total":
                 totals[f"dropped by sink {sample.labels['sink']}"] += sample.value
     return dict(totals)
+
+
+async def sample_backlog(url: str, samples: list[tuple[float, int]], *, every: float = SAMPLE_SECONDS) -> None:
+    """
+    Until cancelled: every ``every`` seconds, (wall clock, ``scaling_agent_pending_events``) from the agent's
+    /metrics. The line is found by a plain scan, not the Prometheus parser, so that the paced sender sharing
+    this event loop is not held up. A scrape that fails or takes longer than ``every`` is skipped.
+    """
+    timeout = aiohttp.ClientTimeout(total=every)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while True:
+            started, asked = time.monotonic(), time.time()  # a sample is stamped when it was asked for
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                async with http.get(url + "/metrics") as response:
+                    text = await response.text()
+                for line in text.splitlines():
+                    if line.startswith("scaling_agent_pending_events "):
+                        samples.append((asked, int(float(line.split()[1]))))
+                        break
+            await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
+
+
+@dataclass
+class Decided:
+    """One bench alert's first decision, and its event, as the ledger has them (epoch seconds, one clock)."""
+
+    at: float  # the decision's ``at``: taken when the worker began to decide, before its API reads
+    received: float  # the event's ``received_at``: when the webhook handler took the notification in
+    processed: float  # the event's ``processed_at``: committed after the decision's row (<= 1 writer batch later)
+
+
+def read_decisions(path: Path) -> tuple[dict[str, Decided], list[float]]:
+    """
+    From the killed agent's sqlite file, read-only: each alert's (fingerprint's) first decision joined to its
+    event by the trigger's event key, and the ``at`` of every decision (for decisions/s).
+    """
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        events = {
+            str(key): (float(received), None if processed is None else float(processed))
+            for key, received, processed in db.execute("SELECT key, received_at, processed_at FROM events")
+        }
+        rows = db.execute("SELECT at, body FROM decisions ORDER BY at").fetchall()
+    finally:
+        db.close()
+    decided: dict[str, Decided] = {}
+    ats = []
+    for at, body in rows:
+        ats.append(float(at))
+        trigger = json.loads(body).get("trigger") or {}
+        fingerprint, key = trigger.get("fingerprint"), trigger.get("event_key")
+        event = events.get(key) if isinstance(key, str) else None
+        if not isinstance(fingerprint, str) or fingerprint in decided or event is None:
+            continue
+        received, processed = event
+        # An event without its processed mark (the process was killed between the two writes) counts as
+        # recorded at its decision's `at`; the mark is what the figure normally uses.
+        decided[fingerprint] = Decided(at=float(at), received=received, processed=processed or float(at))
+    return decided, ats
 
 
 def journal_ids(directory: Path) -> list[int]:
@@ -548,6 +626,11 @@ class Phase:
     quiet: float = 0.0  # cores busy just before the load started
     metrics: dict[str, float] = field(default_factory=dict)
     drained: tuple[int, float] | None = None  # decisions recorded while watching the worker, seconds watched
+    load: tuple[float, float] = (float("nan"), float("nan"))  # wall clock: the load's start and end
+    backlog: list[tuple[float, int]] = field(default_factory=list)  # (wall clock, pending events) during the load
+    stopped_at: float = float("nan")  # wall clock when the agent was sent SIGTERM (it exits at once)
+    decided: dict[str, Decided] = field(default_factory=dict)  # fingerprint -> its first decision
+    decision_ats: list[float] = field(default_factory=list)  # every decision's `at`
     ledger: dict[str, int] = field(default_factory=dict)
     logs: str = ""
     profile: Path | None = None
@@ -612,11 +695,16 @@ class Bench:
             result.profile = self.workdir / tag / "agent.prof"
         children = await self.servers(tag, target, result.profile)
         server = children[-1]
+        sampler: asyncio.Task[None] | None = None
         try:
             result.quiet = await settle(self.args.settle)
+            if target == "agent" and self.args.sample > 0:
+                sampler = asyncio.create_task(sample_backlog(server.url, result.backlog, every=self.args.sample))
             meter = Meter({c.role: c.proc.pid for c in children})
+            started = time.time()
             if kind == "throughput":
                 result.wrk = await run_wrk(server.url, self.args, self.env)
+                result.load = (started, time.time())
             else:
                 result.paced = await run_paced(
                     server.url,
@@ -626,10 +714,19 @@ class Bench:
                     count=self.args.requests,
                     rate=self.args.rate,
                 )
+                result.load = (result.paced.first_sent, result.paced.last_answered)
             result.cpu = meter.stop()
+            if sampler is not None:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+                sampler = None
             if target == "agent":
-                # The worker processes asynchronously: watch it drain with no new intake for a moment.
+                # The backlog at the end of the load, whatever the sampler's phase; then, the worker processing
+                # asynchronously, watch it drain with no new intake for a moment.
+                asked = time.time()
                 before = await read_metrics(server.url)
+                result.backlog.append((asked, int(before.get("scaling_agent_pending_events", 0))))
                 await asyncio.sleep(self.args.observe)
                 result.metrics = await read_metrics(server.url)
                 decided = result.metrics.get("scaling_agent_decisions_total", 0) - before.get(
@@ -637,10 +734,16 @@ class Bench:
                 )
                 result.drained = (int(decided), self.args.observe)
         finally:
+            if sampler is not None:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+            result.stopped_at = time.time()
             for child in reversed(children):
                 await child.stop()
         if target == "agent":
             result.ledger = read_ledger(self.workdir / tag / "ledger.db")
+            result.decided, result.decision_ats = read_decisions(self.workdir / tag / "ledger.db")
             result.logs = log_summary(self.workdir / f"{tag}.log")
         return result
 
@@ -669,14 +772,160 @@ def pct(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+Bounded = list[tuple[float, bool]]  # (ms, censored): censored = undecided at the end, the value a lower bound
+
+
+def pct_bounded(values: Bounded, q: float) -> tuple[float, bool]:
+    """
+    The q-quantile of (value, censored) pairs, where a censored value is only a lower bound (an alert still
+    undecided when the agent was stopped: it waited at least that long). Returns (quantile, exact): not exact
+    when a censored value is at or below it, as its true value could be higher and raise the quantile.
+    """
+    if not values:
+        return float("nan"), True
+    found = pct([v for v, _ in values], q)
+    return found, not any(censored and v <= found for v, censored in values)
+
+
+def fmt_bounded(values: Bounded, q: float | None) -> str:
+    """A quantile (or the max, q=None) in ms, or seconds when large, with ≥ when only a lower bound is known."""
+    if q is None:
+        found = max((v for v, _ in values), default=float("nan"))
+        exact = not any(censored for _, censored in values)  # any undecided alert may have waited longer
+    else:
+        found, exact = pct_bounded(values, q)
+    text = f"{found / 1000:.2f} s" if found >= 1000 else f"{found:.1f} ms"
+    return text if exact else f"≥ {text}"
+
+
+@dataclass
+class WorkerFigures:
+    """The worker during one agent phase's load, and (paced) how long each acked alert waited for its decision."""
+
+    acked: int
+    decided: int  # of the acked alerts (paced), or of all decisions recorded (wrk: acks are not known per alert)
+    rate: float  # decisions/s while the load ran
+    backlog: list[int]  # pending events sampled during the load, the last at its end
+    to_begun: Bounded  # ms from the ack to the decision's `at`
+    to_recorded: Bounded  # ms from the ack to the event's processed mark (the decision recorded)
+
+    @property
+    def flat(self) -> bool:
+        """Not growing: needs two samples at least (with --sample 0 there is only the one at the end)."""
+        if len(self.backlog) < 2:
+            return False
+        first = next((n for n in self.backlog if n > 0), 0)
+        last = self.backlog[-1] if self.backlog else 0
+        return last <= max(BACKLOG_FLOOR, BACKLOG_FLAT_FACTOR * first)
+
+    def describe_backlog(self) -> str:
+        if not self.backlog:
+            return "no samples"
+        first = next((n for n in self.backlog if n > 0), 0)
+        b = self.backlog
+        return f"first {first:,}, min {min(b):,}, max {max(b):,}, last {b[-1]:,} ({len(b)} samples)"
+
+
+def worker_figures(p: Phase) -> WorkerFigures:
+    start, end = p.load
+    span = end - start
+    during = sum(1 for at in p.decision_ats if start <= at <= end)
+    backlog = [n for t, n in p.backlog if t >= start]
+    to_begun: Bounded = []
+    to_recorded: Bounded = []
+    if p.paced is not None:
+        for fingerprint, acked in p.paced.acks.items():
+            d = p.decided.get(fingerprint)
+            if d is None:
+                waited = (p.stopped_at - acked) * 1000
+                to_begun.append((waited, True))
+                to_recorded.append((waited, True))
+            else:
+                to_begun.append(((d.at - acked) * 1000, False))
+                to_recorded.append(((d.processed - acked) * 1000, False))
+        decided = sum(1 for f in p.paced.acks if f in p.decided)
+    else:
+        decided = len(p.decided)
+    return WorkerFigures(
+        acked=p.acked,
+        decided=decided,
+        rate=during / span if span > 0 else float("nan"),
+        backlog=backlog,
+        to_begun=to_begun,
+        to_recorded=to_recorded,
+    )
+
+
 def cpu_note(p: Phase) -> str:
     return f"{p.cpu.describe()}; before: {p.quiet:.2f} cores busy"
 
 
-def report(phases: list[Phase], args: argparse.Namespace, targets: list[str]) -> bool:
+def report_worker(w: Any, agent_phases: list[Phase], args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """The worker during the load, and ack -> decision at the paced rate; returns the worker's targets."""
+    checks: list[tuple[str, bool]] = []
+    w("\nThe worker during the load: decisions/s from the decisions' `at` in the ledger, between the load's first")
+    w("\nrequest and its last answer. Backlog: scaling_agent_pending_events, read from /metrics every ")
+    w(f"{args.sample:g} s during the\nload (0: never) and once at its end; flat when the last sample is ")
+    w(f"≤ {BACKLOG_FLAT_FACTOR:g}x the first nonzero one, or ≤ {BACKLOG_FLOOR}.\n")
+    figures = {(p.kind, p.round): worker_figures(p) for p in agent_phases}
+    for p in agent_phases:
+        f = figures[p.kind, p.round]
+        if p.paced is not None:
+            by_end = f"{f.decided:,} of the {f.acked:,} acked alerts decided by the end"
+        else:
+            by_end = f"{f.decided:,} alerts decided by the end, of {f.acked:,} acked"
+        w(f"  {p.kind:<10} r{p.round}: {f.rate:,.0f} decisions/s; backlog {f.describe_backlog()}, ")
+        trend = "flat" if f.flat else "GROWING" if len(f.backlog) >= 2 else "trend unknown"
+        w(f"{trend}; {by_end}\n")
+
+    paced = [p for p in agent_phases if p.paced is not None]
+    if not paced:
+        return checks
+    w(f"\nAck → decision at {args.rate:,.0f} alerts/s: from the paced sender's clock at each 200 to the ledger's ")
+    w("times (one machine,\none clock). *begun*: the decision's `at`, taken before the worker's API reads. ")
+    w("*recorded*: the event's processed\nmark, committed after the decision's row (at most one writer batch ")
+    w("later). Alerts still undecided when the agent\nwas stopped count with the time they had waited by then, ")
+    w("so a figure they reach is only a lower bound (≥).\n")
+    w(f"  {'round':<6}{'decided':>14}   {'begun p50':>11}{'p99':>11}{'max':>11}")
+    w(f"   {'recorded p50':>12}{'p99':>11}{'max':>11}\n")
+
+    def row(label: str, begun: Bounded, recorded: Bounded) -> None:
+        decided = sum(1 for _, censored in recorded if not censored)
+        w(f"  {label:<6}{f'{decided:,}/{len(recorded):,}':>14}   ")
+        w("".join(f"{fmt_bounded(begun, q):>11}" for q in (0.5, 0.99, None)))
+        w(f"   {fmt_bounded(recorded, 0.5):>12}")
+        w("".join(f"{fmt_bounded(recorded, q):>11}" for q in (0.99, None)) + "\n")
+
+    pooled_begun: Bounded = []
+    pooled_recorded: Bounded = []
+    for p in paced:
+        f = figures[p.kind, p.round]
+        pooled_begun += f.to_begun
+        pooled_recorded += f.to_recorded
+        row(str(p.round), f.to_begun, f.to_recorded)
+    row("all", pooled_begun, pooled_recorded)
+
+    p99, exact = pct_bounded(pooled_recorded, 0.99)
+    target = f"< {DECISION_P99_TARGET_MS:g} ms at {args.rate:,.0f}/s"
+    shown = fmt_bounded(pooled_recorded, 0.99)
+    checks.append((f"ack → decision recorded p99 {shown} {target}", exact and p99 < DECISION_P99_TARGET_MS))
+    flat = [figures[p.kind, p.round] for p in paced]
+    lasts = ", ".join(f"{f.backlog[-1]:,}" if f.backlog else "-" for f in flat)
+    checks.append(
+        (
+            f"the worker keeps up at {args.rate:,.0f}/s: backlog flat in every round (last sample {lasts})",
+            all(f.flat for f in flat),
+        )
+    )
+    return checks
+
+
+def report(phases: list[Phase], args: argparse.Namespace, targets: list[str]) -> tuple[bool, bool]:
+    """Prints the report; returns (the webhook's targets met, the worker's targets met)."""
     out = io.StringIO()
     w = out.write
     checks: list[tuple[str, bool]] = []
+    worker_checks: list[tuple[str, bool]] = []
     w(f"\nWebhook bench: Alertmanager v4 payloads, one firing {args.alertname} alert each, every alert distinct\n")
     w(f"(fingerprint and instance label), scaledObject cycling over {len(targets)} ScaledObjects in {NAMESPACE}.\n")
     w(f"Agent: dry-run, sqlite ledger, workers={args.workers}, emulated Kubernetes API in its own process (nice 19).\n")
@@ -779,6 +1028,8 @@ def report(phases: list[Phase], args: argparse.Namespace, targets: list[str]) ->
             w(f"rejections {int(m.get('scaling_agent_webhook_rejections_total', 0))}\n")
             w(f"  {'':<10}     warnings/errors logged: {p.logs}\n")
 
+        worker_checks += report_worker(w, agent_phases, args)
+
     busy = [p for p in phases if p.quiet >= QUIET_CORES]
     if busy:
         w(f"\nCaution: {len(busy)} of {len(phases)} measurements started on a busy machine (--settle ran out with ")
@@ -788,13 +1039,15 @@ def report(phases: list[Phase], args: argparse.Namespace, targets: list[str]) ->
     w("\nTargets:\n")
     for text, ok in checks:
         w(f"  {'met    ' if ok else 'NOT met'}  {text}\n")
+    for text, ok in worker_checks:
+        w(f"  {'met    ' if ok else 'NOT met'}  {text} (worker: fails --check only with --check-worker)\n")
     if args.profile:
         w("(--profile: round 1 of the agent's throughput ran under cProfile, which slows it; see the profile below)\n")
     print(out.getvalue(), end="")
     for p in phases:
         if p.profile is not None and p.profile.exists():
             print_profile(p.profile, args.profile_top)
-    return all(ok for _, ok in checks)
+    return all(ok for _, ok in checks), all(ok for _, ok in worker_checks)
 
 
 def print_profile(path: Path, top: int) -> None:
@@ -824,6 +1077,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=1000.0, help="paced sender: alerts per second")
     parser.add_argument("--requests", type=int, default=5000, help="paced sender: requests per server per round")
     parser.add_argument("--observe", type=float, default=3.0, help="seconds to watch the agent's worker after load")
+    parser.add_argument(
+        "--sample",
+        type=float,
+        default=SAMPLE_SECONDS,
+        help="read the agent's backlog from /metrics this often during the load (0: only at its end)",
+    )
     parser.add_argument("--settle", type=float, default=20.0, help="max seconds to wait for a quiet machine")
     parser.add_argument("--workers", type=int, default=4, help="the agent's worker lanes (config workers)")
     parser.add_argument(
@@ -837,7 +1096,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-latency", action="store_true", help="only the wrk throughput measurement")
     parser.add_argument("--profile", action="store_true", help="cProfile the agent's event loop in round 1's wrk run")
     parser.add_argument("--profile-top", type=int, default=25, help="profile lines to print")
-    parser.add_argument("--check", action="store_true", help="exit 1 unless every target is met")
+    parser.add_argument("--check", action="store_true", help="exit 1 unless the webhook's targets are met")
+    parser.add_argument(
+        "--check-worker",
+        action="store_true",
+        help="exit 1 unless every target is met, the worker's too (ack -> decision p99, backlog flat)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (ledgers, logs, profile)")
     parser.add_argument(
         "--no-pin",
@@ -856,6 +1120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "requests": (1, 100_000),
             "rate": (1, 20_000),
             "observe": (0, 60),
+            "sample": (0, 60),
             "settle": (0, 300),
             "workers": (1, 64),
         }
@@ -865,7 +1130,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def bench_main(args: argparse.Namespace, workdir: Path) -> bool:
+async def bench_main(args: argparse.Namespace, workdir: Path) -> tuple[bool, bool]:
     bench = Bench(args, workdir)
     phases = await bench.run()
     return report(phases, args, bench.targets)
@@ -883,12 +1148,14 @@ def main(argv: list[str] | None = None) -> int:
     pin(OTHERS_CPU, args)  # the parent, and wrk which inherits it
     workdir = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
     try:
-        met = asyncio.run(bench_main(args, workdir))
+        met, worker_met = asyncio.run(bench_main(args, workdir))
     finally:
         if args.keep:
             print(f"\nkept {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    if args.check_worker:
+        return 0 if met and worker_met else 1
     return 1 if args.check and not met else 0
 
 
