@@ -149,7 +149,8 @@ class Config(Model):
     ledger: LedgerConfig = LedgerConfig()
     guard: GuardConfig = GuardConfig()
     log: LogConfig = LogConfig()
-    workers: int = Field(default=4, ge=1, le=64)
+    # Each lane waits on the ledger for every decision; 8 keep up with 1,000 alerts/s (bench/README.md).
+    workers: int = Field(default=8, ge=1, le=64)
     # Each source's own section, checked by the source itself (agent.sources.check_sources), so that this module
     # never imports the sources: `alertmanager` is on by default.
     sources: dict[str, Any] = {}

@@ -1084,7 +1084,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="read the agent's backlog from /metrics this often during the load (0: only at its end)",
     )
     parser.add_argument("--settle", type=float, default=20.0, help="max seconds to wait for a quiet machine")
-    parser.add_argument("--workers", type=int, default=4, help="the agent's worker lanes (config workers)")
+    parser.add_argument("--workers", type=int, default=8, help="the agent's worker lanes (config workers)")
     parser.add_argument(
         "--alertname",
         default="MCPFrequentScaling",
