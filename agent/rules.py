@@ -56,7 +56,7 @@ class Rules:
             action = ACTIONS[rule.action.type]
             verdict: Outcome | None
             try:
-                refs, reason = await self.resolve(rule.target, event.labels)
+                refs, reason = await self.resolve(rule.target, event.labels, namespace=event.namespace)
             except TargetLookupFailed as exc:
                 refs, reason, verdict = [], str(exc), Outcome.FAILED
             else:
@@ -76,11 +76,14 @@ class Rules:
             )
         return plans
 
-    async def resolve(self, spec: TargetSpec, labels: Mapping[str, str]) -> tuple[list[TargetRef], str]:
+    async def resolve(
+        self, spec: TargetSpec, labels: Mapping[str, str], *, namespace: str | None = None
+    ) -> tuple[list[TargetRef], str]:
+        """The targets of one event: ``namespace`` is the event's own, when it has one (a label wins)."""
         auto = spec.kind == AUTO
         kind = None if auto else self._targets[spec.kind]
         cluster_scoped = kind is not None and not kind.namespaced
-        namespace = "" if cluster_scoped else labels.get("namespace") or spec.namespace
+        namespace = "" if cluster_scoped else labels.get("namespace") or namespace or spec.namespace
         try:
             name_labels = spec.name_labels if spec.name_labels is not None else (kind.name_labels if kind else ())
             for label in name_labels:

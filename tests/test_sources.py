@@ -225,3 +225,15 @@ async def test_an_event_with_a_deadline_is_handled_while_the_storm_gate_holds_ev
         release.set()
     await settle(agent)
     assert len(await agent.ledger.decisions()) == 3
+
+
+async def test_an_events_own_namespace_finds_its_target_when_its_labels_name_none(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    rules = [{**RULES[0], "target": {}}]  # no namespace in the rule either
+    agent = await start_agent(build_config(base_config, guard={"cooldown": "0s"}, rules=rules))
+    target = agent.config.rules[0].target
+    refs, reason = await agent.rules.resolve(target, {"scaledObject": "mcp-http-scaler"}, namespace=NS)
+    assert [str(ref) for ref in refs] == [f"ScaledObject/{NS}/mcp-http-scaler"] and reason == "from label scaledObject"
+    refs, reason = await agent.rules.resolve(target, {"scaledObject": "mcp-http-scaler"})
+    assert refs == [] and "no namespace label or rule namespace" in reason
