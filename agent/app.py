@@ -36,6 +36,7 @@ from agent.targets import build_targets, kinds_in_use
 from agent.worker import Intake, Worker
 
 log = structlog.get_logger("agent")
+CACHE_WAIT_SECONDS = 60.0
 
 
 class Agent:
@@ -105,6 +106,7 @@ class Agent:
         for sink in self.sinks:
             sink.start(self.supervisor)
         self.worker.start(self.supervisor)
+        await self._caches_listed()
         try:
             await self.reconciler.reconcile_once()
         except Exception as exc:  # the loop retries; a slow API at start must not stop the agent
@@ -142,6 +144,20 @@ class Agent:
             rules=len(self.config.rules),
             namespaces=self.config.kubernetes.namespaces,
         )
+
+    async def _caches_listed(self) -> None:
+        """
+        Wait (at most CACHE_WAIT_SECONDS) for the kinds' caches to list once, so that the first reconcile pass
+        reads them instead of listing everything from the API a second time. Past that, it reads the API: a
+        slow API at start must not keep the agent from starting.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CACHE_WAIT_SECONDS
+        while not all(kind.ready for kind in self.targets.values()):
+            if loop.time() >= deadline:
+                log.warning("the caches have not listed yet; the first pass reads the API", waited=CACHE_WAIT_SECONDS)
+                return
+            await asyncio.sleep(0.02)
 
     async def _prune_inbox_hourly(self) -> None:
         while True:

@@ -56,6 +56,9 @@ agent relies on and kmock lacks:
   an ADDED for every current object, oldest first, so the Watch's own resume
   point (the last object's version) misses nothing; a direct
   ``cluster.objects[...].patch(...)`` bypasses this (no version, no event);
+- ``limit`` and ``continue`` on lists (pages): a ``/readyz`` ping with
+  ``limit=1`` must not fetch 10,000 objects, and a cache lists in pages so that
+  it never holds a whole list at once;
 - a watch sees a change through its selectors as the API server's watch cache
   does: an object that starts matching arrives as ADDED, one that stops
   matching as DELETED (its last matching content, the change's version), so a
@@ -518,7 +521,18 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         # No await from here: the items and the version are one instant (every change is recorded in the step
         # that makes it), so a watch from this version misses nothing and repeats nothing.
         items = self._current(request, visible)
-        payload: dict[str, Any] = {"metadata": {"resourceVersion": self.resource_version}, "items": items}
+        metadata: dict[str, Any] = {"resourceVersion": self.resource_version}
+        limit = _version(request.params.get("limit") or "0", what="limit")
+        if limit:
+            # Pages, as a real server serves them (limit + continue): the token carries the next offset. Unlike
+            # a real server's, later pages show the objects as they are then, not as of the first page; a client
+            # that watches from the first page's resourceVersion sees whatever changed meanwhile all the same.
+            start = _version(request.params.get("continue") or "0", what="continue") or 0
+            rest = items[start + limit :]
+            items = items[start : start + limit]
+            if rest:
+                metadata.update({"continue": str(start + limit), "remainingItemCount": len(rest)})
+        payload: dict[str, Any] = {"metadata": metadata, "items": items}
         api_version, kind = KINDS.get(request.resource.plural, (None, None))
         if kind is not None:
             payload = {"apiVersion": api_version, "kind": f"{kind}List", **payload}

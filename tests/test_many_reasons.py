@@ -220,12 +220,14 @@ def load_legacy(cluster: DevCluster, *, expire: str | None = None) -> dict[str, 
     captured: dict[str, Any] = json.loads(LEGACY.read_text())
     for name in ("mcp-http-scaler", "mcp-scale-to-zero", "mcp-queue-scaler"):
         marks = dict(captured[name]["annotations"])
-        if name == expire:
-            for key, value in marks.items():
-                if key.startswith("scaling-agent.cortex.io/"):
-                    owned = json.loads(value)
-                    owned["expiresAt"] = (datetime.now(tz=UTC) - timedelta(minutes=1)).isoformat()
-                    marks[key] = json.dumps(owned)
+        # The captured expiries are absolute times from the day of the capture: move them to an hour from now
+        # (or a minute ago, for ``expire``), so the test means the same whenever it runs.
+        moved = timedelta(minutes=-1) if name == expire else timedelta(hours=1)
+        for key, value in marks.items():
+            if key.startswith("scaling-agent.cortex.io/"):
+                owned = json.loads(value)
+                owned["expiresAt"] = (datetime.now(tz=UTC) + moved).isoformat()
+                marks[key] = json.dumps(owned)
         cluster.change("scaledobjects", NS, name, {"spec": captured[name]["spec"], "metadata": {"annotations": marks}})
     return captured
 
