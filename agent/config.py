@@ -157,7 +157,7 @@ class KubernetesConfig(Model):
     api_attempts: int = Field(default=4, ge=1, le=10)
     api_backoff: Duration = timedelta(milliseconds=200)
     post_events: bool = True
-    # Read ScaledObjects and their Deployments from a watch-backed cache (list + watch), not one GET per decision.
+    # Read every target kind's objects from a watch-backed cache (list + watch), not GETs per decision.
     watch: bool = True
     resync: Duration = timedelta(minutes=10)  # how often the cache lists everything again, to correct any drift
 

@@ -829,8 +829,11 @@ async def test_rbac_with_the_components_grants_exactly_the_calls_of_the_other_ki
     ]
     if nodes:
         steps.append(("NodeFailing", {"node": NODE}))  # the Node, its Event in default
-    # The ScaledObject's first patch meets a 409: the cached copy is stale, so it is read again from the API.
-    cluster.fail(method="PATCH", plural="scaledobjects", status=409, times=1)
+    # Reads come from the kinds' watch-backed caches (list + watch). The first patch of a ScaledObject, an HPA and
+    # (with node-kind) a Node meets a 409: the cached copy is stale, so it is read again from the API (get). A
+    # Deployment's or StatefulSet's write reads the workload again after its `scale` step (get).
+    for plural in ("scaledobjects", "horizontalpodautoscalers", *(["nodes"] if nodes else [])):
+        cluster.fail(method="PATCH", plural=plural, status=409, times=1)
     for status in ("firing", "resolved"):
         for alertname, labels in steps:
             assert (await post(agent, payload(alert(alertname, labels, status=status)))).status == 200
@@ -855,7 +858,7 @@ async def test_rbac_with_the_components_grants_exactly_the_calls_of_the_other_ki
     # calls are on Nodes, and the only calls in default are the Nodes' Events.
     assert {namespace for namespace, _ in calls} == {NS, *(["default", None] if nodes else [])}
     assert {grant for namespace, grant in calls if namespace is None} == (
-        {("", "nodes", verb) for verb in ("get", "list", "patch")} if nodes else set()
+        {("", "nodes", verb) for verb in ("get", "list", "watch", "patch")} if nodes else set()
     )
     assert {grant for namespace, grant in calls if namespace == "default"} == (
         {("", "events", "create")} if nodes else set()

@@ -1,13 +1,15 @@
 """
 Each target kind, through the real client against the emulated API: a plain HPA, KEDA's own HPA (refused),
 Deployments and StatefulSets nothing autoscales (through `scale`), Nodes (cordon and taint); and a workload found
-through whichever kind scales it (`kind: auto`).
+through whichever kind scales it (`kind: auto`). Each kind reads from its watch-backed cache: a change made behind
+the agent reaches the next decision through the watch, not a GET.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -103,6 +105,36 @@ async def step(agent: Any, alertname: str, labels: dict[str, str], status: str =
 
 def ref(kind: str, name: str) -> TargetRef:
     return TargetRef(kind, "" if kind == "Node" else NS, name)
+
+
+WITHIN = 20.0
+
+
+async def until(check: Callable[[], Any], what: str) -> None:
+    """Wait (bounded) until ``check()`` (a coroutine function) answers true."""
+
+    async def wait() -> None:
+        while not await check():  # noqa: ASYNC110 -- polling the cache, bounded by wait_for
+            await asyncio.sleep(0.02)
+
+    try:
+        await asyncio.wait_for(wait(), WITHIN)
+    except TimeoutError:
+        raise AssertionError(f"not within {WITHIN}s: {what}") from None
+
+
+async def ready(agent: Any) -> None:
+    """Every kind's caches have listed once: from here on decisions read them."""
+
+    async def listed() -> bool:
+        return all(kind.ready for kind in agent.targets.values())
+
+    await until(listed, "the caches to list")
+
+
+def gets(cluster: DevCluster, name: str) -> list[Any]:
+    """The GETs of one object (reads by name; not lists, not watches) the emulator answered so far."""
+    return [r for r in cluster if r.method.value == "GET" and r.name == name and r.params.get("watch") is None]
 
 
 # --- a workload is found through whichever kind scales it ----------------------------------------------------
@@ -258,7 +290,7 @@ async def test_a_node_is_cordoned_and_tainted_and_given_back_leaving_other_taint
 async def test_a_node_someone_else_cordoned_stays_cordoned(
     objects: DevCluster, start_agent: StartAgent, config: Any
 ) -> None:
-    objects.objects["v1/nodes", None, NODE].patch({"spec": {"unschedulable": True}})
+    objects.change("nodes", None, NODE, {"spec": {"unschedulable": True}})
     agent = await start_agent(config)
     cordon = await step(agent, "NodeFailing", {"node": NODE})
     assert dict(cordon.after) == {"taint": True}  # the cordon was there already: only the taint is the agent's
@@ -283,8 +315,99 @@ async def test_an_unknown_node_is_a_recorded_failure_naming_it_and_api_faults_co
     unknown = await step(agent, "NodeFailing", {"node": "no-such-node"})
     assert (unknown.outcome, unknown.reason) == (Outcome.FAILED, "Node/no-such-node not found")
     assert unknown.target == ref("Node", "no-such-node")
-    # A Node is read as plain JSON; a server error is retried like any other read, then recorded.
+    # A Node is read as plain JSON; a server error is retried like any other read, then recorded. Reads come from
+    # the cache: a 409 makes the next read go to the API, which then fails.
+    await ready(agent)
+    objects.fail(method="PATCH", plural="nodes", status=409, times=1)
     objects.fail(method="GET", plural="nodes", status=503, times=10)
     unavailable = await step(agent, "NodeFailing", {"node": NODE})
     assert (unavailable.outcome, unavailable.reason) == (Outcome.FAILED, "Kubernetes API unreachable")
     assert "503" in (unavailable.error or "")
+
+
+# --- each kind reads its cache -------------------------------------------------------------------------------
+
+
+async def test_an_hpa_changed_behind_the_agent_is_read_from_the_cache(
+    objects: DevCluster, start_agent: StartAgent, config: Any
+) -> None:
+    agent = await start_agent(config)
+    await ready(agent)
+    kind = agent.targets["HorizontalPodAutoscaler"]
+    objects.change("horizontalpodautoscalers", NS, "mcp-search", {"spec": {"maxReplicas": 15}})
+
+    async def seen() -> bool:
+        return (await kind.get(NS, "mcp-search")).values["max-replicas"] == 15
+
+    read = len(gets(objects, "mcp-search"))
+    await until(seen, "the change to reach the cache")
+    raised = await step(agent, "Raise", {"namespace": NS, "deployment": HPA_SERVER})
+    assert raised.target == ref("HorizontalPodAutoscaler", "mcp-search")
+    assert (dict(raised.before), dict(raised.after)) == ({"max-replicas": 15}, {"max-replicas": 17})
+    assert len(gets(objects, "mcp-search")) == read  # found and read through the cache: no GET
+
+
+async def test_a_workload_changed_behind_the_agent_is_read_from_the_cache(
+    objects: DevCluster, start_agent: StartAgent, config: Any
+) -> None:
+    agent = await start_agent(config)
+    await ready(agent)
+    kind = agent.targets["Deployment"]
+    objects.change("deployments", NS, PLAIN, {"spec": {"replicas": 3}})
+
+    async def seen() -> bool:
+        return (await kind.get(NS, PLAIN)).values["replicas"] == 3
+
+    await until(seen, "the change to reach the cache")
+    before = len(list(objects))
+    floor = await step(agent, "Floor6", {"namespace": NS, "deployment": PLAIN})
+    assert (dict(floor.before), dict(floor.after)) == ({"replicas": 3}, {"replicas": 6})
+    # The decision read the cache; the one GET is the write's own, after `scale`, for the count it left.
+    during = list(objects)[before:]
+    read = [i for i, r in enumerate(during) if r in gets(objects, PLAIN)]
+    scaled = [i for i, r in enumerate(during) if r.method.value == "PATCH" and r.subresource == "scale"]
+    assert len(read) == 1 and len(scaled) == 1 and read[0] > scaled[0]
+    # What the write answered is in the cache: the next decision reads the new count without a GET.
+    assert (await kind.get(NS, PLAIN)).values["replicas"] == 6
+    assert len(gets(objects, PLAIN)) == len(read) + len(gets(list(objects)[:before], PLAIN))
+
+
+async def test_an_hpa_made_for_a_workload_behind_the_agent_is_seen_from_the_cache(
+    objects: DevCluster, start_agent: StartAgent, config: Any
+) -> None:
+    agent = await start_agent(config)
+    await ready(agent)
+    kind = agent.targets["Deployment"]
+    objects.add(hpa("mcp-docs", PLAIN))  # now an HPA scales the Deployment nothing autoscaled
+
+    async def seen() -> bool:
+        return (await kind.get(NS, PLAIN)).scaled_by is not None
+
+    await until(seen, "the new HPA to reach the workload's cache")
+    before = len(list(objects))
+    refused = await step(agent, "ReplicasDirect", {"namespace": NS, "deployment": PLAIN})
+    assert refused.outcome == Outcome.REFUSED
+    assert f"is set by HorizontalPodAutoscaler/{NS}/mcp-docs, which would undo the change" in refused.reason
+    # Neither the workload nor the HPAs were read from the API: no GET, no list.
+    assert [r for r in list(objects)[before:] if r.method.value == "GET" and r.params.get("watch") is None] == []
+
+
+async def test_a_node_changed_behind_the_agent_is_read_from_the_cache(
+    objects: DevCluster, start_agent: StartAgent, config: Any
+) -> None:
+    agent = await start_agent(config)
+    await ready(agent)
+    kind = agent.targets["Node"]
+    objects.change("nodes", None, NODE, {"spec": {"unschedulable": True}})  # someone cordons it
+
+    async def seen() -> bool:
+        return (await kind.get("", NODE)).values["unschedulable"] is True
+
+    read = len(gets(objects, NODE))
+    await until(seen, "the change to reach the cache")
+    cordon = await step(agent, "NodeFailing", {"node": NODE})
+    assert dict(cordon.after) == {"taint": True}  # the cordon was someone else's: only the taint is the agent's
+    assert len(gets(objects, NODE)) == read
+    back = await step(agent, "NodeFailing", {"node": NODE}, "resolved")  # the patch's answer was cached
+    assert dict(back.after) == {"taint": False} and len(gets(objects, NODE)) == read
+    assert objects.get("nodes", None, NODE)["spec"]["taints"] == [SOMEONES_TAINT]

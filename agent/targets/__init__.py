@@ -22,17 +22,23 @@ from agent.targets.workload import DeploymentTarget, StatefulSetTarget
 if TYPE_CHECKING:  # agent.config validates kinds against this registry: no import back at run time
     from agent.config import KubernetesConfig
 
+
+def _watched(k8s: KubernetesConfig) -> list[str | None] | None:
+    """The namespaces a kind's caches list and watch (None: one cluster-wide), or None: no cache, read the API."""
+    return None if not k8s.watch else [None] if "*" in k8s.namespaces else list(k8s.namespaces)
+
+
 KINDS: dict[str, Callable[[client.ApiClient, KubernetesConfig], TargetKind]] = {
     ScaledObjectTarget.kind: lambda api, k8s: ScaledObjectTarget(
-        api,
-        resume_check_after=k8s.resume_check_after,
-        namespaces=None if not k8s.watch else [None] if "*" in k8s.namespaces else list(k8s.namespaces),
-        resync=k8s.resync,
+        api, resume_check_after=k8s.resume_check_after, namespaces=_watched(k8s), resync=k8s.resync
     ),
-    HorizontalPodAutoscalerTarget.kind: lambda api, k8s: HorizontalPodAutoscalerTarget(api),
-    DeploymentTarget.kind: lambda api, k8s: DeploymentTarget(api),
-    StatefulSetTarget.kind: lambda api, k8s: StatefulSetTarget(api),
-    NodeTarget.kind: lambda api, k8s: NodeTarget(api),
+    HorizontalPodAutoscalerTarget.kind: lambda api, k8s: HorizontalPodAutoscalerTarget(
+        api, namespaces=_watched(k8s), resync=k8s.resync
+    ),
+    DeploymentTarget.kind: lambda api, k8s: DeploymentTarget(api, namespaces=_watched(k8s), resync=k8s.resync),
+    StatefulSetTarget.kind: lambda api, k8s: StatefulSetTarget(api, namespaces=_watched(k8s), resync=k8s.resync),
+    # Nodes are cluster-scoped: one cache of them all, whatever the namespaces.
+    NodeTarget.kind: lambda api, k8s: NodeTarget(api, watch=k8s.watch, resync=k8s.resync),
 }
 CLUSTER_SCOPED = frozenset({NodeTarget.kind})  # kinds whose objects have no namespace
 AUTO = "auto"

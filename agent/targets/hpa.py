@@ -12,13 +12,18 @@ rewrites it from the ScaledObject on its next pass, so a change there would sile
 
 Read and patched as plain JSON through CustomObjectsApi (the typed models cost more than the calls), JSON merge
 patches carrying the resourceVersion, under the agent's field manager.
+
+Reads come from a watch-backed cache of the HPAs (:mod:`agent.targets.cache`), a slim projection of the fields
+read here; until it has listed once (and for an HPA it does not have yet) a read goes to the API. A patch's answer
+goes into the cache at once, and a 409 makes the next read go to the API (:meth:`invalidate`).
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping
-from datetime import datetime
+import functools
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from kubernetes_asyncio import client
@@ -28,6 +33,7 @@ from agent.errors import call
 from agent.structs import TargetRef
 from agent.supervisor import Supervisor
 from agent.targets.base import (
+    ANNOTATION_PREFIX,
     FIELD_MANAGER,
     MAX_REPLICAS,
     MIN_REPLICAS,
@@ -41,6 +47,7 @@ from agent.targets.base import (
     last_manager,
     read_claims,
 )
+from agent.targets.cache import Lister, ObjectCache, Projection, prune
 
 GROUP, VERSION, PLURAL = "autoscaling", "v2", "horizontalpodautoscalers"
 SPEC_FIELDS = {MIN_REPLICAS: "minReplicas", MAX_REPLICAS: "maxReplicas"}
@@ -49,6 +56,52 @@ FIELDS_FOR = {
     Want.CAP: (MAX_REPLICAS,),
     Want.RAISE: (MAX_REPLICAS,),
     Want.PAUSE: (MIN_REPLICAS, MAX_REPLICAS),
+}
+
+
+# --- the cache's projections (also used by agent/targets/workload.py and agent/targets/node.py) ---------------
+
+
+def agent_annotations(marks: Mapping[str, str] | None) -> dict[str, str]:
+    """The agent's own annotations (claims, legacy ownership, opt-out) and nothing else."""
+    return {key: value for key, value in (marks or {}).items() if key.startswith(ANNOTATION_PREFIX)}
+
+
+def managed_fields(paths: Mapping[str, Any]) -> Callable[[Any], builtins.list[dict[str, Any]]]:
+    """A projection of ``managedFields``: who set the fields at ``paths`` (``{"f:spec": {"f:replicas": True}}``)."""
+
+    def slim(entries: Any) -> builtins.list[dict[str, Any]]:
+        kept = []
+        for entry in entries or []:
+            fields = prune(entry.get("fieldsV1") or {}, paths)
+            if fields:
+                kept.append({"manager": entry.get("manager"), "time": entry.get("time"), "fieldsV1": fields})
+        return kept
+
+    return slim
+
+
+def custom_lister(
+    custom: client.CustomObjectsApi, group: str, version: str, plural: str, namespace: str | None
+) -> Lister:
+    """The list call of one namespace (None: all), as a partial: the cache's watch then hands over plain dicts."""
+    if namespace is None:
+        return functools.partial(custom.list_cluster_custom_object, group, version, plural)
+    return functools.partial(custom.list_namespaced_custom_object, group, version, namespace, plural)
+
+
+HPA_FIELDS: dict[str, Any] = {
+    "metadata": {
+        "name": True,
+        "namespace": True,
+        "resourceVersion": True,
+        "labels": True,  # selectors
+        "annotations": agent_annotations,
+        "ownerReferences": lambda owners: [{"kind": o.get("kind"), "name": o.get("name")} for o in owners or []],
+        "managedFields": managed_fields({"f:spec": {"f:minReplicas": True, "f:maxReplicas": True}}),
+    },
+    "spec": {"minReplicas": True, "maxReplicas": True, "scaleTargetRef": True},
+    "status": {"currentReplicas": True},
 }
 
 
@@ -66,8 +119,23 @@ class HorizontalPodAutoscalerTarget:
     namespaced: ClassVar[bool] = True
     name_labels: ClassVar[tuple[str, ...]] = ("horizontalpodautoscaler", "hpa")
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        namespaces: builtins.list[str | None] | None = None,
+        resync: timedelta = timedelta(minutes=10),
+    ) -> None:
         self._custom = client.CustomObjectsApi(api)
+        # Without namespaces (a test building the kind alone, or kubernetes.watch: false) reads go to the API.
+        self._objects: ObjectCache | None = None
+        if namespaces is not None:
+            self._objects = ObjectCache(
+                name=PLURAL,
+                listers={ns: custom_lister(self._custom, GROUP, VERSION, PLURAL, ns) for ns in namespaces},
+                project=functools.partial(prune, keep=HPA_FIELDS),
+                resync=resync,
+            )
 
     def fields_for(self, want: Want) -> tuple[str, ...] | str:
         return FIELDS_FOR.get(want) or "an HPA has nothing to cordon or taint"
@@ -76,26 +144,38 @@ class HorizontalPodAutoscalerTarget:
         await self._list(namespace, limit=1)
 
     async def get(self, namespace: str, name: str) -> TargetState:
-        return self._state(
-            await call(self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
-        )
+        cache = self._cached()
+        cached = None if cache is None else cache.get(namespace, name)
+        if cached is not None:
+            return self._state(cached)
+        # Not listed yet, new, or invalidated after a 409: from the API, and kept.
+        obj = await call(self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
+        if self._objects is not None:
+            self._objects.put(obj)
+        return self._state(obj)
 
     async def list(self, namespace: str | None) -> builtins.list[TargetState]:
-        return [self._state(obj) for obj in await self._list(namespace)]
+        return [self._state(obj) for obj in await self._read(namespace)]
 
     async def find_by_workload(self, namespace: str, kind: str, name: str) -> builtins.list[TargetRef]:
         refs = []
-        for obj in await self._list(namespace):
+        for obj in await self._read(namespace):
             target = (obj.get("spec") or {}).get("scaleTargetRef") or {}
             if target.get("name") == name and target.get("kind") == kind:
                 refs.append(self._ref(obj))
         return sorted(refs)
 
     async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]:
-        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+        # The selector is also filtered here: a list's labelSelector is a hint some servers ignore.
+        cache = self._cached()
+        if cache is not None:
+            items: builtins.list[dict[str, Any]] = cache.items(namespace)
+        else:
+            label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+            items = await self._list(namespace, label_selector=label_selector)
         return sorted(
             self._ref(obj)
-            for obj in await self._list(namespace, label_selector=label_selector)
+            for obj in items
             if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
         )
 
@@ -121,23 +201,36 @@ class HorizontalPodAutoscalerTarget:
                 field_manager=FIELD_MANAGER,
             )
         )
+        if self._objects is not None:
+            obj = self._objects.put(obj)
         return self._state(obj)
 
     async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
         return None
 
     def start(self, supervisor: Supervisor) -> None:
-        """Reads go to the API: nothing to keep fresh."""
+        if self._objects is not None:
+            self._objects.start(supervisor)
 
     async def stop(self) -> None:
-        pass
+        if self._objects is not None:
+            await self._objects.stop()
 
     @property
     def ready(self) -> bool:
-        return True
+        return self._objects is None or self._objects.ready
 
     def invalidate(self, namespace: str, name: str) -> None:
-        pass
+        if self._objects is not None:
+            self._objects.forget(namespace, name)
+
+    def _cached(self) -> ObjectCache | None:
+        return self._objects if self._objects is not None and self._objects.ready else None
+
+    async def _read(self, namespace: str | None) -> builtins.list[Projection]:
+        """The HPAs of a namespace (None: all): from the cache once it has listed, else from the API."""
+        cache = self._cached()
+        return cache.items(namespace) if cache is not None else await self._list(namespace)
 
     async def _list(self, namespace: str | None, **params: Any) -> builtins.list[dict[str, Any]]:
         if namespace is None:

@@ -9,13 +9,19 @@ cordoned (a claim there holds nothing), and the agent only ever adds or removes 
 A merge patch replaces ``spec.taints`` as a whole, so the patch carries the resourceVersion it read: a taint
 someone added meanwhile makes it a 409, and the executor reads again. Nodes have no namespace, so the namespace
 allow-list does not apply to them; the rules that name a Node kind are what let the agent touch one.
+
+Reads come from a watch-backed cache of the Nodes (:mod:`agent.targets.cache`), listed and watched once,
+cluster-wide, and kept as a slim projection (the taints whole: a patch writes the list back). Until it has listed
+once (and for a Node it does not have yet) a read goes to the API. A patch's answer goes into the cache at once,
+and a 409 makes the next read go to the API (:meth:`NodeTarget.invalidate`).
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from kubernetes_asyncio import client
@@ -36,9 +42,21 @@ from agent.targets.base import (
     last_manager,
     read_claims,
 )
+from agent.targets.cache import ObjectCache, prune
+from agent.targets.hpa import agent_annotations, managed_fields
 
 TAINT_KEY = f"{ANNOTATION_PREFIX}cordoned"
 TAINT_EFFECT = "NoSchedule"
+NODE_FIELDS: dict[str, Any] = {
+    "metadata": {
+        "name": True,
+        "resourceVersion": True,
+        "labels": True,  # selectors
+        "annotations": agent_annotations,
+        "managedFields": managed_fields({"f:spec": {"f:unschedulable": True, "f:taints": True}}),
+    },
+    "spec": {"unschedulable": True, "taints": True},  # every taint: a patch writes the list back whole
+}
 
 
 def _is_mine(taint: Mapping[str, Any]) -> bool:
@@ -50,8 +68,20 @@ class NodeTarget:
     namespaced: ClassVar[bool] = False
     name_labels: ClassVar[tuple[str, ...]] = ("node", "kubernetes_node")
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(
+        self, api: client.ApiClient, *, watch: bool = False, resync: timedelta = timedelta(minutes=10)
+    ) -> None:
         self._core = client.CoreV1Api(api)
+        # Without watch (a test building the kind alone, or kubernetes.watch: false) reads go to the API. Nodes are
+        # cluster-scoped: one list and one watch of them all, whatever kubernetes.namespaces holds.
+        self._objects: ObjectCache | None = None
+        if watch:
+            self._objects = ObjectCache(
+                name="nodes",
+                listers={None: functools.partial(self._core.list_node)},
+                project=functools.partial(prune, keep=NODE_FIELDS),
+                resync=resync,
+            )
 
     def fields_for(self, want: Want) -> tuple[str, ...] | str:
         if want == Want.HOLD:
@@ -62,9 +92,20 @@ class NodeTarget:
         await call_json(self._core.list_node(limit=1, _preload_content=False))
 
     async def get(self, namespace: str, name: str) -> TargetState:
-        return self._state(await call_json(self._core.read_node(name, _preload_content=False)))
+        cache = self._cached()
+        cached = None if cache is None else cache.get("", name)
+        if cached is not None:
+            return self._state(cached)
+        # Not listed yet, new, or invalidated after a 409: from the API, and kept.
+        obj = await call_json(self._core.read_node(name, _preload_content=False))
+        if self._objects is not None:
+            self._objects.put(obj)
+        return self._state(obj)
 
     async def list(self, namespace: str | None) -> builtins.list[TargetState]:
+        cache = self._cached()
+        if cache is not None:
+            return [self._state(obj) for obj in cache.items()]
         result = await call_json(self._core.list_node(_preload_content=False))
         return [self._state(obj) for obj in result.get("items", [])]
 
@@ -72,11 +113,17 @@ class NodeTarget:
         return []
 
     async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]:
-        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
-        result = await call_json(self._core.list_node(label_selector=label_selector, _preload_content=False))
+        # The selector is also filtered here: a list's labelSelector is a hint some servers ignore.
+        cache = self._cached()
+        if cache is not None:
+            items: builtins.list[dict[str, Any]] = cache.items()
+        else:
+            label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+            result = await call_json(self._core.list_node(label_selector=label_selector, _preload_content=False))
+            items = result.get("items", [])
         return sorted(
             self._ref(obj)
-            for obj in result.get("items", [])
+            for obj in items
             if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
         )
 
@@ -105,23 +152,31 @@ class NodeTarget:
                 _preload_content=False,
             )
         )
+        if self._objects is not None:
+            obj = self._objects.put(obj)
         return self._state(obj)
 
     async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
         return None
 
     def start(self, supervisor: Supervisor) -> None:
-        """Reads go to the API: nothing to keep fresh."""
+        if self._objects is not None:
+            self._objects.start(supervisor)
 
     async def stop(self) -> None:
-        pass
+        if self._objects is not None:
+            await self._objects.stop()
 
     @property
     def ready(self) -> bool:
-        return True
+        return self._objects is None or self._objects.ready
 
     def invalidate(self, namespace: str, name: str) -> None:
-        pass
+        if self._objects is not None:
+            self._objects.forget("", name)
+
+    def _cached(self) -> ObjectCache | None:
+        return self._objects if self._objects is not None and self._objects.ready else None
 
     def _ref(self, obj: Mapping[str, Any]) -> TargetRef:
         return TargetRef(kind=self.kind, namespace="", name=obj["metadata"]["name"])

@@ -15,13 +15,20 @@ nothing slips in between). The count is written only through ``scale``: the agen
 workload's spec, so it never can change a pod template. A crash between the steps leaves a claim whose value
 never landed; its decision is settled ``failed`` (the count does not match), and the next step on the object
 finds the count differs from what the agent meant to write and lets the claim go.
+
+Reads come from two watch-backed caches (:mod:`agent.targets.cache`): the workloads of this kind, and the HPAs
+(to see which of them scale a workload), each a slim projection of the fields read here. Until a cache has listed
+once (and for a workload it does not have yet) a read goes to the API. The annotation patch's answer goes into
+the cache at once; after the ``scale`` write the workload is read again (a GET, put into the cache), so what
+:meth:`patch` returns, and the next decision reads, has the new count. A 409 makes the next read go to the API.
 """
 
 from __future__ import annotations
 
 import builtins
+import functools
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from kubernetes_asyncio import client
@@ -41,13 +48,36 @@ from agent.targets.base import (
     last_manager,
     read_claims,
 )
+from agent.targets.cache import ObjectCache, Projection, prune
 from agent.targets.hpa import GROUP as HPA_GROUP
 from agent.targets.hpa import PLURAL as HPA_PLURAL
 from agent.targets.hpa import VERSION as HPA_VERSION
-from agent.targets.hpa import keda_owner
+from agent.targets.hpa import agent_annotations, custom_lister, keda_owner, managed_fields
 
 GROUP, VERSION = "apps", "v1"
 NOT_AUTOSCALED = "nothing autoscales it"
+
+WORKLOAD_FIELDS: dict[str, Any] = {
+    "metadata": {
+        "name": True,
+        "namespace": True,
+        "resourceVersion": True,
+        "labels": True,  # selectors
+        "annotations": agent_annotations,
+        "managedFields": managed_fields({"f:spec": {"f:replicas": True}}),
+    },
+    "spec": {"replicas": True},
+    "status": {"replicas": True},
+}
+AUTOSCALER_FIELDS: dict[str, Any] = {  # an HPA, as far as "who scales this workload?" reads it
+    "metadata": {
+        "name": True,
+        "namespace": True,
+        "resourceVersion": True,
+        "ownerReferences": lambda owners: [{"kind": o.get("kind"), "name": o.get("name")} for o in owners or []],
+    },
+    "spec": {"scaleTargetRef": True},
+}
 
 
 class _WorkloadTarget:
@@ -56,8 +86,30 @@ class _WorkloadTarget:
     namespaced: ClassVar[bool] = True
     name_labels: ClassVar[tuple[str, ...]]
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        namespaces: builtins.list[str | None] | None = None,
+        resync: timedelta = timedelta(minutes=10),
+    ) -> None:
         self._custom = client.CustomObjectsApi(api)
+        # Without namespaces (a test building the kind alone, or kubernetes.watch: false) reads go to the API.
+        self._objects: ObjectCache | None = None
+        self._hpas: ObjectCache | None = None
+        if namespaces is not None:
+            self._objects = ObjectCache(
+                name=f"{self.kind}/{self.plural}",  # the ScaledObject kind has a cache named "deployments"
+                listers={ns: custom_lister(self._custom, GROUP, VERSION, self.plural, ns) for ns in namespaces},
+                project=functools.partial(prune, keep=WORKLOAD_FIELDS),
+                resync=resync,
+            )
+            self._hpas = ObjectCache(
+                name=f"{self.kind}/{HPA_PLURAL}",  # and the HPA kind one named "horizontalpodautoscalers"
+                listers={ns: custom_lister(self._custom, HPA_GROUP, HPA_VERSION, HPA_PLURAL, ns) for ns in namespaces},
+                project=functools.partial(prune, keep=AUTOSCALER_FIELDS),
+                resync=resync,
+            )
 
     def fields_for(self, want: Want) -> tuple[str, ...] | str:
         if want in (Want.FLOOR, Want.CAP):
@@ -72,27 +124,34 @@ class _WorkloadTarget:
         await self._list(namespace, limit=1)
 
     async def get(self, namespace: str, name: str) -> TargetState:
-        obj = await call(self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, self.plural, name))
-        return self._state(obj, await self._autoscalers(namespace))
+        return self._state(await self._read_one(namespace, name), await self._autoscalers(namespace))
 
     async def list(self, namespace: str | None) -> builtins.list[TargetState]:
         autoscalers = await self._autoscalers(namespace)
-        return [self._state(obj, autoscalers) for obj in await self._list(namespace)]
+        cache = self._cached(self._objects)
+        items = cache.items(namespace) if cache is not None else await self._list(namespace)
+        return [self._state(obj, autoscalers) for obj in items]
 
     async def find_by_workload(self, namespace: str, kind: str, name: str) -> builtins.list[TargetRef]:
         if kind != self.kind:
             return []
         try:
-            obj = await call(self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, self.plural, name))
+            obj = await self._read_one(namespace, name)
         except NotFound:
             return []
         return [self._ref(obj)]
 
     async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]:
-        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+        # The selector is also filtered here: a list's labelSelector is a hint some servers ignore.
+        cache = self._cached(self._objects)
+        if cache is not None:
+            items: builtins.list[dict[str, Any]] = cache.items(namespace)
+        else:
+            label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+            items = await self._list(namespace, label_selector=label_selector)
         return sorted(
             self._ref(obj)
-            for obj in await self._list(namespace, label_selector=label_selector)
+            for obj in items
             if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
         )
 
@@ -115,6 +174,8 @@ class _WorkloadTarget:
                 field_manager=FIELD_MANAGER,
             )
         )
+        if self._objects is not None:
+            self._objects.put(obj)
         if REPLICAS in values:
             scale = {
                 "metadata": {"resourceVersion": obj["metadata"].get("resourceVersion")},
@@ -132,23 +193,50 @@ class _WorkloadTarget:
                     field_manager=FIELD_MANAGER,
                 )
             )
-        return await self.get(ns, name)
+            # The workload as the scale write left it (its count, version and managedFields), for the answer and
+            # the cache; the watch's event may come later.
+            obj = await call(self._custom.get_namespaced_custom_object(GROUP, VERSION, ns, self.plural, name))
+            if self._objects is not None:
+                self._objects.put(obj)
+        return self._state(obj, await self._autoscalers(ns))
 
     async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
         return None
 
     def start(self, supervisor: Supervisor) -> None:
-        """Reads go to the API: nothing to keep fresh."""
+        for cache in (self._objects, self._hpas):
+            if cache is not None:
+                cache.start(supervisor)
 
     async def stop(self) -> None:
-        pass
+        for cache in (self._objects, self._hpas):
+            if cache is not None:
+                await cache.stop()
 
     @property
     def ready(self) -> bool:
-        return True
+        return all(cache is None or cache.ready for cache in (self._objects, self._hpas))
 
     def invalidate(self, namespace: str, name: str) -> None:
-        pass
+        if self._objects is not None:
+            self._objects.forget(namespace, name)
+
+    @staticmethod
+    def _cached(cache: ObjectCache | None) -> ObjectCache | None:
+        return cache if cache is not None and cache.ready else None
+
+    async def _read_one(self, namespace: str, name: str) -> Mapping[str, Any]:
+        """One workload: from the cache, else (not listed yet, new, or invalidated after a 409) from the API."""
+        cache = self._cached(self._objects)
+        cached = None if cache is None else cache.get(namespace, name)
+        if cached is not None:
+            return cached
+        obj: Mapping[str, Any] = await call(
+            self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, self.plural, name)
+        )
+        if self._objects is not None:
+            self._objects.put(obj)
+        return obj
 
     async def _list(self, namespace: str | None, **params: Any) -> builtins.list[dict[str, Any]]:
         if namespace is None:
@@ -162,14 +250,20 @@ class _WorkloadTarget:
 
     async def _autoscalers(self, namespace: str | None) -> dict[tuple[str, str], str]:
         """(namespace, workload name) → the HPA (or KEDA's ScaledObject behind it) that scales it."""
-        if namespace is None:
-            result = await call(self._custom.list_cluster_custom_object(HPA_GROUP, HPA_VERSION, HPA_PLURAL))
-        else:
-            result = await call(
-                self._custom.list_namespaced_custom_object(HPA_GROUP, HPA_VERSION, namespace, HPA_PLURAL)
+        cache = self._cached(self._hpas)
+        hpas: builtins.list[Projection]
+        if cache is not None:
+            hpas = cache.items(namespace)
+        elif namespace is None:
+            hpas = (await call(self._custom.list_cluster_custom_object(HPA_GROUP, HPA_VERSION, HPA_PLURAL))).get(
+                "items", []
             )
+        else:
+            hpas = (
+                await call(self._custom.list_namespaced_custom_object(HPA_GROUP, HPA_VERSION, namespace, HPA_PLURAL))
+            ).get("items", [])
         found = {}
-        for hpa in result.get("items", []):
+        for hpa in hpas:
             target = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
             if target.get("kind") == self.kind and target.get("name"):
                 meta = hpa["metadata"]
