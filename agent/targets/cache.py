@@ -206,10 +206,14 @@ class ObjectCache:
                 if kind == "BOOKMARK":
                     continue
                 projection = self._project(obj)
+                key = _key(projection)
                 if kind == "DELETED":
-                    store.pop(_key(projection), None)
-                else:
-                    store[_key(projection)] = projection
+                    store.pop(key, None)
+                    continue
+                current = store.get(key)
+                # An event older than a copy the agent put in (its own write's answer) does not take it back.
+                if current is None or _version(current) <= _version(projection):
+                    store[key] = projection
         return version
 
     def _store_for(self, namespace: str) -> dict[tuple[str, str], Projection]:
