@@ -56,9 +56,10 @@ agent relies on and kmock lacks:
   an ADDED for every current object, oldest first, so the Watch's own resume
   point (the last object's version) misses nothing; a direct
   ``cluster.objects[...].patch(...)`` bypasses this (no version, no event);
-- ``limit`` and ``continue`` on lists (pages): a ``/readyz`` ping with
-  ``limit=1`` must not fetch 10,000 objects, and a cache lists in pages so that
-  it never holds a whole list at once;
+- ``limit`` and ``continue`` on lists (pages), every page cut from the first
+  page's snapshot as a real server's are (an unknown token is 410): a
+  ``/readyz`` ping with ``limit=1`` must not fetch 10,000 objects, and a cache
+  lists in pages so that it never holds a whole list at once;
 - a watch sees a change through its selectors as the API server's watch cache
   does: an object that starts matching arrives as ADDED, one that stops
   matching as DELETED (its last matching content, the change's version), so a
@@ -105,6 +106,8 @@ import attrs
 import jsonpatch  # a dependency of kmock
 import kmock
 import yaml
+
+PAGED_LISTS_KEPT = 64  # paged lists whose next page may still be asked for
 
 RESOURCES = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh/v1alpha1/scaledobjects",
@@ -228,6 +231,8 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
     _last_seen: dict[tuple[str, str | None, str], dict[str, Any]] = attrs.field(factory=dict, init=False)
     _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)  # replaced once set
     _drops: int = attrs.field(default=0, init=False)  # drop_watches() calls so far
+    _pages: dict[str, tuple[str, list[Any]]] = attrs.field(factory=dict, init=False)  # continue token → the rest
+    _page_ids: Any = attrs.field(factory=itertools.count, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -520,18 +525,25 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         visible = self._visible(request)
         # No await from here: the items and the version are one instant (every change is recorded in the step
         # that makes it), so a watch from this version misses nothing and repeats nothing.
-        items = self._current(request, visible)
-        metadata: dict[str, Any] = {"resourceVersion": self.resource_version}
         limit = _version(request.params.get("limit") or "0", what="limit")
-        if limit:
-            # Pages, as a real server serves them (limit + continue): the token carries the next offset. Unlike
-            # a real server's, later pages show the objects as they are then, not as of the first page; a client
-            # that watches from the first page's resourceVersion sees whatever changed meanwhile all the same.
-            start = _version(request.params.get("continue") or "0", what="continue") or 0
-            rest = items[start + limit :]
-            items = items[start : start + limit]
-            if rest:
-                metadata.update({"continue": str(start + limit), "remainingItemCount": len(rest)})
+        token = request.params.get("continue")
+        if token:
+            # A later page: the rest of the snapshot the first page was cut from, as a real server serves it
+            # (every page as of the first page's resourceVersion). An unknown token is a 410, as an expired one.
+            snapshot = self._pages.pop(token, None)
+            if snapshot is None:
+                raise kmock.KubernetesError(status=410, reason="Expired", message="the continue token has expired")
+            version, items = snapshot
+        else:
+            version, items = self.resource_version, self._current(request, visible)
+        metadata: dict[str, Any] = {"resourceVersion": version}
+        if limit and len(items) > limit:
+            rest, items = items[limit:], items[:limit]
+            token = f"{version}-{next(self._page_ids)}"
+            self._pages[token] = (version, rest)
+            while len(self._pages) > PAGED_LISTS_KEPT:  # clients that never asked for their next page
+                self._pages.pop(next(iter(self._pages)))
+            metadata.update({"continue": token, "remainingItemCount": len(rest)})
         payload: dict[str, Any] = {"metadata": metadata, "items": items}
         api_version, kind = KINDS.get(request.resource.plural, (None, None))
         if kind is not None:

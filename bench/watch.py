@@ -16,7 +16,7 @@ The processes (see bench/README.md):
 - a bare reader, twice: a process that reads the same lists as the cache does (``json.loads``, ``prune``) and
   reports its RSS growth, with each list in one answer and in pages of 500;
 - this script, which also measures with tracemalloc what the same objects take as whole dicts and as the cache's
-  projections (``SCALED_OBJECT_FIELDS`` / ``DEPLOYMENT_FIELDS``), and which fields the projections spend it on.
+  records (``CachedScaledObject`` / ``CachedDeployment``), and which fields the records spend it on.
 
 All traffic is on 127.0.0.1; every wait is bounded. Run ``python bench/watch.py --help``.
 """
@@ -720,7 +720,7 @@ def _deep(obj: Any, seen: set[int]) -> int:
     return size
 
 
-def field_sizes(projections: list[dict[str, Any]], keep: Mapping[str, Any]) -> list[tuple[str, int]]:
+def field_sizes(projections: list[Any], keep: Mapping[str, Any]) -> list[tuple[str, int]]:
     """Bytes each projected field takes over all projections (the dicts that hold them under "(containers)")."""
     seen: set[int] = set()
     totals: Counter[str] = Counter()
@@ -737,7 +737,14 @@ def field_sizes(projections: list[dict[str, Any]], keep: Mapping[str, Any]) -> l
                 totals[f"{path}{key}"] += _deep(value, seen)
 
     for projection in projections:
-        walk(projection, keep, "")
+        if isinstance(projection, Mapping):
+            walk(projection, keep, "")
+            continue
+        # A compact record (the cache's CachedScaledObject, CachedDeployment): its slots.
+        seen.add(id(projection))
+        totals["(the record itself)"] += sys.getsizeof(projection)
+        for slot in type(projection).__slots__:
+            totals[slot] += _deep(getattr(projection, slot), seen)
     return totals.most_common()
 
 
@@ -761,12 +768,7 @@ def footprint(
 
 
 def footprints(n: int, workdir: Path) -> list[Footprint]:
-    from agent.targets.scaledobject import (
-        DEPLOYMENT_FIELDS,
-        SCALED_OBJECT_FIELDS,
-        project_deployment,
-        project_scaled_object,
-    )
+    from agent.targets.scaledobject import CachedDeployment, CachedScaledObject
 
     pairs = list(objects(n))
     scaled = [so for so, _ in pairs]
@@ -774,8 +776,8 @@ def footprints(n: int, workdir: Path) -> list[Footprint]:
     pairs.clear()
     write_lists(workdir / "lists", {"scaledobjects": scaled, "deployments": deployments})
     return [
-        footprint("ScaledObjects", scaled, SCALED_OBJECT_FIELDS, project_scaled_object),
-        footprint("Deployments", deployments, DEPLOYMENT_FIELDS, project_deployment),
+        footprint("ScaledObjects", scaled, {}, CachedScaledObject),
+        footprint("Deployments", deployments, {}, CachedDeployment),
     ]
 
 
@@ -793,9 +795,9 @@ def parse_lists(where: Path, mode: str) -> None:
     A bare process reads the lists as the cache does (json.loads, prune each item, drop the whole dicts) and says
     how much its RSS grew, after a collection: the cache's memory without the rest of the agent, whole or paged.
     """
-    from agent.targets.scaledobject import project_deployment, project_scaled_object
+    from agent.targets.scaledobject import CachedDeployment, CachedScaledObject
 
-    keep = {"scaledobjects": project_scaled_object, "deployments": project_deployment}
+    keep: dict[str, Any] = {"scaledobjects": CachedScaledObject, "deployments": CachedDeployment}
     gc.collect()
     base = _rss()["VmRSS"]
     cache: list[dict[str, Any]] = []

@@ -39,7 +39,7 @@ Lister = Callable[..., Awaitable[Any]]  # a list call of the kubernetes-asyncio 
 Projection = dict[str, Any]
 RETRY_SECONDS = (0.5, 30.0)
 WATCH_SECONDS = 300  # a watch is reopened at least this often (from its resourceVersion: nothing is replayed)
-PAGE = 500  # objects per list page
+PAGE = 100  # objects per list page: a small page leaves little of its parsed answer behind (bench/watch.py)
 MAX_PAGES = 10_000  # 5 million objects: a bound on the loop, not a limit anyone should meet
 
 
@@ -69,14 +69,16 @@ class ObjectCache:
         *,
         name: str,
         listers: Mapping[str | None, Lister],
-        project: Callable[[Mapping[str, Any]], Projection],
+        project: Callable[[Mapping[str, Any]], Any],
         resync: timedelta,
+        expand: Callable[[Any], Projection] | None = None,
     ) -> None:
         self.name = name  # the plural, for logs and task names
         self._listers = dict(listers)  # namespace (None: cluster-wide) → its list call
-        self._project = project
+        self._project = project  # what is kept: a projection, or a compact record with `key` and `version`
+        self._expand = expand or (lambda kept: kept)  # a kept record as the dict readers take
         self._resync = resync.total_seconds()
-        self._objects: dict[str | None, dict[tuple[str, str], Projection]] = {ns: {} for ns in self._listers}
+        self._objects: dict[str | None, dict[tuple[str, str], Any]] = {ns: {} for ns in self._listers}
         self._listed: dict[str | None, asyncio.Event] = {ns: asyncio.Event() for ns in self._listers}
         self._tasks: list[asyncio.Task[None]] = []
         self._supervisor: Supervisor | None = None
@@ -110,13 +112,13 @@ class ObjectCache:
         for objects in self._objects.values():
             found = objects.get((namespace, name))
             if found is not None:
-                return found
+                return self._expand(found)
         return None
 
     def items(self, namespace: str | None = None) -> list[Projection]:
         if namespace is None:
-            return [obj for objects in self._objects.values() for obj in objects.values()]
-        return [obj for (ns, _), obj in self._store_for(namespace).items() if ns == namespace]
+            return [self._expand(obj) for objects in self._objects.values() for obj in objects.values()]
+        return [self._expand(obj) for (ns, _), obj in self._store_for(namespace).items() if ns == namespace]
 
     def put(self, obj: Mapping[str, Any]) -> Projection:
         """An object the agent just wrote (the patch's answer), so the next decision sees it before its event."""
@@ -125,7 +127,7 @@ class ObjectCache:
         current = self._store_for(key[0]).get(key)
         if current is None or _version(current) <= _version(projection):  # never go back to an older version
             self._store_for(key[0])[key] = projection
-        return projection
+        return self._expand(projection)
 
     def forget(self, namespace: str, name: str) -> None:
         self._store_for(namespace).pop((namespace, name), None)
@@ -216,19 +218,23 @@ class ObjectCache:
                     store[key] = projection
         return version
 
-    def _store_for(self, namespace: str) -> dict[tuple[str, str], Projection]:
+    def _store_for(self, namespace: str) -> dict[tuple[str, str], Any]:
         if namespace in self._objects:
             return self._objects[namespace]
         return self._objects.setdefault(None, {}) if None in self._objects else {}
 
 
-def _key(projection: Mapping[str, Any]) -> tuple[str, str]:
-    meta = projection.get("metadata") or {}
+def _key(kept: Any) -> tuple[str, str]:
+    if not isinstance(kept, Mapping):  # a compact record
+        key: tuple[str, str] = kept.key
+        return key
+    meta = kept.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
-def _version(projection: Mapping[str, Any]) -> int:
+def _version(kept: Any) -> int:
+    text = kept.version if not isinstance(kept, Mapping) else (kept.get("metadata") or {}).get("resourceVersion")
     try:
-        return int((projection.get("metadata") or {}).get("resourceVersion") or 0)
+        return int(text or 0)
     except ValueError:
         return 0

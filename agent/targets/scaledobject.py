@@ -60,7 +60,7 @@ from agent.targets.base import (
     last_manager,
     read_claims,
 )
-from agent.targets.cache import ObjectCache, Projection, prune
+from agent.targets.cache import ObjectCache, Projection
 
 GROUP, VERSION, PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
 KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
@@ -79,63 +79,87 @@ FIELDS_FOR = {Want.FLOOR: (MIN_REPLICAS,), Want.CAP: (MAX_REPLICAS,), Want.RAISE
 OUR_ANNOTATIONS = (ANNOTATION_PREFIX, "autoscaling.keda.sh/", DOWNSCALER_PREFIX)
 
 
-def _managed(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+class CachedScaledObject:
     """
-    Of managedFields, only who set each field the agent reads last: one small entry per field (at most three,
-    whatever the object's history), in managedFields' own shape so that reading it needs nothing else.
+    What the cache keeps of a ScaledObject: the fields this module reads, in one slotted record (interned keys
+    and managers), not the object's own nest of dicts, which CPython makes cost ~200-600 bytes each however
+    little they hold (bench/watch.py). :meth:`expand` gives them back in the object's shape for the readers.
     """
-    slim = []
-    for path in FIELD_PATHS.values():
-        manager = last_manager(entries or [], path)
-        if manager is not None:
-            node: dict[str, Any] = {}
-            for part in reversed(path):
-                node = {f"f:{part}": node}
-            slim.append({"manager": sys.intern(manager), "fieldsV1": node})
-    return slim
+
+    __slots__ = ("annotations", "key", "labels", "managers", "max", "min", "paused", "target", "version")
+
+    def __init__(self, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        spec = obj.get("spec") or {}
+        self.key = (sys.intern(str(meta.get("namespace") or "")), str(meta.get("name") or ""))
+        self.version = str(meta.get("resourceVersion") or "")
+        self.labels = tuple((sys.intern(k), v) for k, v in sorted((meta.get("labels") or {}).items())) or None
+        marks = meta.get("annotations") or {}
+        self.annotations = tuple((sys.intern(k), v) for k, v in marks.items() if k.startswith(OUR_ANNOTATIONS)) or None
+        self.managers = (
+            tuple(
+                (name, sys.intern(manager))
+                for name, path in FIELD_PATHS.items()
+                if (manager := last_manager(meta.get("managedFields") or [], path)) is not None
+            )
+            or None
+        )
+        self.min = spec.get("minReplicaCount")
+        self.max = spec.get("maxReplicaCount")
+        target = spec.get("scaleTargetRef") or {}
+        self.target = (target.get("name"), sys.intern(target.get("kind") or "Deployment")) if target else None
+        self.paused = next(
+            (
+                (c.get("status"), c.get("lastTransitionTime"))
+                for c in (obj.get("status") or {}).get("conditions") or []
+                if c.get("type") == "Paused"
+            ),
+            None,
+        )
+
+    def expand(self) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"namespace": self.key[0], "name": self.key[1], "resourceVersion": self.version}
+        if self.labels:
+            metadata["labels"] = dict(self.labels)
+        if self.annotations:
+            metadata["annotations"] = dict(self.annotations)
+        if self.managers:
+            entries = []
+            for name, manager in self.managers:
+                node: dict[str, Any] = {}
+                for part in reversed(FIELD_PATHS[name]):
+                    node = {f"f:{part}": node}
+                entries.append({"manager": manager, "fieldsV1": node})
+            metadata["managedFields"] = entries
+        spec: dict[str, Any] = {}
+        if self.min is not None:
+            spec["minReplicaCount"] = self.min
+        if self.max is not None:
+            spec["maxReplicaCount"] = self.max
+        if self.target is not None:
+            spec["scaleTargetRef"] = {"name": self.target[0], "kind": self.target[1]}
+        result: dict[str, Any] = {"metadata": metadata, "spec": spec}
+        if self.paused is not None:
+            status, since = self.paused
+            result["status"] = {"conditions": [{"type": "Paused", "status": status, "lastTransitionTime": since}]}
+        return result
 
 
-def _paused_condition(conditions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keep = ("type", "status", "lastTransitionTime")
-    return [{k: c.get(k) for k in keep} for c in conditions or [] if c.get("type") == "Paused"]
+class CachedDeployment:
+    """What the cache keeps of a Deployment a ScaledObject scales: who it is, and its replica count."""
 
+    __slots__ = ("key", "replicas", "version")
 
-def _target_ref(ref: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: ref[k] for k in ("name", "kind") if k in ref}
+    def __init__(self, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        self.key = (sys.intern(str(meta.get("namespace") or "")), str(meta.get("name") or ""))
+        self.version = str(meta.get("resourceVersion") or "")
+        replicas = (obj.get("status") or {}).get("replicas")
+        self.replicas = (obj.get("spec") or {}).get("replicas") if replicas is None else replicas
 
-
-def project_deployment(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """A Deployment as the cache keeps it: who it is, and its replica count (flat: four dicts for one number
-    were 85% of what 10,000 of them took)."""
-    meta = obj.get("metadata") or {}
-    replicas = (obj.get("status") or {}).get("replicas")
-    if replicas is None:
-        replicas = (obj.get("spec") or {}).get("replicas")
-    keep = ("name", "namespace", "resourceVersion")
-    return {"metadata": {k: meta[k] for k in keep if k in meta}, "replicas": replicas}
-
-
-# The shape of the cache's copy of a Deployment (project_deployment), for the bench's accounting.
-DEPLOYMENT_FIELDS: dict[str, Any] = {
-    "metadata": {"name": True, "namespace": True, "resourceVersion": True},
-    "replicas": True,
-}
-
-SCALED_OBJECT_FIELDS: dict[str, Any] = {
-    "metadata": {
-        "name": True,
-        "namespace": True,
-        "resourceVersion": True,
-        "labels": True,  # selectors
-        "annotations": lambda marks: {k: v for k, v in (marks or {}).items() if k.startswith(OUR_ANNOTATIONS)},
-        "managedFields": _managed,
-    },
-    "spec": {"minReplicaCount": True, "maxReplicaCount": True, "scaleTargetRef": _target_ref},
-    "status": {"conditions": _paused_condition},
-}
-
-
-project_scaled_object = functools.partial(prune, keep=SCALED_OBJECT_FIELDS)
+    def expand(self) -> dict[str, Any]:
+        meta = {"namespace": self.key[0], "name": self.key[1], "resourceVersion": self.version}
+        return {"metadata": meta, "replicas": self.replicas}
 
 
 @dataclass(frozen=True)
@@ -188,13 +212,15 @@ class ScaledObjectTarget:
             self._objects = ObjectCache(
                 name=PLURAL,
                 listers={ns: self._lister(GROUP, VERSION, PLURAL, ns) for ns in namespaces},
-                project=project_scaled_object,
+                project=CachedScaledObject,
+                expand=CachedScaledObject.expand,
                 resync=resync,
             )
             self._deployments = ObjectCache(
                 name="deployments",
                 listers={ns: self._lister("apps", "v1", "deployments", ns) for ns in namespaces},
-                project=project_deployment,
+                project=CachedDeployment,
+                expand=CachedDeployment.expand,
                 resync=resync,
             )
 
