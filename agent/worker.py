@@ -189,8 +189,10 @@ class Worker:
         self.metrics = metrics
         self._lanes: list[asyncio.Queue[InboxEntry]] = [asyncio.Queue() for _ in range(lanes)]
         self._urgent: asyncio.Queue[InboxEntry] = asyncio.Queue()  # events with a deadline: never gated
-        self._marking: set[asyncio.Future[None]] = set()  # processed marks on their way to the ledger
-        self._in_hand: set[asyncio.Future[list[Decision]]] = set()  # events being processed now
+        self._in_hand = 0  # events the lanes are processing now
+        self._none_in_hand = asyncio.Event()
+        self._none_in_hand.set()
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self.gate = Gate(on_storm=self._storm_changed)
         self._delivered = asyncio.Event()  # a delivery may be waiting to be unpacked
@@ -237,17 +239,17 @@ class Worker:
         self._tasks.append(supervisor.spawn("worker-unpacker", self._unpack_loop))
 
     async def stop(self) -> None:
+        # A stop (SIGTERM) lets the events in hand finish (bounded), so that a change made is also recorded,
+        # instead of being left `applying` for the next start to settle; lanes take no new event meanwhile.
+        self._stopping = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._none_in_hand.wait(), STOP_SECONDS)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        # The events in hand finish (bounded), and the marks on their way land, before the ledger closes.
-        if self._in_hand:
-            await asyncio.wait(self._in_hand, timeout=STOP_SECONDS)
-        if self._marking:
-            await asyncio.wait(self._marking, timeout=STOP_SECONDS)
 
     def _storm_changed(self, storm: bool) -> None:
         self.metrics.worker_throttled.set(1 if storm else 0)
@@ -258,8 +260,6 @@ class Worker:
             await self._unpacked.wait()
             for lane in (self._urgent, *self._lanes):
                 await lane.join()
-            while self._marking:
-                await asyncio.gather(*self._marking, return_exceptions=True)
             if self._unpacked.is_set():
                 return
 
@@ -319,30 +319,26 @@ class Worker:
 
     async def _run(self, lane: asyncio.Queue[InboxEntry], *, gated: bool = True) -> None:
         while True:
+            if self._stopping:  # no new event once a stop began: wait to be cancelled (a return is a crash)
+                await asyncio.Event().wait()
             entry = await lane.get()
+            self._in_hand += 1
+            self._none_in_hand.clear()
             try:
                 if gated:
                     async with self.gate.turn():
-                        await self._finish(entry)
+                        await self.process(entry)
                 else:  # the urgent lane: a deadline does not wait for acknowledgements to calm down
-                    await self._finish(entry)
+                    await self.process(entry)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("event processing failed", entry=entry.id, alertname=entry.event.alertname)
             finally:
+                self._in_hand -= 1
+                if not self._in_hand:
+                    self._none_in_hand.set()
                 lane.task_done()
-
-    async def _finish(self, entry: InboxEntry) -> None:
-        """
-        Process one event so that stopping the lane does not cut it short: a stop (SIGTERM) waits for the event
-        in hand (:meth:`stop`), so a change made is also recorded, instead of being left ``applying`` for the
-        next start to settle.
-        """
-        work = asyncio.ensure_future(self.process(entry))
-        self._in_hand.add(work)
-        work.add_done_callback(self._in_hand.discard)
-        await asyncio.shield(work)
 
     async def process(self, entry: InboxEntry) -> list[Decision]:
         event = entry.event
@@ -365,23 +361,12 @@ class Worker:
         latency = (utcnow() - event.received_at).total_seconds()
         for decision in decisions:
             self.metrics.action_latency.labels(action=decision.action).observe(latency)
-        # The lane does not wait for the processed mark's commit: its decisions are committed already, so the mark
-        # cannot land before them, and the lane takes its next event meanwhile (a lane used to spend about half of
-        # each event waiting for this second commit: bench/README.md). A crash before the mark lands replays the
-        # event at the next start, as before: a recorded no-op.
-        marking = asyncio.ensure_future(self._mark_processed(entry.id))
-        self._marking.add(marking)
-        marking.add_done_callback(self._marking.discard)
-        return decisions
-
-    async def _mark_processed(self, entry_id: int) -> None:
         try:
-            await self.ledger.mark_processed(entry_id)
+            await self.ledger.mark_processed(entry.id)
         except LedgerUnavailable as exc:
             # It will run again after a restart; the redelivery is then a recorded no-op or an idempotent no-op.
-            log.error("could not mark event processed", entry=entry_id, error=str(exc))
-        except Exception:
-            log.exception("marking an event processed failed", entry=entry_id)
+            log.error("could not mark event processed", entry=entry.id, error=str(exc))
+        return decisions
 
     async def _note(
         self,
