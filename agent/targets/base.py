@@ -141,6 +141,26 @@ def claims_annotations(state: TargetState, claims: Claims) -> dict[str, str | No
     return annotations
 
 
+def patch_metadata(state: TargetState, claims: Claims) -> dict[str, Any]:
+    """A merge patch's metadata: the claims annotations, and the resourceVersion read (a stale one is a 409)."""
+    metadata: dict[str, Any] = {"annotations": claims_annotations(state, claims)}
+    if state.resource_version:
+        metadata["resourceVersion"] = state.resource_version
+    return metadata
+
+
+def selector_text(selector: Mapping[str, str]) -> str:
+    """A rule's selector as a list's ``labelSelector``."""
+    return ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+
+
+def carries(obj: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
+    """The object's labels hold every pair. Also checked on a list's answer: its labelSelector is a hint some
+    servers ignore."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
 def last_manager(managed_fields: Sequence[Mapping[str, object]], path: Sequence[str]) -> str | None:
     """
     The field manager that set the field at ``path`` (``("spec", "minReplicaCount")``) most recently, from an

@@ -28,8 +28,9 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
-from kubernetes_asyncio import watch
+from kubernetes_asyncio import client, watch
 
+from agent.claims import ANNOTATION_PREFIX
 from agent.errors import KubernetesError, call_json, classify
 from agent.supervisor import Supervisor
 
@@ -61,6 +62,34 @@ def prune(obj: Mapping[str, Any], keep: Mapping[str, Any]) -> dict[str, Any]:
         elif isinstance(value, Mapping):
             result[key] = prune(value, spec)
     return result
+
+
+def agent_annotations(marks: Mapping[str, str] | None) -> dict[str, str]:
+    """The agent's own annotations (claims, legacy ownership, opt-out) and nothing else."""
+    return {key: value for key, value in (marks or {}).items() if key.startswith(ANNOTATION_PREFIX)}
+
+
+def managed_fields(paths: Mapping[str, Any]) -> Callable[[Any], list[dict[str, Any]]]:
+    """A projection of ``managedFields``: who set the fields at ``paths`` (``{"f:spec": {"f:replicas": True}}``)."""
+
+    def slim(entries: Any) -> list[dict[str, Any]]:
+        kept = []
+        for entry in entries or []:
+            fields = prune(entry.get("fieldsV1") or {}, paths)
+            if fields:
+                kept.append({"manager": entry.get("manager"), "time": entry.get("time"), "fieldsV1": fields})
+        return kept
+
+    return slim
+
+
+def custom_lister(
+    custom: client.CustomObjectsApi, group: str, version: str, plural: str, namespace: str | None
+) -> Lister:
+    """The list call of one namespace (None: all), as a partial: the cache's watch then hands over plain dicts."""
+    if namespace is None:
+        return functools.partial(custom.list_cluster_custom_object, group, version, plural)
+    return functools.partial(custom.list_namespaced_custom_object, group, version, namespace, plural)
 
 
 class ObjectCache:
@@ -222,6 +251,41 @@ class ObjectCache:
         if namespace in self._objects:
             return self._objects[namespace]
         return self._objects.setdefault(None, {}) if None in self._objects else {}
+
+
+class CachedReads:
+    """
+    The part of a target kind that is the same for every kind reading through caches: start and stop them,
+    ready once all have listed, and forget an object after a 409. A kind sets ``_objects`` (its own objects'
+    cache, None without one) and ``_caches`` (every cache it keeps).
+    """
+
+    _objects: ObjectCache | None = None
+    _caches: tuple[ObjectCache, ...] = ()
+
+    def start(self, supervisor: Supervisor) -> None:
+        for cache in self._caches:
+            cache.start(supervisor)
+
+    async def stop(self) -> None:
+        for cache in self._caches:
+            await cache.stop()
+
+    @property
+    def ready(self) -> bool:
+        return all(cache.ready for cache in self._caches)
+
+    def invalidate(self, namespace: str, name: str) -> None:
+        if self._objects is not None:
+            self._objects.forget(namespace, name)
+
+    def _cached(self) -> ObjectCache | None:
+        """The kind's own cache, once it has listed (before that, reads go to the API)."""
+        return self._listed(self._objects)
+
+    @staticmethod
+    def _listed(cache: ObjectCache | None) -> ObjectCache | None:
+        return cache if cache is not None and cache.ready else None
 
 
 def _key(kept: Any) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import builtins
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -31,9 +31,7 @@ from kubernetes_asyncio import client
 from agent.claims import Claims, Value, Want
 from agent.errors import call
 from agent.structs import TargetRef
-from agent.supervisor import Supervisor
 from agent.targets.base import (
-    ANNOTATION_PREFIX,
     FIELD_MANAGER,
     MAX_REPLICAS,
     MIN_REPLICAS,
@@ -42,12 +40,22 @@ from agent.targets.base import (
     PauseInfo,
     PauseOwner,
     TargetState,
-    claims_annotations,
+    carries,
     int_or_none,
     last_manager,
+    patch_metadata,
     read_claims,
+    selector_text,
 )
-from agent.targets.cache import Lister, ObjectCache, Projection, prune
+from agent.targets.cache import (
+    CachedReads,
+    ObjectCache,
+    Projection,
+    agent_annotations,
+    custom_lister,
+    managed_fields,
+    prune,
+)
 
 GROUP, VERSION, PLURAL = "autoscaling", "v2", "horizontalpodautoscalers"
 SPEC_FIELDS = {MIN_REPLICAS: "minReplicas", MAX_REPLICAS: "maxReplicas"}
@@ -60,34 +68,6 @@ FIELDS_FOR = {
 
 
 # --- the cache's projections (also used by agent/targets/workload.py and agent/targets/node.py) ---------------
-
-
-def agent_annotations(marks: Mapping[str, str] | None) -> dict[str, str]:
-    """The agent's own annotations (claims, legacy ownership, opt-out) and nothing else."""
-    return {key: value for key, value in (marks or {}).items() if key.startswith(ANNOTATION_PREFIX)}
-
-
-def managed_fields(paths: Mapping[str, Any]) -> Callable[[Any], builtins.list[dict[str, Any]]]:
-    """A projection of ``managedFields``: who set the fields at ``paths`` (``{"f:spec": {"f:replicas": True}}``)."""
-
-    def slim(entries: Any) -> builtins.list[dict[str, Any]]:
-        kept = []
-        for entry in entries or []:
-            fields = prune(entry.get("fieldsV1") or {}, paths)
-            if fields:
-                kept.append({"manager": entry.get("manager"), "time": entry.get("time"), "fieldsV1": fields})
-        return kept
-
-    return slim
-
-
-def custom_lister(
-    custom: client.CustomObjectsApi, group: str, version: str, plural: str, namespace: str | None
-) -> Lister:
-    """The list call of one namespace (None: all), as a partial: the cache's watch then hands over plain dicts."""
-    if namespace is None:
-        return functools.partial(custom.list_cluster_custom_object, group, version, plural)
-    return functools.partial(custom.list_namespaced_custom_object, group, version, namespace, plural)
 
 
 HPA_FIELDS: dict[str, Any] = {
@@ -114,7 +94,7 @@ def keda_owner(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
-class HorizontalPodAutoscalerTarget:
+class HorizontalPodAutoscalerTarget(CachedReads):
     kind: ClassVar[str] = "HorizontalPodAutoscaler"
     namespaced: ClassVar[bool] = True
     name_labels: ClassVar[tuple[str, ...]] = ("horizontalpodautoscaler", "hpa")
@@ -136,6 +116,7 @@ class HorizontalPodAutoscalerTarget:
                 project=functools.partial(prune, keep=HPA_FIELDS),
                 resync=resync,
             )
+            self._caches = (self._objects,)
 
     def fields_for(self, want: Want) -> tuple[str, ...] | str:
         return FIELDS_FOR.get(want) or "an HPA has nothing to cordon or taint"
@@ -166,25 +147,18 @@ class HorizontalPodAutoscalerTarget:
         return sorted(refs)
 
     async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]:
-        # The selector is also filtered here: a list's labelSelector is a hint some servers ignore.
         cache = self._cached()
         if cache is not None:
             items: builtins.list[dict[str, Any]] = cache.items(namespace)
         else:
-            label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+            label_selector = selector_text(selector)
             items = await self._list(namespace, label_selector=label_selector)
-        return sorted(
-            self._ref(obj)
-            for obj in items
-            if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
-        )
+        return sorted(self._ref(obj) for obj in items if carries(obj, selector))
 
     async def patch(
         self, state: TargetState, *, values: Mapping[str, Value], claims: Claims, decision: str, now: datetime
     ) -> TargetState:
-        metadata: dict[str, Any] = {"annotations": claims_annotations(state, claims)}
-        if state.resource_version:
-            metadata["resourceVersion"] = state.resource_version
+        metadata = patch_metadata(state, claims)
         body: dict[str, Any] = {"metadata": metadata}
         spec = {SPEC_FIELDS[name]: value for name, value in values.items()}
         if spec:
@@ -207,25 +181,6 @@ class HorizontalPodAutoscalerTarget:
 
     async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
         return None
-
-    def start(self, supervisor: Supervisor) -> None:
-        if self._objects is not None:
-            self._objects.start(supervisor)
-
-    async def stop(self) -> None:
-        if self._objects is not None:
-            await self._objects.stop()
-
-    @property
-    def ready(self) -> bool:
-        return self._objects is None or self._objects.ready
-
-    def invalidate(self, namespace: str, name: str) -> None:
-        if self._objects is not None:
-            self._objects.forget(namespace, name)
-
-    def _cached(self) -> ObjectCache | None:
-        return self._objects if self._objects is not None and self._objects.ready else None
 
     async def _read(self, namespace: str | None) -> builtins.list[Projection]:
         """The HPAs of a namespace (None: all): from the cache once it has listed, else from the API."""

@@ -29,7 +29,6 @@ from kubernetes_asyncio import client
 from agent.claims import Claims, Value, Want
 from agent.errors import call_json
 from agent.structs import TargetRef
-from agent.supervisor import Supervisor
 from agent.targets.base import (
     ANNOTATION_PREFIX,
     FIELD_MANAGER,
@@ -38,12 +37,13 @@ from agent.targets.base import (
     UNSCHEDULABLE,
     FollowUp,
     TargetState,
-    claims_annotations,
+    carries,
     last_manager,
+    patch_metadata,
     read_claims,
+    selector_text,
 )
-from agent.targets.cache import ObjectCache, prune
-from agent.targets.hpa import agent_annotations, managed_fields
+from agent.targets.cache import CachedReads, ObjectCache, agent_annotations, managed_fields, prune
 
 TAINT_KEY = f"{ANNOTATION_PREFIX}cordoned"
 TAINT_EFFECT = "NoSchedule"
@@ -63,7 +63,7 @@ def _is_mine(taint: Mapping[str, Any]) -> bool:
     return taint.get("key") == TAINT_KEY and taint.get("effect") == TAINT_EFFECT
 
 
-class NodeTarget:
+class NodeTarget(CachedReads):
     kind: ClassVar[str] = "Node"
     namespaced: ClassVar[bool] = False
     name_labels: ClassVar[tuple[str, ...]] = ("node", "kubernetes_node")
@@ -82,6 +82,7 @@ class NodeTarget:
                 project=functools.partial(prune, keep=NODE_FIELDS),
                 resync=resync,
             )
+            self._caches = (self._objects,)
 
     def fields_for(self, want: Want) -> tuple[str, ...] | str:
         if want == Want.HOLD:
@@ -113,26 +114,19 @@ class NodeTarget:
         return []
 
     async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]:
-        # The selector is also filtered here: a list's labelSelector is a hint some servers ignore.
         cache = self._cached()
         if cache is not None:
             items: builtins.list[dict[str, Any]] = cache.items()
         else:
-            label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+            label_selector = selector_text(selector)
             result = await call_json(self._core.list_node(label_selector=label_selector, _preload_content=False))
             items = result.get("items", [])
-        return sorted(
-            self._ref(obj)
-            for obj in items
-            if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
-        )
+        return sorted(self._ref(obj) for obj in items if carries(obj, selector))
 
     async def patch(
         self, state: TargetState, *, values: Mapping[str, Value], claims: Claims, decision: str, now: datetime
     ) -> TargetState:
-        metadata: dict[str, Any] = {"annotations": claims_annotations(state, claims)}
-        if state.resource_version:
-            metadata["resourceVersion"] = state.resource_version
+        metadata = patch_metadata(state, claims)
         spec: dict[str, Any] = {}
         if UNSCHEDULABLE in values:
             spec["unschedulable"] = True if values[UNSCHEDULABLE] else None
@@ -158,25 +152,6 @@ class NodeTarget:
 
     async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
         return None
-
-    def start(self, supervisor: Supervisor) -> None:
-        if self._objects is not None:
-            self._objects.start(supervisor)
-
-    async def stop(self) -> None:
-        if self._objects is not None:
-            await self._objects.stop()
-
-    @property
-    def ready(self) -> bool:
-        return self._objects is None or self._objects.ready
-
-    def invalidate(self, namespace: str, name: str) -> None:
-        if self._objects is not None:
-            self._objects.forget("", name)
-
-    def _cached(self) -> ObjectCache | None:
-        return self._objects if self._objects is not None and self._objects.ready else None
 
     def _ref(self, obj: Mapping[str, Any]) -> TargetRef:
         return TargetRef(kind=self.kind, namespace="", name=obj["metadata"]["name"])

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import functools
 import json
 import sys
 from collections.abc import Mapping
@@ -43,7 +42,6 @@ from kubernetes_asyncio import client
 from agent.claims import Claims, Value, Want
 from agent.errors import NotFound, call
 from agent.structs import TargetRef, _from_iso, _iso
-from agent.supervisor import Supervisor
 from agent.targets.base import (
     ANNOTATION_PREFIX,
     FIELD_MANAGER,
@@ -55,12 +53,14 @@ from agent.targets.base import (
     PauseInfo,
     PauseOwner,
     TargetState,
-    claims_annotations,
+    carries,
     int_or_none,
     last_manager,
+    patch_metadata,
     read_claims,
+    selector_text,
 )
-from agent.targets.cache import ObjectCache, Projection
+from agent.targets.cache import CachedReads, ObjectCache, Projection, custom_lister
 
 GROUP, VERSION, PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
 KEDA_PAUSED_REPLICAS = "autoscaling.keda.sh/paused-replicas"
@@ -190,7 +190,7 @@ class KedaStatus:
     resumed: ResumeMark | None
 
 
-class ScaledObjectTarget:
+class ScaledObjectTarget(CachedReads):
     kind: ClassVar[str] = "ScaledObject"
     namespaced: ClassVar[bool] = True
     name_labels: ClassVar[tuple[str, ...]] = ("scaledObject", "scaledobject", "scaled_object")
@@ -211,44 +211,19 @@ class ScaledObjectTarget:
         if namespaces is not None:
             self._objects = ObjectCache(
                 name=PLURAL,
-                listers={ns: self._lister(GROUP, VERSION, PLURAL, ns) for ns in namespaces},
+                listers={ns: custom_lister(self._custom, GROUP, VERSION, PLURAL, ns) for ns in namespaces},
                 project=CachedScaledObject,
                 expand=CachedScaledObject.expand,
                 resync=resync,
             )
             self._deployments = ObjectCache(
                 name="deployments",
-                listers={ns: self._lister("apps", "v1", "deployments", ns) for ns in namespaces},
+                listers={ns: custom_lister(self._custom, "apps", "v1", "deployments", ns) for ns in namespaces},
                 project=CachedDeployment,
                 expand=CachedDeployment.expand,
                 resync=resync,
             )
-
-    def _lister(self, group: str, version: str, plural: str, namespace: str | None) -> Any:
-        if namespace is None:
-            return functools.partial(self._custom.list_cluster_custom_object, group, version, plural)
-        return functools.partial(self._custom.list_namespaced_custom_object, group, version, namespace, plural)
-
-    def start(self, supervisor: Supervisor) -> None:
-        for cache in (self._objects, self._deployments):
-            if cache is not None:
-                cache.start(supervisor)
-
-    async def stop(self) -> None:
-        for cache in (self._objects, self._deployments):
-            if cache is not None:
-                await cache.stop()
-
-    @property
-    def ready(self) -> bool:
-        return all(cache is None or cache.ready for cache in (self._objects, self._deployments))
-
-    def invalidate(self, namespace: str, name: str) -> None:
-        if self._objects is not None:
-            self._objects.forget(namespace, name)
-
-    def _cached(self) -> ObjectCache | None:
-        return self._objects if self._objects is not None and self._objects.ready else None
+            self._caches = (self._objects, self._deployments)
 
     def _items(self, namespace: str | None) -> builtins.list[Projection] | None:
         cache = self._cached()
@@ -303,13 +278,8 @@ class ScaledObjectTarget:
     async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]:
         items = self._items(namespace)
         if items is not None:
-            return sorted(
-                self._ref(obj)
-                for obj in items
-                if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
-            )
-        # The selector is also filtered here: a list's labelSelector is a hint some servers ignore.
-        label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+            return sorted(self._ref(obj) for obj in items if carries(obj, selector))
+        label_selector = selector_text(selector)
         if namespace is None:
             result = await call(
                 self._custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, label_selector=label_selector)
@@ -320,16 +290,13 @@ class ScaledObjectTarget:
                     GROUP, VERSION, namespace, PLURAL, label_selector=label_selector
                 )
             )
-        return sorted(
-            self._ref(obj)
-            for obj in result.get("items", [])
-            if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
-        )
+        return sorted(self._ref(obj) for obj in result.get("items", []) if carries(obj, selector))
 
     async def patch(
         self, state: TargetState, *, values: Mapping[str, Value], claims: Claims, decision: str, now: datetime
     ) -> TargetState:
-        annotations: dict[str, str | None] = claims_annotations(state, claims)
+        metadata = patch_metadata(state, claims)
+        annotations: dict[str, str | None] = metadata["annotations"]
         spec: dict[str, Value] = {}
         for name, value in values.items():
             if name == PAUSED_REPLICAS:
@@ -340,26 +307,10 @@ class ScaledObjectTarget:
                     annotations[RESUMED_ANNOTATION] = mark.to_json()
             else:
                 spec[SPEC_FIELDS[name]] = value
-        metadata: dict[str, Any] = {"annotations": annotations}
-        if state.resource_version:
-            metadata["resourceVersion"] = state.resource_version
         body: dict[str, Any] = {"metadata": metadata}
         if spec:
             body["spec"] = spec
-        obj = await call(
-            self._custom.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                state.ref.namespace,
-                PLURAL,
-                state.ref.name,
-                body,
-                _content_type="application/merge-patch+json",
-                field_manager=FIELD_MANAGER,
-            )
-        )
-        if self._objects is not None:
-            obj = self._objects.put(obj)
+        obj = await self._merge_patch(state.ref, body)
         new_state = await self._state(obj, with_replicas=False)
         # The workload's pod count did not change by this patch (KEDA acts on it later): carry it over.
         return TargetState(**{**new_state.__dict__, "replicas": state.replicas})
@@ -385,21 +336,24 @@ class ScaledObjectTarget:
             )
         if not dry_run:
             body: dict[str, Any] = {"metadata": {"annotations": {RESUMED_ANNOTATION: None}}}
-            answered = await call(
-                self._custom.patch_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    state.ref.namespace,
-                    PLURAL,
-                    state.ref.name,
-                    body,
-                    _content_type="application/merge-patch+json",
-                    field_manager=FIELD_MANAGER,
-                )
-            )
-            if self._objects is not None:
-                self._objects.put(answered)
+            await self._merge_patch(state.ref, body)
         return found
+
+    async def _merge_patch(self, ref: TargetRef, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """One JSON merge patch under the agent's field manager; its answer goes into the cache at once."""
+        obj = await call(
+            self._custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                ref.namespace,
+                PLURAL,
+                ref.name,
+                body,
+                _content_type="application/merge-patch+json",
+                field_manager=FIELD_MANAGER,
+            )
+        )
+        return obj if self._objects is None else self._objects.put(obj)
 
     def _ref(self, obj: Mapping[str, Any]) -> TargetRef:
         meta = obj["metadata"]

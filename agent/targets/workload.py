@@ -36,23 +36,32 @@ from kubernetes_asyncio import client
 from agent.claims import Claims, Value, Want
 from agent.errors import NotFound, call
 from agent.structs import TargetRef
-from agent.supervisor import Supervisor
 from agent.targets.base import (
     FIELD_MANAGER,
     OPT_OUT_ANNOTATION,
     REPLICAS,
     FollowUp,
     TargetState,
-    claims_annotations,
+    carries,
     int_or_none,
     last_manager,
+    patch_metadata,
     read_claims,
+    selector_text,
 )
-from agent.targets.cache import ObjectCache, Projection, prune
+from agent.targets.cache import (
+    CachedReads,
+    ObjectCache,
+    Projection,
+    agent_annotations,
+    custom_lister,
+    managed_fields,
+    prune,
+)
 from agent.targets.hpa import GROUP as HPA_GROUP
 from agent.targets.hpa import PLURAL as HPA_PLURAL
 from agent.targets.hpa import VERSION as HPA_VERSION
-from agent.targets.hpa import agent_annotations, custom_lister, keda_owner, managed_fields
+from agent.targets.hpa import keda_owner
 
 GROUP, VERSION = "apps", "v1"
 NOT_AUTOSCALED = "nothing autoscales it"
@@ -80,7 +89,7 @@ AUTOSCALER_FIELDS: dict[str, Any] = {  # an HPA, as far as "who scales this work
 }
 
 
-class _WorkloadTarget:
+class _WorkloadTarget(CachedReads):
     kind: ClassVar[str]
     plural: ClassVar[str]
     namespaced: ClassVar[bool] = True
@@ -110,6 +119,7 @@ class _WorkloadTarget:
                 project=functools.partial(prune, keep=AUTOSCALER_FIELDS),
                 resync=resync,
             )
+            self._caches = (self._objects, self._hpas)
 
     def fields_for(self, want: Want) -> tuple[str, ...] | str:
         if want in (Want.FLOOR, Want.CAP):
@@ -128,7 +138,7 @@ class _WorkloadTarget:
 
     async def list(self, namespace: str | None) -> builtins.list[TargetState]:
         autoscalers = await self._autoscalers(namespace)
-        cache = self._cached(self._objects)
+        cache = self._cached()
         items = cache.items(namespace) if cache is not None else await self._list(namespace)
         return [self._state(obj, autoscalers) for obj in items]
 
@@ -142,26 +152,19 @@ class _WorkloadTarget:
         return [self._ref(obj)]
 
     async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]:
-        # The selector is also filtered here: a list's labelSelector is a hint some servers ignore.
-        cache = self._cached(self._objects)
+        cache = self._cached()
         if cache is not None:
             items: builtins.list[dict[str, Any]] = cache.items(namespace)
         else:
-            label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+            label_selector = selector_text(selector)
             items = await self._list(namespace, label_selector=label_selector)
-        return sorted(
-            self._ref(obj)
-            for obj in items
-            if all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
-        )
+        return sorted(self._ref(obj) for obj in items if carries(obj, selector))
 
     async def patch(
         self, state: TargetState, *, values: Mapping[str, Value], claims: Claims, decision: str, now: datetime
     ) -> TargetState:
         ns, name = state.ref.namespace, state.ref.name
-        metadata: dict[str, Any] = {"annotations": claims_annotations(state, claims)}
-        if state.resource_version:
-            metadata["resourceVersion"] = state.resource_version
+        metadata = patch_metadata(state, claims)
         obj = await call(
             self._custom.patch_namespaced_custom_object(
                 GROUP,
@@ -203,31 +206,9 @@ class _WorkloadTarget:
     async def follow_up(self, state: TargetState, *, now: datetime, dry_run: bool) -> FollowUp | None:
         return None
 
-    def start(self, supervisor: Supervisor) -> None:
-        for cache in (self._objects, self._hpas):
-            if cache is not None:
-                cache.start(supervisor)
-
-    async def stop(self) -> None:
-        for cache in (self._objects, self._hpas):
-            if cache is not None:
-                await cache.stop()
-
-    @property
-    def ready(self) -> bool:
-        return all(cache is None or cache.ready for cache in (self._objects, self._hpas))
-
-    def invalidate(self, namespace: str, name: str) -> None:
-        if self._objects is not None:
-            self._objects.forget(namespace, name)
-
-    @staticmethod
-    def _cached(cache: ObjectCache | None) -> ObjectCache | None:
-        return cache if cache is not None and cache.ready else None
-
     async def _read_one(self, namespace: str, name: str) -> Mapping[str, Any]:
         """One workload: from the cache, else (not listed yet, new, or invalidated after a 409) from the API."""
-        cache = self._cached(self._objects)
+        cache = self._cached()
         cached = None if cache is None else cache.get(namespace, name)
         if cached is not None:
             return cached
@@ -250,7 +231,7 @@ class _WorkloadTarget:
 
     async def _autoscalers(self, namespace: str | None) -> dict[tuple[str, str], str]:
         """(namespace, workload name) → the HPA (or KEDA's ScaledObject behind it) that scales it."""
-        cache = self._cached(self._hpas)
+        cache = self._listed(self._hpas)
         hpas: builtins.list[Projection]
         if cache is not None:
             hpas = cache.items(namespace)
