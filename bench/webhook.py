@@ -691,7 +691,8 @@ class Bench:
     async def phase(self, number: int, target: str, kind: str) -> Phase:
         result = Phase(round=number, target=target, kind=kind)
         tag = f"{target}-{kind}-{number}"
-        if target == "agent" and kind == "throughput" and self.args.profile and number == 1:
+        first_kind = "latency" if self.args.skip_throughput else "throughput"
+        if target == "agent" and kind == first_kind and self.args.profile and number == 1:
             result.profile = self.workdir / tag / "agent.prof"
         children = await self.servers(tag, target, result.profile)
         server = children[-1]
@@ -1042,7 +1043,7 @@ def report(phases: list[Phase], args: argparse.Namespace, targets: list[str]) ->
     for text, ok in worker_checks:
         w(f"  {'met    ' if ok else 'NOT met'}  {text} (worker: fails --check only with --check-worker)\n")
     if args.profile:
-        w("(--profile: round 1 of the agent's throughput ran under cProfile, which slows it; see the profile below)\n")
+        w("(--profile: the agent's first run in round 1 ran under cProfile, which slows it; see the profile below)\n")
     print(out.getvalue(), end="")
     for p in phases:
         if p.profile is not None and p.profile.exists():
@@ -1094,7 +1095,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wrk", default=shutil.which("wrk") or "wrk", help="path of wrk")
     parser.add_argument("--skip-throughput", action="store_true", help="only the paced latency measurement")
     parser.add_argument("--skip-latency", action="store_true", help="only the wrk throughput measurement")
-    parser.add_argument("--profile", action="store_true", help="cProfile the agent's event loop in round 1's wrk run")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile the agent's event loop in round 1's first run (wrk, or paced with --skip-throughput)",
+    )
     parser.add_argument("--profile-top", type=int, default=25, help="profile lines to print")
     parser.add_argument("--check", action="store_true", help="exit 1 unless the webhook's targets are met")
     parser.add_argument(

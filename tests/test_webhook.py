@@ -180,7 +180,8 @@ async def test_in_an_alert_storm_the_worker_is_slowed_not_stopped(cluster: DevCl
         on_storm=agent.worker._storm_changed,
         cpu_time=lambda: time.monotonic() if cpu["busy"] else 0.0,
     )
-    agent.worker.gate.intake_started()  # senders keep waiting for acknowledgements
+    for _ in range(4):  # senders kept waiting for their acknowledgements
+        agent.worker.gate.intake_started()
     try:
         await asyncio.sleep(0.15)  # one CPU sample
         assert agent.worker.gate.storm()
@@ -191,8 +192,27 @@ async def test_in_an_alert_storm_the_worker_is_slowed_not_stopped(cluster: DevCl
         await settle(agent)  # slowed to a turn per 20 ms, but every event still gets its decision
         assert len(await agent.ledger.decisions()) == 2
     finally:
-        agent.worker.gate.intake_finished()
+        for _ in range(4):
+            agent.worker.gate.intake_finished()
     cpu["busy"] = False
     await asyncio.sleep(0.15)
     assert not agent.worker.gate.storm()
     assert await metric(agent, "scaling_agent_worker_throttled") == "scaling_agent_worker_throttled 0.0"
+
+
+async def test_a_busy_agent_answering_at_once_is_not_in_a_storm() -> None:
+    # A steady load (bench/webhook.py at 1,000 alerts/s): the event loop's thread busy all the time, but each
+    # acknowledgement answered at once, under one in flight on average. Slowing the worker then only grew its
+    # backlog; the gate must leave it alone.
+    gate = Gate(cpu_time=time.monotonic)
+    for _ in range(40):
+        gate.intake_started()
+        await asyncio.sleep(0.001)
+        gate.intake_finished()
+        await asyncio.sleep(0.004)
+    assert not gate.storm()
+    # The same loop with senders kept waiting (four acknowledgements in flight) is a storm.
+    for _ in range(4):
+        gate.intake_started()
+    await asyncio.sleep(0.15)
+    assert gate.storm()
