@@ -77,7 +77,7 @@ async def test_inbox_dedups_and_keeps_pending_until_processed(ledger: Ledger) ->
     assert [p.id for p in pending] == [first[0].id, first[1].id, again[0].id]
     assert pending[2].duplicate_of == first[0].id
     assert (pending[0].event.key, dict(pending[0].event.labels)) == ("k1", dict(event("k1").labels))
-    await ledger.mark_processed(first[0].id)
+    await ledger.mark_processed([first[0].id])
     assert [p.id for p in await ledger.pending()] == [first[1].id, again[0].id]
 
 
@@ -189,7 +189,7 @@ async def test_processed_events_past_the_retention_are_pruned(tmp_path: Path) ->
     await store.open()
     try:
         [done, waiting] = await store.accept([event("k1"), event("k2", fingerprint="f2")])
-        await store.mark_processed(done.id)
+        await store.mark_processed([done.id])
         assert await store.prune_inbox() == 1
         assert [p.id for p in await store.pending()] == [waiting.id]  # unprocessed events are never dropped
     finally:
@@ -203,7 +203,7 @@ async def test_redis_drops_processed_events_and_expires_dedup_keys(redis_url: st
     await store.open()
     try:
         [entry] = await store.accept([event("k1")])
-        await store.mark_processed(entry.id)
+        await store.mark_processed([entry.id])
         client = aioredis.from_url(redis_url)
         assert await client.hlen(f"{store.prefix}:events") == 0
         assert 0 < await client.ttl(f"{store.prefix}:event-key:k1") <= 3600

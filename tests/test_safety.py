@@ -427,3 +427,27 @@ def test_the_last_manager_of_a_field_is_read_from_managed_fields() -> None:
     assert describe_manager("argocd-controller") == "argocd-controller (Argo CD, syncing or self-healing the object)"
     assert describe_manager("kustomize-controller") == "kustomize-controller (Flux, reconciling the object)"
     assert describe_manager("my-operator") == "my-operator"
+
+
+async def test_a_stop_leaves_no_decided_event_to_run_again(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    # A stop (SIGTERM) lets the events in hand finish and their processed marks land (lanes do not wait for
+    # those), and takes no new one: not even one the unpacker queues meanwhile, which a lane once took and was
+    # cancelled in, decided but never marked.
+    config = build_config(base_config)
+    agent = await start_agent(config, dry_run=True)
+    for i in range(24):
+        labels = {**FREQUENT, "instance": f"pod-{i}"}  # distinct alerts, spread over the lanes
+        assert (await post(agent, payload(alert("MCPFrequentScaling", labels)))).status == 200
+    await agent.stop()  # at once: some events decided, some still queued for the next start
+
+    reader = SqliteLedger(config.ledger.url, readonly=True)
+    await reader.open()
+    try:
+        decided = {d.trigger.event_key for d in await reader.decisions()}
+        pending = {entry.event.key for entry in await reader.pending()}
+    finally:
+        await reader.close()
+    assert decided, "nothing was decided before the stop: the test proves nothing"
+    assert not decided & pending

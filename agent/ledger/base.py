@@ -82,7 +82,9 @@ class Ledger(Protocol):
 
     async def pending(self) -> list[InboxEntry]: ...
 
-    async def mark_processed(self, entry_id: int) -> None: ...
+    async def mark_processed(self, entry_ids: Sequence[int]) -> None:
+        """Mark events processed (their decisions are recorded), all in one write."""
+        ...
 
     async def prune_inbox(self) -> int:
         """Drop processed events and unpacked deliveries older than the inbox retention; returns how many went."""

@@ -218,11 +218,13 @@ class RedisLedger:
         except RedisError as exc:
             raise LedgerUnavailable(f"redis read failed: {exc}") from exc
 
-    async def mark_processed(self, entry_id: int) -> None:
+    async def mark_processed(self, entry_ids: Sequence[int]) -> None:
+        if not entry_ids:
+            return
         try:
             async with self._w.pipeline(transaction=True) as pipe:
-                pipe.srem(self._key("pending"), entry_id)
-                pipe.hdel(self._key("events"), str(entry_id))  # the decisions keep what mattered of it
+                pipe.srem(self._key("pending"), *entry_ids)
+                pipe.hdel(self._key("events"), *(str(i) for i in entry_ids))  # the decisions keep what mattered
                 await pipe.execute()
         except RedisError as exc:
             raise LedgerUnavailable(f"redis write failed: {exc}") from exc

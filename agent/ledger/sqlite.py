@@ -117,7 +117,7 @@ class _Batch:
 
     accepts: list[tuple[Sequence[Event], asyncio.Future[Any]]] = field(default_factory=list)
     unpacks: list[tuple[Sequence[tuple[int, Sequence[Event]]], asyncio.Future[Any]]] = field(default_factory=list)
-    processed: list[tuple[int, asyncio.Future[Any]]] = field(default_factory=list)
+    processed: list[tuple[Sequence[int], asyncio.Future[Any]]] = field(default_factory=list)
     decisions: list[tuple[Decision, asyncio.Future[Any]]] = field(default_factory=list)
     completes: list[tuple[Decision, asyncio.Future[Any]]] = field(default_factory=list)
     prunes: list[tuple[float, asyncio.Future[Any]]] = field(default_factory=list)
@@ -150,7 +150,7 @@ class _Plain:
 
     accepts: list[Sequence[Event]]
     unpacks: list[Sequence[tuple[int, Sequence[Event]]]]
-    processed: list[int]
+    processed: list[Sequence[int]]
     decisions: list[Decision]
     completes: list[Decision]
     prunes: list[float]
@@ -353,7 +353,8 @@ class SqliteLedger:
                 )
             if plain.processed:
                 now = time.time()
-                db.executemany("UPDATE events SET processed_at = ? WHERE id = ?", [(now, i) for i in plain.processed])
+                rows = [(now, i) for ids in plain.processed for i in ids]
+                db.executemany("UPDATE events SET processed_at = ? WHERE id = ?", rows)
             results.extend(None for _ in plain.processed)
             for decision in plain.decisions:
                 # One statement each: a duplicate id fails its own write (the statement is undone, the
@@ -477,8 +478,9 @@ class SqliteLedger:
         entries: list[InboxEntry] = await self._write("accepts", events)
         return entries
 
-    async def mark_processed(self, entry_id: int) -> None:
-        await self._write("processed", entry_id)
+    async def mark_processed(self, entry_ids: Sequence[int]) -> None:
+        if entry_ids:
+            await self._write("processed", list(entry_ids))
 
     async def record(self, decision: Decision) -> None:
         await self._write("decisions", decision)
