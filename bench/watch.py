@@ -32,10 +32,8 @@ import gc
 import json
 import os
 import platform
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import tracemalloc
 from collections import Counter
@@ -46,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import common
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,12 +53,10 @@ EXAMPLES = ROOT / "deploy" / "examples"
 NAMESPACE = "bench-watch"  # holds the N ScaledObjects and N Deployments
 IDLE_NAMESPACE = "bench-idle"  # empty: the idle agent watches it
 TOKEN_ENV = "SCALING_AGENT_BENCH_TOKEN"
-READY = "READY "
 TARGET_MIB = 40.0  # the issue's target: RSS above the idle agent, with 10,000 + 10,000 objects
 CLUSTER_START_TIMEOUT = 600.0  # seconds for the emulator to build and load its objects
 AGENT_START_TIMEOUT = 300.0  # ... for the agent to listen, and again to answer /readyz 200
 COMMAND_TIMEOUT = 60.0  # ... for the agent to answer a command (gc, stats)
-STOP_TIMEOUT = 10.0
 TRACE_TOP = 15  # --trace: allocation sites shown
 PAGE = 500  # objects per page for the paged reading (client-go's pager lists 500 at a time)
 POLL_SECONDS = 0.05  # /readyz is asked this often until it answers 200
@@ -375,11 +372,6 @@ def objects(n: int) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
 # ---------------------------------------------------------------------------------------------- child processes
 
 
-def _announce(text: str) -> None:
-    sys.stdout.write(f"{READY}{text}\n")
-    sys.stdout.flush()
-
-
 async def serve_cluster(n: int) -> None:
     """The emulated API with the N + N objects, in a process of its own (its memory is not the agent's)."""
     import kmock
@@ -416,7 +408,7 @@ async def serve_cluster(n: int) -> None:
         gc.collect()
         gc.freeze()  # 20,000 big objects: keep the cyclic collector from walking them during the lists
         info = {"url": str(server.url).rstrip("/"), "seconds": time.monotonic() - started, **sizes}
-        _announce(json.dumps(info))
+        common.announce(json.dumps(info))
         await _commands(lambda command: {"lists": dict(lists), "watching": cluster.watching})
 
 
@@ -480,7 +472,7 @@ async def serve_agent(kube_url: str, workdir: Path, namespace: str, started: flo
     api = await make_api_client(kubeconfig=str(kubeconfig))
     agent = Agent(config, api=api, dry_run=True)
     await agent.start()
-    _announce(json.dumps({"url": agent.url, "started": started, "imported": imported, "listening": time.time()}))
+    common.announce(json.dumps({"url": agent.url, "started": started, "imported": imported, "listening": time.time()}))
 
     def caches() -> dict[str, int]:
         counts = {}
@@ -531,21 +523,14 @@ async def _commands(answer: Callable[[str], dict[str, Any]]) -> None:
 CLUSTER_CPU, AGENT_CPU = 1, 0  # the agent alone on core 0; the emulator and this script on core 1
 
 
-def pin(cpu: int, args: argparse.Namespace) -> None:
-    if args.no_pin or os.environ.get("BENCH_NO_PIN"):
-        return
-    if (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
-
-
 def run_child(args: argparse.Namespace) -> int:
     if args.serve == "cluster":
-        pin(CLUSTER_CPU, args)
+        common.pin(CLUSTER_CPU, args)
         asyncio.run(serve_cluster(args.objects))
     elif args.serve == "parse":
         parse_lists(Path(args.workdir), args.mode)
     else:
-        pin(AGENT_CPU, args)
+        common.pin(AGENT_CPU, args)
         if args.trace:
             tracemalloc.start(1)
         asyncio.run(serve_agent(args.kube_url, Path(args.workdir), args.namespace, args.started))
@@ -553,10 +538,6 @@ def run_child(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- the parent
-
-
-def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-2000:]
 
 
 @dataclass
@@ -569,29 +550,9 @@ class Child:
     @classmethod
     async def start(cls, name: str, argv: list[str], *, log: Path, wait: float) -> Child:
         env = {**os.environ, TOKEN_ENV: "bench-watch-token"}
-        with log.open("wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(SELF),
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-                limit=1 << 20,
-            )
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), wait)
-        except TimeoutError:
-            line = b""
-        text = line.decode().strip()
-        if not text.startswith(READY):
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise RuntimeError(f"{name} did not start (got {text!r}); its log ends with:\n{_tail(log)}")
-        return cls(name=name, proc=proc, info=json.loads(text.removeprefix(READY)), log=log)
+        stdin = asyncio.subprocess.PIPE  # the parent's commands (gc, stats, ...); closing it ends the child
+        proc, said = await common.start_child(SELF, argv, name=name, log=log, env=env, wait=wait, stdin=stdin)
+        return cls(name=name, proc=proc, info=json.loads(said), log=log)
 
     async def ask(self, command: str) -> dict[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -599,22 +560,12 @@ class Child:
         await self.proc.stdin.drain()
         line = await asyncio.wait_for(self.proc.stdout.readline(), COMMAND_TIMEOUT)
         if not line:
-            raise RuntimeError(f"{self.name} ended; its log ends with:\n{_tail(self.log)}")
+            raise RuntimeError(f"{self.name} ended; its log ends with:\n{common.tail(self.log)}")
         answer: dict[str, Any] = json.loads(line)
         return answer
 
     async def stop(self) -> None:
-        if self.proc.returncode is None:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()  # the agent exits when its stdin closes
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
+        await common.stop_child(self.proc)
 
 
 @dataclass
@@ -808,7 +759,7 @@ def parse_lists(where: Path, mode: str) -> None:
     gc.collect()
     after = _rss()["VmRSS"]
     _malloc_trim()
-    _announce(json.dumps({"objects": len(cache), "grew": after - base, "trimmed": _rss()["VmRSS"] - base}))
+    common.announce(json.dumps({"objects": len(cache), "grew": after - base, "trimmed": _rss()["VmRSS"] - base}))
 
 
 async def parse_in_child(workdir: Path, mode: str) -> dict[str, Any]:
@@ -954,15 +905,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_child(args)
     if args.no_pin:
         os.environ["BENCH_NO_PIN"] = "1"  # for the children
-    pin(CLUSTER_CPU, args)
-    workdir = Path(tempfile.mkdtemp(prefix="watch-bench-"))
-    try:
+    common.pin(CLUSTER_CPU, args)
+    with common.workdir("watch-bench-", keep=args.keep) as workdir:
         met = asyncio.run(bench_main(args, workdir))
-    finally:
-        if args.keep:
-            print(f"\nkept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 1 if args.check and not met else 0
 
 

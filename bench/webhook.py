@@ -34,7 +34,6 @@ import signal
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import common
 import yaml
 from aiohttp import web
 
@@ -53,9 +53,7 @@ LUA = SELF.with_name("alerts.lua")
 PATH = "/webhooks/alertmanager"
 NAMESPACE = "cortex-mcp"
 TOKEN_ENV = "SCALING_AGENT_BENCH_TOKEN"
-READY = "READY "
 START_TIMEOUT = 60.0  # seconds for a child server to say it listens
-STOP_TIMEOUT = 10.0
 RATIO_TARGET = 0.7
 P99_TARGET_MS = 20.0
 DECISION_P99_TARGET_MS = 50.0  # the worker's target at --rate: ack -> decision recorded, p99
@@ -116,11 +114,6 @@ class _NullStream:
         return None
 
 
-def _announce(url: str) -> None:
-    sys.stdout.write(f"{READY}{url}\n")
-    sys.stdout.flush()
-
-
 async def _wait_for_term() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -144,7 +137,7 @@ async def serve_bare() -> None:
     await site.start()
     sockets = getattr(site._server, "sockets", None)  # asyncio's or uvloop's server
     assert sockets
-    _announce(f"http://127.0.0.1:{sockets[0].getsockname()[1]}")
+    common.announce(f"http://127.0.0.1:{sockets[0].getsockname()[1]}")
     await _wait_for_term()
     await runner.cleanup()
 
@@ -162,7 +155,7 @@ async def serve_cluster(files: list[Path]) -> None:
 
     async with DevCluster(keep_requests=False) as cluster, kmock.Server(cluster) as server:
         cluster.load(files)
-        _announce(str(server.url).rstrip("/"))
+        common.announce(str(server.url).rstrip("/"))
         await _wait_for_term()
 
 
@@ -199,7 +192,7 @@ async def serve_agent(kube_url: str, workdir: Path, *, workers: int, profile: Pa
 
         profiler = cProfile.Profile()
         profiler.enable()
-    _announce(agent.url)
+    common.announce(agent.url)
     await _wait_for_term()
     if profiler is not None and profile is not None:
         profiler.disable()
@@ -215,17 +208,8 @@ SERVER_CPU = 0  # the server under test (bare or agent) runs alone on this core 
 OTHERS_CPU = 1  # ... and everything else (wrk, the paced sender, the emulated API) shares this one
 
 
-def pin(cpu: int, args: argparse.Namespace) -> None:
-    """Give the server under test a core of its own, as its pod would have: the API server, Alertmanager and
-    the load are elsewhere in a real cluster. Without it, the emulated API and wrk take the server's CPU."""
-    if args.no_pin or os.environ.get("BENCH_NO_PIN"):
-        return
-    if (os.cpu_count() or 1) >= 2 and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
-
-
 def run_child(args: argparse.Namespace) -> int:
-    pin(OTHERS_CPU if args.serve == "cluster" else SERVER_CPU, args)
+    common.pin(OTHERS_CPU if args.serve == "cluster" else SERVER_CPU, args)
     if args.serve == "bare":
         asyncio.run(serve_bare())
     elif args.serve == "cluster":
@@ -234,10 +218,6 @@ def run_child(args: argparse.Namespace) -> int:
         profile = Path(args.profile_out) if args.profile_out else None
         asyncio.run(serve_agent(args.kube_url, Path(args.workdir), workers=args.workers, profile=profile))
     return 0
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-2000:]
 
 
 @dataclass
@@ -250,40 +230,11 @@ class Child:
 
     @classmethod
     async def start(cls, name: str, argv: list[str], *, log: Path, env: dict[str, str]) -> Child:
-        with log.open("wb") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                str(SELF),
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-            )
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), START_TIMEOUT)
-        except TimeoutError:
-            line = b""
-        text = line.decode().strip()
-        if not text.startswith(READY):
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            tail = _tail(log)
-            raise RuntimeError(f"{name} server did not start (got {text!r}); its log ends with:\n{tail}")
-        return cls(name=name, role=argv[1], proc=proc, url=text.removeprefix(READY), log=log)
+        proc, url = await common.start_child(SELF, argv, name=f"{name} server", log=log, env=env, wait=START_TIMEOUT)
+        return cls(name=name, role=argv[1], proc=proc, url=url, log=log)
 
     async def stop(self) -> None:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), STOP_TIMEOUT)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
+        await common.stop_child(self.proc)
 
 
 # ---------------------------------------------------------------------------------------------- load
@@ -1150,15 +1101,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.no_pin:
         os.environ["BENCH_NO_PIN"] = "1"  # for the children
-    pin(OTHERS_CPU, args)  # the parent, and wrk which inherits it
-    workdir = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
-    try:
+    common.pin(OTHERS_CPU, args)  # the parent, and wrk which inherits it
+    with common.workdir("webhook-bench-", keep=args.keep) as workdir:
         met, worker_met = asyncio.run(bench_main(args, workdir))
-    finally:
-        if args.keep:
-            print(f"\nkept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     if args.check_worker:
         return 0 if met and worker_met else 1
     return 1 if args.check and not met else 0
