@@ -30,7 +30,7 @@ from agent.rules import Rules
 from agent.server import build_app
 from agent.sinks import Sink, build_sinks
 from agent.sinks.slack import Console
-from agent.sources import SourceContext, build_sources, check_sources
+from agent.sources import SourceContext, build_sources, check_sources, retired_by, source_rules
 from agent.supervisor import Supervisor
 from agent.targets import build_targets, kinds_in_use
 from agent.worker import Intake, Worker
@@ -54,7 +54,10 @@ class Agent:
         self.metrics = Metrics()
         self.supervisor = Supervisor(metrics=self.metrics)
         self.ledger = ledger or make_ledger(config.ledger, supervisor=self.supervisor)
-        self.targets = build_targets(api, config.kubernetes, kinds_in_use(rule.target.kind for rule in config.rules))
+        settings = check_sources(config, origin="config")
+        # The config's rules and those the sources bring (each schedule's), one list for the worker.
+        self.all_rules = [*config.rules, *source_rules(settings)]
+        self.targets = build_targets(api, config.kubernetes, kinds_in_use(rule.target.kind for rule in self.all_rules))
         self.sinks: list[Sink] = build_sinks(
             slack=config.slack, kubernetes=config.kubernetes, api=api, metrics=self.metrics, console=console
         )
@@ -67,7 +70,7 @@ class Agent:
             metrics=self.metrics,
             kubernetes=config.kubernetes,
         )
-        self.rules = Rules(config.rules, targets=self.targets)
+        self.rules = Rules(self.all_rules, targets=self.targets)
         self.worker = Worker(
             ledger=self.ledger,
             rules=self.rules,
@@ -78,7 +81,7 @@ class Agent:
         )
         self.intake = Intake(ledger=self.ledger, worker=self.worker, metrics=self.metrics)
         context = SourceContext(intake=self.intake, metrics=self.metrics, webhook=config.webhook)
-        self.sources = build_sources(check_sources(config, origin="config"), context=context)
+        self.sources = build_sources(settings, context=context)
         self.worker.decoders = {source.name: source.decode for source in self.sources}
         self.reconciler = Reconciler(
             targets=self.targets,
@@ -86,6 +89,7 @@ class Agent:
             recorder=self.recorder,
             metrics=self.metrics,
             kubernetes=config.kubernetes,
+            retired=retired_by(settings),
         )
         self._runner: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None

@@ -184,6 +184,8 @@ class GuardConfig(Model):
     ceiling: int = Field(default=50, ge=1, description="highest replica value the agent may write")
     max_concurrent_changes: int = Field(default=5, ge=1)
     max_targets_per_event: int = Field(default=5, ge=1)
+    # A schedule over a selector plans its edges: twenty objects is normal there, not an alert gone wide.
+    max_targets_per_schedule: int = Field(default=200, ge=1)
 
     @field_validator("cooldown")
     @classmethod

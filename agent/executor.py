@@ -94,7 +94,7 @@ class Executor:
             outcome=Outcome.NOOP,
         )
         action = ACTIONS[plan.action]
-        holder = holder_of(plan.rule, plan.event.fingerprint)
+        holder = holder_of(plan.rule, plan.event)
         if plan.verdict is not None:
             error = plan.reason if plan.verdict == Outcome.FAILED else None
             decision = _finish(draft, plan.verdict, plan.reason, error=error)
@@ -122,8 +122,13 @@ class Executor:
         await self.recorder.record(decision)
         return decision
 
-    async def revert(self, ref: TargetRef, *, trigger: Trigger, reason: str) -> Decision:
-        """End the claims on ``ref`` whose time is up (the reconciler), re-checked under the lock."""
+    async def revert(
+        self, ref: TargetRef, *, trigger: Trigger, reason: str, retired: frozenset[str] = frozenset()
+    ) -> Decision:
+        """
+        End the claims on ``ref`` whose time is up, and those of ``retired`` holders (a schedule removed from the
+        config): the reconciler's. Re-checked under the lock.
+        """
         now = utcnow()
         draft = Decision(
             id=new_id(),
@@ -141,7 +146,7 @@ class Executor:
 
         def decide(state: TargetState) -> Intent:
             return Release(
-                ends=lambda claim: _expired(claim, now),
+                ends=lambda claim: _expired(claim, now) or claim.holder in retired,
                 reason=reason,
                 nothing="nothing left to give back (already given back)",
             )
@@ -249,7 +254,8 @@ class Executor:
                 self.guard.check_result(state, values)
                 # Only the claim's own fields: a floor lifting a paused count is not the pause moving again.
                 moving = tuple(name for name in fields if name in values)
-                await self.guard.check_cooldown(ref, want=intent.want, fields=moving, now=now, deciding=draft.id)
+                if intent.cooldown:
+                    await self.guard.check_cooldown(ref, want=intent.want, fields=moving, now=now, deciding=draft.id)
             except Refused as refusal:
                 before = {name: state.values.get(name) for name in values}
                 return _finish(draft, Outcome.REFUSED, refusal.reason, before=before, after=values)

@@ -39,7 +39,7 @@ from agent.actions.base import Limits
 from agent.claims import MAX_REPLICAS, MIN_REPLICAS, Value, Want
 from agent.config import GuardConfig, KubernetesConfig
 from agent.ledger import Ledger
-from agent.structs import Outcome, Plan, TargetRef
+from agent.structs import EventKind, Outcome, Plan, TargetRef
 from agent.targets.base import OPT_OUT_ANNOTATION, PauseOwner, TargetKind, TargetState
 
 # Claims that stop motion: a cooldown never refuses them.
@@ -64,20 +64,25 @@ class Guard:
         self._in_flight = 0
 
     def limit_blast_radius(self, plans: Sequence[Plan]) -> list[Plan]:
-        """A rule whose selector hits more objects than allowed acts on none of them, and says so."""
-        limit = self.config.max_targets_per_event
+        """
+        A rule whose selector hits more objects than allowed acts on none of them, and says so. A schedule's
+        edge has its own, larger limit (``max_targets_per_schedule``), counted over all the schedule's targets.
+        """
         by_rule: dict[str, list[Plan]] = {}
         for plan in plans:
             by_rule.setdefault(plan.rule, []).append(plan)
         result: list[Plan] = []
         for rule, rule_plans in by_rule.items():
+            first = rule_plans[0]
+            if first.event.kind == EventKind.SCHEDULE:
+                setting, limit = "max_targets_per_schedule", self.config.max_targets_per_schedule
+            else:
+                setting, limit = "max_targets_per_event", self.config.max_targets_per_event
             if len(rule_plans) <= limit:
                 result.extend(rule_plans)
                 continue
-            first = rule_plans[0]
             reason = (
-                f"{len(rule_plans)} targets ({first.reason}) exceed guard.max_targets_per_event={limit}; "
-                f"rule {rule} acted on none"
+                f"{len(rule_plans)} targets ({first.reason}) exceed guard.{setting}={limit}; rule {rule} acted on none"
             )
             result.append(replace(first, target=None, reason=reason, verdict=Outcome.REFUSED))
         return result

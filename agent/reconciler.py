@@ -19,7 +19,7 @@ It also:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import datetime
 
@@ -57,8 +57,10 @@ class Reconciler:
         recorder: DecisionRecorder,
         metrics: Metrics,
         kubernetes: KubernetesConfig,
+        retired: Callable[[str], str | None] = lambda holder: None,
     ) -> None:
         self.targets = targets
+        self.retired = retired  # why a holder no longer stands behind its claims (a schedule removed), or None
         self.executor = executor
         self.recorder = recorder
         self.metrics = metrics
@@ -173,6 +175,13 @@ class Reconciler:
             trigger = Trigger(source=SOURCE, alertname=first.holder, status="expired", fingerprint=_fingerprint(first))
             when = ", ".join(f"{c.field} held by {c.holder} until {c.until:%Y-%m-%d %H:%M:%S}Z" for c in expired)
             decisions.append(await self.executor.revert(state.ref, trigger=trigger, reason=f"expired ({when})"))
+        retired = {c.holder: why for c in state.claims.claims if (why := self.retired(c.holder)) is not None}
+        if retired and not self.executor.guard.dry_run:
+            trigger = Trigger(source=SOURCE, alertname=min(retired), status="retired", fingerprint="")
+            reason = "; ".join(f"{holder}: {why}" for holder, why in sorted(retired.items()))
+            decisions.append(
+                await self.executor.revert(state.ref, trigger=trigger, reason=reason, retired=frozenset(retired))
+            )
         found = await self.targets[state.ref.kind].follow_up(state, now=now, dry_run=self.executor.guard.dry_run)
         if found is not None:
             decision = Decision(

@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("agent.guard", "agent.decisions", "agent.configfile"),
     ("agent.actions", "agent.sinks", "agent.ledger"),
     ("agent.targets",),
-    ("agent.claims", "agent.calendar", "agent.errors", "agent.supervisor", "agent.kube", "agent.logs"),
+    ("agent.claims", "agent.calendar", "agent.warmup", "agent.errors", "agent.supervisor", "agent.kube", "agent.logs"),
     ("agent.devcluster", "agent.config", "agent.metrics"),
     ("agent.structs", "agent.durations"),
 ]

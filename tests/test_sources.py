@@ -133,14 +133,14 @@ async def test_a_source_defined_outside_the_agent_runs_from_one_registry_line_an
     await agent.stop()
     assert echo_source.stopped  # type: ignore[attr-defined]
     # Alertmanager is still there beside it, on by default.
-    assert {s.name for s in agent.sources} == {"alertmanager", "echo"}
+    assert {s.name for s in agent.sources} == {"alertmanager", "calendar", "echo"}  # the calendar is on by default
 
 
 async def test_a_source_off_by_default_is_not_built(
     start_agent: StartAgent, base_config: dict[str, Any], echo: None
 ) -> None:
     agent = await start_agent(build_config(base_config))
-    assert [s.name for s in agent.sources] == ["alertmanager"]
+    assert [s.name for s in agent.sources] == ["alertmanager", "calendar"]  # the echo source is off by default
 
 
 def test_a_source_section_is_checked_by_the_source_with_field_paths(
@@ -159,7 +159,7 @@ def test_a_source_section_is_checked_by_the_source_with_field_paths(
     assert main(["check-config", str(path)]) == 1
     errors = capsys.readouterr().err
     assert f"{path}: invalid config (4 problems)" in errors
-    assert "sources.amqp: unknown source; known: alertmanager, echo" in errors
+    assert "sources.amqp: unknown source; known: alertmanager, calendar, echo" in errors
     assert "sources.alertmanager.enabled: Input should be a valid boolean" in errors
     assert "sources.echo.floor_from: Input should be a valid string" in errors
     assert "sources.echo.extra: is not a known field" in errors

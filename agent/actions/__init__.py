@@ -18,16 +18,20 @@ from agent.actions.pause import Pause, PauseSpec
 from agent.actions.resume import Resume, ResumeSpec
 from agent.actions.set_max import RaiseMax, RaiseMaxSpec, SetMax, SetMaxSpec
 from agent.actions.set_min import SetMin, SetMinSpec
+from agent.actions.window import WindowAction, WindowSpec
 
-_ALL: tuple[Action, ...] = (Pause(), Resume(), SetMin(), SetMax(), RaiseMax(), Cordon(), Notify())
+_ALL: tuple[Action, ...] = (Pause(), Resume(), SetMin(), SetMax(), RaiseMax(), Cordon(), Notify(), WindowAction())
 ACTIONS: dict[str, Action] = {action.name: action for action in _ALL}
 
 ActionSpec = Annotated[
-    PauseSpec | ResumeSpec | SetMinSpec | SetMaxSpec | RaiseMaxSpec | CordonSpec | NotifySpec,
+    PauseSpec | ResumeSpec | SetMinSpec | SetMaxSpec | RaiseMaxSpec | CordonSpec | NotifySpec | WindowSpec,
     Field(discriminator="type"),
 ]
 
-# Actions whose changes a cooldown counts: those that take claims (not give-backs, not posts).
-FORWARD_ACTIONS = tuple(name for name, action in ACTIONS.items() if action.needs_target and not action.reverts)
+# Actions whose changes a cooldown counts: those that take claims (not give-backs, not posts), and not a window's
+# edge: a planned floor must not make the alert that arrives minutes later wait out a cooldown.
+FORWARD_ACTIONS = tuple(
+    name for name, action in ACTIONS.items() if action.needs_target and not action.reverts and name != WindowAction.name
+)
 
 __all__ = ["ACTIONS", "FORWARD_ACTIONS", "Action", "ActionSpec", "Hold", "Intent", "Release", "Skip", "holder_of"]

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from agent.claims import Claim, Want
-from agent.structs import Event, Outcome
+from agent.structs import Event, EventKind, Outcome
 from agent.targets.base import TargetState
 
 
@@ -42,6 +42,7 @@ class Hold:
     until: datetime | None
     ends_on_resolve: bool
     up_to: int | None = None  # a raise up to a limit: clipped at the lower of this and the guard's ceiling
+    cooldown: bool = True  # False for a planned change (a window's edge): a cooldown never refuses it
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,14 @@ class Action(Protocol):
     def decide(self, state: Any, spec: Any, *, event: Event, holder: str, now: datetime, limits: Limits) -> Intent: ...
 
 
-def holder_of(rule: str, fingerprint: str) -> str:
-    """Who holds a rule's claim: the rule and its alert, so the alert's resolve ends exactly that claim."""
-    return f"rule:{rule}:{fingerprint}"
+def holder_of(rule: str, event: Event) -> str:
+    """
+    Who holds a claim: for an alert, the rule and the alert, so the alert's resolve ends exactly that claim; for a
+    schedule, the schedule, whichever window and target.
+    """
+    if event.kind == EventKind.SCHEDULE:
+        return f"schedule:{event.alertname}"
+    return f"rule:{rule}:{event.fingerprint}"
 
 
 def release_on_resolved(holder: str, *, event: Event) -> Release:

@@ -2,25 +2,27 @@
 Sources: where events come from. One module per source (:class:`~agent.sources.base.Source`), one line in
 :data:`SOURCES`.
 
-Today: the Alertmanager webhook. An AMQP consumer, a Redis-stream consumer, the calendar or a preemption-notice
+Today: the Alertmanager webhook and the calendar. An AMQP consumer, a Redis-stream consumer or a preemption-notice
 webhook is one new module here plus one entry in :data:`SOURCES`; app.py builds whatever the registry and the
 config's ``sources`` section say.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from agent.config import ConfigError, format_errors
-from agent.configfile import Config
+from agent.configfile import Config, RuleConfig
 from agent.sources.alertmanager import AlertmanagerSource
 from agent.sources.base import Source, SourceContext, SourceSettings
+from agent.sources.calendar import CalendarSource
 
 SOURCES: dict[str, type[Source]] = {
     AlertmanagerSource.name: AlertmanagerSource,
+    CalendarSource.name: CalendarSource,
 }
 
 
@@ -52,4 +54,27 @@ def build_sources(settings: Mapping[str, SourceSettings], *, context: SourceCont
     return [SOURCES[name](one, context=context) for name, one in settings.items() if one.enabled]
 
 
-__all__ = ["SOURCES", "Source", "SourceContext", "SourceSettings", "build_sources", "check_sources"]
+def source_rules(settings: Mapping[str, SourceSettings]) -> list[RuleConfig]:
+    """The rules the enabled sources bring (a schedule's), to run beside the config's own."""
+    return [rule for one in settings.values() if one.enabled for rule in one.rules()]
+
+
+def retired_by(settings: Mapping[str, SourceSettings]) -> Callable[[str], str | None]:
+    """For the reconciler: why a holder's claims must go now, asked of every source, on or off."""
+
+    def retired(holder: str) -> str | None:
+        return next((why for one in settings.values() if (why := one.retired(holder)) is not None), None)
+
+    return retired
+
+
+__all__ = [
+    "SOURCES",
+    "Source",
+    "SourceContext",
+    "SourceSettings",
+    "build_sources",
+    "check_sources",
+    "retired_by",
+    "source_rules",
+]

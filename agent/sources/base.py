@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
+from agent.configfile import RuleConfig
 from agent.metrics import Metrics
 from agent.structs import Delivery, Event
 
@@ -35,6 +36,14 @@ class SourceSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = False
+
+    def rules(self) -> list[RuleConfig]:
+        """Rules the source brings with it (the calendar's schedules), beside the config's own ``rules``."""
+        return []
+
+    def retired(self, holder: str) -> str | None:
+        """Why claims of ``holder`` (one of this source's) must be given back now, when their source is gone."""
+        return None
 
 
 @dataclass(frozen=True)

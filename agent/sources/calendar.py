@@ -1,0 +1,343 @@
+"""
+The calendar: schedules that hold capacity up through a window of the day, and give it back after.
+
+A schedule names its targets, a window (times of day, or a cron expression and a duration), a time zone, the floor
+(and optionally the ceiling) to hold while it is open, days to skip and a lead time. It writes no rules: each
+schedule becomes rules of the ``window`` action (agent/actions/window.py) on events of kind ``schedule``, so a
+window's floor is a claim held by ``schedule:<name>`` and goes through the same rules, guard, executor and ledger
+as an alert's.
+
+It is level-triggered. At every wake-up the source asks the pure function (agent/calendar.py) which window of
+each schedule is open *now*, and hands the worker an event for each change it has not handed yet: a window
+opened (key ``<schedule>|<nominal local start>|open``), a window closed (``…|<local close>|close``). So a start at
+10:00 inside an 08:00-18:00 window opens it at once; a wake-up missed or late, or a clock that jumped, converges on
+the next one; and a wake-up racing a restart hands the same key twice, which the inbox records as a redelivery
+(a no-op), never a second change. What a window holds lasts until its close (the claim's expiry), so when the
+agent was down at the close the reconciler gives it back at the next start, and a schedule removed from the
+config has its claims given back by the reconciler too (:meth:`CalendarSettings.retired`).
+
+APScheduler (3.x) only wakes the source at the next edge, and a check every minute catches a wake-up that never
+came; the work itself runs in the source's supervised task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import structlog
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.date import DateTrigger
+from pydantic import ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from agent.actions.window import CLOSES, WINDOW, WindowParams, WindowSpec
+from agent.calendar import DaysOff, Edge, Timing, Window
+from agent.config import Model
+from agent.configfile import RuleConfig, TargetSpec
+from agent.durations import Duration
+from agent.ledger import LedgerUnavailable
+from agent.sources.base import SourceContext, SourceSettings
+from agent.structs import Delivery, Event, EventKind, utcnow
+from agent.supervisor import Supervisor
+from agent.targets import KINDS
+
+log = structlog.get_logger("agent.sources.calendar")
+
+SOURCE = "calendar"
+HOLDER_PREFIX = "schedule:"
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RETRY_SECONDS = 5.0  # the ledger refused the events: try again this soon
+
+
+class HolidaysConfig(Model):
+    """A country's public holidays (ISO 3166 code, e.g. ``DE``), or a region's (``subdivision``: ``BE``)."""
+
+    country: str
+    subdivision: str | None = None
+
+
+class SkipConfig(Model):
+    holidays: HolidaysConfig | None = None
+    dates: list[date] = []
+    ical: Path | None = Field(default=None, description="an iCalendar file: its events' dates are days off")
+
+
+class ScheduleTarget(Model):
+    """One object (``namespace`` and ``name``) or those a label selector picks, of any kind that has replicas."""
+
+    kind: str = "ScaledObject"
+    namespace: str | None = None
+    name: str | None = None
+    selector: dict[str, str] | None = None
+
+    @field_validator("kind")
+    @classmethod
+    def _has_replicas(cls, kind: str) -> str:
+        known = sorted(k for k in KINDS if k != "Node")
+        if kind not in known:
+            raise ValueError(f"a schedule holds replicas: kind must be one of {', '.join(known)}")
+        return kind
+
+    @model_validator(mode="after")
+    def _one_way_to_find(self) -> ScheduleTarget:
+        if (self.name is None) == (not self.selector):
+            raise ValueError("give a name (with its namespace) or a selector, not both")
+        if self.name is not None and self.namespace is None:
+            raise ValueError(f"{self.kind} {self.name}: give its namespace")
+        return self
+
+
+class ScheduleConfig(Model):
+    """
+    One schedule. The window is ``start`` and ``end`` (times of day on the wall clock, on ``days``; the end may be
+    past midnight) or ``cron`` and ``duration`` (elapsed time). The floor (and ``ceiling``, if given) is held from
+    ``lead`` before the nominal start until the end, on every target.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    timezone: str
+    start: time | None = None
+    end: time | None = None
+    days: list[Weekday] = list(WEEKDAYS)
+    cron: str | None = None
+    duration: Duration | None = None
+    lead: Duration = timedelta(0)
+    floor: int | None = Field(default=None, ge=0)
+    ceiling: int | None = Field(default=None, ge=1)
+    skip: SkipConfig = SkipConfig()
+    targets: list[ScheduleTarget] = Field(min_length=1)
+    _timing: Timing | None = PrivateAttr(default=None)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not NAME.match(name):
+            raise ValueError("letters, digits, '.', '_' and '-' only, starting with a letter or digit")
+        return name
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r} (an IANA name, e.g. Europe/Berlin)") from None
+        return zone
+
+    @model_validator(mode="after")
+    def _a_window_that_works(self) -> ScheduleConfig:
+        if self.floor is None and self.ceiling is None:
+            raise ValueError("give a floor, a ceiling, or both: a window holding nothing does nothing")
+        if self.floor is not None and self.ceiling is not None and self.floor > self.ceiling:
+            raise ValueError(f"floor ({self.floor}) must be ≤ ceiling ({self.ceiling})")
+        holidays = self.skip.holidays
+        # Both raise ValueError with a message that names the problem (an unknown country, an unreadable file,
+        # a cron expression with a bad field, a window that never closes): pydantic reports it at this schedule.
+        off = DaysOff(
+            country=holidays.country if holidays else None,
+            subdivision=holidays.subdivision if holidays else None,
+            dates=self.skip.dates,
+            ical=self.skip.ical,
+        )
+        self._timing = Timing(
+            zone=ZoneInfo(self.timezone),
+            start=self.start,
+            end=self.end,
+            days=frozenset(WEEKDAYS.index(day) for day in self.days),
+            cron=self.cron,
+            duration=self.duration,
+            lead=self.lead,
+            skip=off,
+        )
+        return self
+
+    @property
+    def timing(self) -> Timing:
+        assert self._timing is not None
+        return self._timing
+
+    @property
+    def holder(self) -> str:
+        return f"{HOLDER_PREFIX}{self.name}"
+
+    def rules(self) -> list[RuleConfig]:
+        """The rules that carry out this schedule: a ``window`` floor (and ceiling) on each target."""
+        holds: list[tuple[Literal["floor", "ceiling"], int | None]] = [("floor", self.floor), ("ceiling", self.ceiling)]
+        return [
+            RuleConfig(
+                name=self.holder,
+                kind="schedule",
+                alertname=self.name,
+                action=WindowSpec(type="window", params=WindowParams(hold=hold, replicas=value)),
+                target=TargetSpec(
+                    kind=target.kind,
+                    namespace=target.namespace,
+                    name=target.name,
+                    selector=target.selector,
+                    name_labels=[],
+                    workload_labels=[],
+                ),
+            )
+            for target in self.targets
+            for hold, value in holds
+            if value is not None
+        ]
+
+    def describe(self) -> str:
+        zone = self.timezone
+        if self.cron is not None:
+            assert self.duration is not None
+            return f"cron {self.cron!r} for {self.duration} ({zone})"
+        assert self.start is not None and self.end is not None
+        days = "every day" if len(self.days) == 7 else ",".join(self.days)
+        return f"{self.start:%H:%M}-{self.end:%H:%M} {days} ({zone})"
+
+
+class CalendarSettings(SourceSettings):
+    """``sources.calendar``: on by default (with no schedules it does nothing but give back retired claims)."""
+
+    enabled: bool = True
+    schedules: list[ScheduleConfig] = []
+    check_every: Duration = Field(default=timedelta(minutes=1), description="a wake-up that never came is this late")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> CalendarSettings:
+        seen: set[str] = set()
+        for schedule in self.schedules:
+            if schedule.name in seen:
+                raise ValueError(f"schedule name {schedule.name!r} is used twice")
+            seen.add(schedule.name)
+        return self
+
+    def rules(self) -> list[RuleConfig]:
+        return [rule for schedule in self.schedules for rule in schedule.rules()] if self.enabled else []
+
+    def retired(self, holder: str) -> str | None:
+        """Why a ``schedule:`` holder's claims must go now (its schedule is gone, or the calendar is off)."""
+        if not holder.startswith(HOLDER_PREFIX):
+            return None
+        name = holder.removeprefix(HOLDER_PREFIX)
+        if not self.enabled:
+            return f"the calendar is turned off (sources.calendar.enabled), so schedule {name} holds nothing"
+        if all(schedule.name != name for schedule in self.schedules):
+            return f"schedule {name} is no longer in the config"
+        return None
+
+
+def window_event(schedule: ScheduleConfig, window: Window, *, opening: bool, now: datetime) -> Event:
+    """A window's edge as an event. Its key is the schedule and the edge's local time: the same edge, the same key."""
+    zone = schedule.timing.zone
+    edge = window.key if opening else window.closes.astimezone(zone).strftime("%Y-%m-%dT%H:%M")
+    return Event(
+        source=SOURCE,
+        key=f"{schedule.name}|{edge}|{'open' if opening else 'close'}",
+        alertname=schedule.name,
+        status="firing" if opening else "resolved",
+        fingerprint=schedule.name,  # one lane per schedule: its edges in order
+        labels={"schedule": schedule.name},
+        annotations={
+            WINDOW: f"{window.key} ({schedule.timezone})",
+            CLOSES: window.closes.isoformat(),
+            "starts": window.starts.isoformat(),
+        },
+        starts_at=window.starts,
+        received_at=now,
+        kind=EventKind.SCHEDULE,
+    )
+
+
+class CalendarSource:
+    name: ClassVar[str] = SOURCE
+    Settings: ClassVar[type[SourceSettings]] = CalendarSettings
+
+    def __init__(self, settings: CalendarSettings, *, context: SourceContext) -> None:
+        self.settings = settings
+        self.intake = context.intake
+        self._open: dict[str, Window | None] = {}  # per schedule: the window handed as open (None: handed closed)
+        self._wake = asyncio.Event()
+        self._scheduler: AsyncIOScheduler | None = None
+        self.looks = 0  # looks at the clock done so far: a test that moved the clock waits for the next one
+
+    def routes(self) -> list[web.RouteDef]:
+        return []
+
+    def start(self, supervisor: Supervisor) -> None:
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._scheduler.start()
+        supervisor.spawn("calendar", self._run)
+
+    async def stop(self) -> None:
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        self._scheduler = None
+
+    def decode(self, delivery: Delivery) -> list[Event]:
+        raise LookupError("the calendar stores its events itself; it has no deliveries to decode")
+
+    async def wake(self) -> None:
+        """Look at the clock now (APScheduler's job at each edge; tests, after moving the clock)."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            now = utcnow()
+            try:
+                await self.converge(now)
+            except LedgerUnavailable as exc:
+                log.error("the calendar's events were not recorded; trying again", error=str(exc))
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            self.looks += 1
+            self._arm(self.next_edge(now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.check_every.total_seconds())
+            self._wake.clear()
+
+    def next_edge(self, now: datetime) -> Edge | None:
+        edges = [edge for s in self.settings.schedules if (edge := s.timing.next_edge(now)) is not None]
+        return min(edges, key=lambda edge: edge.at, default=None)
+
+    def _arm(self, edge: Edge | None) -> None:
+        if self._scheduler is None or edge is None:
+            return
+        # Late is fine (a wake-up is a look at the clock): run it however late, once.
+        self._scheduler.add_job(
+            self.wake,
+            trigger=DateTrigger(run_date=edge.at),
+            id="next-edge",
+            replace_existing=True,
+            misfire_grace_time=None,
+            coalesce=True,
+        )
+
+    async def converge(self, now: datetime) -> list[Event]:
+        """Hand the worker an event for every window that opened or closed since the last look; returns them."""
+        events: list[Event] = []
+        seen: dict[str, Window | None] = {}
+        for schedule in self.settings.schedules:
+            window = schedule.timing.open_at(now)
+            seen[schedule.name] = window
+            handed = self._open.get(schedule.name, _NOTHING)
+            if window is not None and (handed is _NOTHING or handed is None or handed.key != window.key):
+                events.append(window_event(schedule, window, opening=True, now=now))
+            elif window is None and isinstance(handed, Window):
+                events.append(window_event(schedule, handed, opening=False, now=now))
+        if events:
+            await self.intake.accept(events)  # raises LedgerUnavailable: nothing handed, the next look tries again
+            for event in events:
+                log.info("window edge", schedule=event.alertname, edge=event.key, status=event.status)
+        self._open = seen
+        return events
+
+
+_NOTHING: Any = object()  # no look yet since the start: a closed window then hands nothing (the reconciler's)

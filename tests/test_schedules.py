@@ -1,0 +1,368 @@
+"""
+The calendar end to end: schedules open and close windows on each kind that has replicas, through the real client
+against the emulated API, composing with alert claims and other people's edits as the claims rules say; restarts,
+missed wake-ups and removed schedules converge. The wall clock is moved (time-machine) and the calendar woken after
+each move, never slept through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import time_machine
+
+from agent.app import Agent
+from agent.config import ConfigError
+from agent.configfile import Config
+from agent.demo.alerts import alert, payload
+from agent.devcluster import DevCluster
+from agent.sources import check_sources
+from agent.sources.calendar import CalendarSource
+from agent.structs import Decision, Outcome
+from tests.conftest import NS, StartAgent, build_config, claims_on, post, scaledobject, settle
+
+BERLIN = ZoneInfo("Europe/Berlin")
+WEEKDAYS = ["mon", "tue", "wed", "thu", "fri"]
+TARGET = "mcp-cron-scaling"  # the seed's cron example: minReplicaCount 0, maxReplicaCount 20
+
+
+def at(*args: int) -> datetime:
+    """A Berlin wall-clock time, as an instant."""
+    return datetime(*args, tzinfo=BERLIN).astimezone(UTC)  # type: ignore[misc]
+
+
+MONDAY_10 = at(2026, 12, 7, 10, 0)
+
+
+def business_hours(**changes: Any) -> dict[str, Any]:
+    """The seed's mcp-cron-scaling example as a schedule: 10 replicas through weekday business hours."""
+    schedule = {
+        "name": "business-hours",
+        "timezone": "Europe/Berlin",
+        "start": "08:00",
+        "end": "18:00",
+        "days": WEEKDAYS,
+        "floor": 10,
+        "targets": [{"namespace": NS, "name": TARGET}],
+    }
+    schedule.update(changes)
+    return schedule
+
+
+def with_schedules(base_config: dict[str, Any], *schedules: dict[str, Any], **sections: Any) -> Config:
+    calendar = {"schedules": list(schedules), "check_every": "1h"}
+    return build_config(base_config, sources={"calendar": calendar}, **sections)
+
+
+@pytest.fixture()
+def clock() -> Iterator[time_machine.Coordinates]:
+    with time_machine.travel(MONDAY_10, tick=True) as traveller:
+        yield traveller
+
+
+def calendar(agent: Agent) -> CalendarSource:
+    return next(s for s in agent.sources if isinstance(s, CalendarSource))
+
+
+async def look(agent: Agent) -> None:
+    """Wake the calendar (as APScheduler does at an edge), wait for its look at the clock, then for the work."""
+    source = calendar(agent)
+    before = source.looks
+    await source.wake()
+    async with asyncio.timeout(10):
+        while source.looks == before:  # noqa: ASYNC110 -- polling a counter, bounded by the timeout
+            await asyncio.sleep(0.01)
+    await settle(agent)
+
+
+async def started(start_agent: StartAgent, config: Config) -> Agent:
+    agent = await start_agent(config)
+    await look(agent)  # the look at start has happened, and its work is done
+    return agent
+
+
+def floor_of(cluster: DevCluster, name: str = TARGET) -> int:
+    return int(scaledobject(cluster, name)["spec"]["minReplicaCount"])
+
+
+async def calendar_decisions(agent: Agent) -> list[Decision]:
+    return [d for d in await agent.ledger.decisions() if d.trigger.source in ("calendar", "reconciler")]
+
+
+# --- each kind -------------------------------------------------------------------------------------------------
+
+
+def plain_hpa(cluster: DevCluster) -> None:
+    cluster.add(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "mcp-search-server", "namespace": NS},
+            "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "mcp-search-server"}}},
+        }
+    )
+    cluster.add(
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "mcp-search", "namespace": NS},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mcp-search-server"},
+                "minReplicas": 2,
+                "maxReplicas": 12,
+            },
+        }
+    )
+
+
+def plain_deployment(cluster: DevCluster) -> None:
+    cluster.add(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "mcp-docs-server", "namespace": NS},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "mcp-docs-server"}}},
+        }
+    )
+
+
+KINDS = [
+    # kind, name, how to make it, where its floor is, its value before
+    ("ScaledObject", TARGET, None, ("scaledobjects", ("spec", "minReplicaCount")), 0),
+    ("HorizontalPodAutoscaler", "mcp-search", plain_hpa, ("horizontalpodautoscalers", ("spec", "minReplicas")), 2),
+    ("Deployment", "mcp-docs-server", plain_deployment, ("deployments", ("spec", "replicas")), 2),
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "make", "where", "before"), KINDS, ids=[k[0] for k in KINDS])
+async def test_a_window_opens_and_closes_on_each_kind(
+    cluster: DevCluster,
+    start_agent: StartAgent,
+    base_config: dict[str, Any],
+    clock: time_machine.Coordinates,
+    kind: str,
+    name: str,
+    make: Any,
+    where: tuple[str, tuple[str, str]],
+    before: int,
+) -> None:
+    if make is not None:
+        make(cluster)
+    plural, (section, key) = where
+
+    def value() -> int:
+        return int(cluster.get(plural, NS, name)[section][key])
+
+    schedule = business_hours(targets=[{"kind": kind, "namespace": NS, "name": name}])
+    # Started at 10:00 inside the 08:00-18:00 window: it opens at once.
+    agent = await started(start_agent, with_schedules(base_config, schedule))
+    assert value() == 10
+    [opened] = await calendar_decisions(agent)
+    assert opened.outcome == Outcome.APPLIED and opened.action == "window"
+    assert opened.rule == "schedule:business-hours"
+    assert "window 2026-12-07T08:00 (Europe/Berlin) open until 2026-12-07 17:00Z, floor of 10" in opened.reason
+    [claim] = claims_on(cluster, name, plural).claims
+    assert claim.holder == "schedule:business-hours" and claim.until == at(2026, 12, 7, 18, 0)
+
+    clock.move_to(at(2026, 12, 7, 18, 0, 1))
+    await look(agent)
+    assert value() == before  # given back at the close
+    closed = (await calendar_decisions(agent))[-1]
+    assert closed.outcome == Outcome.APPLIED and closed.action == "revert"
+    assert closed.trigger.event_key == "business-hours|2026-12-07T18:00|close"
+    assert "window 2026-12-07T08:00 (Europe/Berlin) closed" in closed.reason
+
+
+# --- restarts, missed wake-ups, races ----------------------------------------------------------------------------
+
+
+async def test_a_restart_inside_the_window_changes_nothing_and_one_after_it_gives_back(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], clock: time_machine.Coordinates
+) -> None:
+    config = with_schedules(base_config, business_hours())
+    first = await started(start_agent, config)
+    assert floor_of(cluster) == 10
+    await first.stop()
+
+    clock.move_to(at(2026, 12, 7, 11, 0))
+    second = await started(start_agent, config)
+    assert floor_of(cluster) == 10
+    again = (await calendar_decisions(second))[-1]
+    assert again.outcome == Outcome.NOOP and "redelivery" in again.reason  # the same edge: never applied twice
+    await second.stop()
+
+    # Down through the close; started at 19:00: what the closed window still held is given back at start.
+    clock.move_to(at(2026, 12, 7, 19, 0))
+    third = await started(start_agent, config)
+    assert floor_of(cluster) == 0
+    given_back = (await calendar_decisions(third))[-1]
+    assert given_back.action == "revert" and given_back.outcome == Outcome.APPLIED
+    assert "held by schedule:business-hours until 2026-12-07 17:00:00Z" in given_back.reason
+    assert not claims_on(cluster, TARGET).claims
+
+
+async def test_a_missed_wake_up_is_caught_by_the_next_check(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], clock: time_machine.Coordinates
+) -> None:
+    calendar_section = {"schedules": [business_hours()], "check_every": 0.1}
+    await started(start_agent, build_config(base_config, sources={"calendar": calendar_section}))
+    assert floor_of(cluster) == 10
+    clock.move_to(at(2026, 12, 7, 18, 30))  # the wake-up at 18:00 never came (a clock jump, a lost timer)
+    async with asyncio.timeout(10):
+        while floor_of(cluster) != 0:  # noqa: ASYNC110 -- the calendar's own check, bounded by the timeout
+            await asyncio.sleep(0.02)
+
+
+async def test_a_wake_up_racing_another_look_applies_the_edge_once(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], clock: time_machine.Coordinates
+) -> None:
+    clock.move_to(at(2026, 12, 7, 7, 0))  # before the window
+    agent = await started(start_agent, with_schedules(base_config, business_hours()))
+    clock.move_to(at(2026, 12, 7, 8, 0, 1))
+    source = calendar(agent)
+    now = datetime.now(UTC)
+    await asyncio.gather(source.converge(now), source.converge(now))  # both see the window newly open
+    await settle(agent)
+    decisions = await calendar_decisions(agent)
+    assert [d.outcome for d in decisions] == [Outcome.APPLIED, Outcome.NOOP]
+    assert floor_of(cluster) == 10
+
+
+async def test_a_schedule_removed_while_its_window_is_open_is_given_back_at_start(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], clock: time_machine.Coordinates
+) -> None:
+    first = await started(start_agent, with_schedules(base_config, business_hours()))
+    assert floor_of(cluster) == 10
+    await first.stop()
+    second = await started(start_agent, with_schedules(base_config))  # the schedule is gone from the config
+    assert floor_of(cluster) == 0
+    given_back = (await calendar_decisions(second))[-1]
+    assert given_back.action == "revert" and given_back.outcome == Outcome.APPLIED
+    assert "schedule:business-hours: schedule business-hours is no longer in the config" in given_back.reason
+
+
+# --- composing with other claims -------------------------------------------------------------------------------
+
+
+async def test_two_overlapping_windows_on_one_target(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], clock: time_machine.Coordinates
+) -> None:
+    lunch = business_hours(name="lunch-peak", start="12:00", end="14:00", floor=15)
+    clock.move_to(at(2026, 12, 7, 13, 0))
+    agent = await started(start_agent, with_schedules(base_config, business_hours(), lunch))
+    assert floor_of(cluster) == 15  # floors: the highest wins
+    clock.move_to(at(2026, 12, 7, 14, 0, 1))
+    await look(agent)
+    assert floor_of(cluster) == 10  # the lunch window closed; business hours still hold 10
+    clock.move_to(at(2026, 12, 7, 18, 0, 1))
+    await look(agent)
+    assert floor_of(cluster) == 0
+    assert not claims_on(cluster, TARGET).claims
+
+
+COLD = {"namespace": NS, "scaledObject": TARGET}
+
+
+def alert_floor(replicas: int) -> dict[str, Any]:
+    return {
+        "name": "warm-on-cold-start",
+        "alertname": "MCPColdStartSlow",
+        "action": {"type": "set_min", "params": {"replicas": replicas, "for": "1h"}},
+        "target": {"namespace": NS},
+    }
+
+
+async def test_an_alert_floor_above_the_window_rises_and_falls_back_to_the_window(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], clock: time_machine.Coordinates
+) -> None:
+    config = with_schedules(base_config, business_hours(), rules=[alert_floor(15)])
+    agent = await started(start_agent, config)
+    assert floor_of(cluster) == 10
+    await post(agent, payload(alert("MCPColdStartSlow", COLD)))
+    await settle(agent)
+    assert floor_of(cluster) == 15
+    await post(agent, payload(alert("MCPColdStartSlow", COLD, status="resolved")))
+    await settle(agent)
+    assert floor_of(cluster) == 10  # the window still holds its floor
+    assert [c.holder for c in claims_on(cluster, TARGET).claims] == ["schedule:business-hours"]
+
+
+async def test_a_cooldown_never_refuses_a_window_edge(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], clock: time_machine.Coordinates
+) -> None:
+    clock.move_to(at(2026, 12, 7, 7, 58))
+    config = with_schedules(base_config, business_hours(), rules=[alert_floor(5)], guard={"cooldown": "5m"})
+    agent = await started(start_agent, config)
+    await post(agent, payload(alert("MCPColdStartSlow", COLD)))
+    await settle(agent)
+    assert floor_of(cluster) == 5
+    clock.move_to(at(2026, 12, 7, 8, 0, 1))  # two minutes later: well inside the cooldown
+    await look(agent)
+    assert floor_of(cluster) == 10
+
+
+async def test_someone_elses_edit_inside_the_window_is_left_as_it_is(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], clock: time_machine.Coordinates
+) -> None:
+    agent = await started(start_agent, with_schedules(base_config, business_hours()))
+    cluster.change("scaledobjects", NS, TARGET, {"spec": {"minReplicaCount": 12}})  # a person raised it further
+    kind = agent.targets["ScaledObject"]
+    async with asyncio.timeout(10):  # the watch brings the edit to the cache
+        while (await kind.get(NS, TARGET)).values["min-replicas"] != 12:  # noqa: ASYNC110 -- bounded
+            await asyncio.sleep(0.02)
+    clock.move_to(at(2026, 12, 7, 18, 0, 1))
+    await look(agent)
+    assert floor_of(cluster) == 12  # not put back to 0 over the person's edit
+    closed = (await calendar_decisions(agent))[-1]
+    assert "changed by someone else" in closed.reason or "was changed by" in closed.reason
+
+
+async def test_a_selector_schedule_over_twenty_objects_is_normal(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], clock: time_machine.Coordinates
+) -> None:
+    for i in range(21):
+        cluster.add(
+            {
+                "apiVersion": "keda.sh/v1alpha1",
+                "kind": "ScaledObject",
+                "metadata": {"name": f"batch-{i}", "namespace": NS, "labels": {"tier": "batch"}},
+                "spec": {"scaleTargetRef": {"name": f"batch-{i}"}, "minReplicaCount": 0, "maxReplicaCount": 5},
+            }
+        )
+    schedule = business_hours(name="batch-window", floor=2, targets=[{"namespace": NS, "selector": {"tier": "batch"}}])
+    agent = await started(start_agent, with_schedules(base_config, schedule))  # max_targets_per_event stays 5
+    assert all(floor_of(cluster, f"batch-{i}") == 2 for i in range(21))
+    assert len([d for d in await calendar_decisions(agent) if d.outcome == Outcome.APPLIED]) == 21
+
+
+# --- config --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"timezone": "Europe/Berlinn"}, "sources.calendar.schedules[0].timezone: unknown time zone 'Europe/Berlinn'"),
+        ({"start": None}, "give start and end (times of day), or cron and duration"),
+        ({"floor": 12, "ceiling": 5}, "floor (12) must be ≤ ceiling (5)"),
+        ({"floor": None}, "give a floor, a ceiling, or both"),
+        ({"skip": {"holidays": {"country": "XX"}}}, "Country"),
+        ({"skip": {"ical": "/nonexistent/closures.ics"}}, "cannot read /nonexistent/closures.ics"),
+        ({"cron": "0 8 * * 1-5", "duration": "10h"}, "give start and end (times of day), or cron and duration"),
+        ({"targets": [{"namespace": NS, "name": "x", "selector": {"a": "b"}}]}, "a name (with its namespace) or"),
+        ({"targets": [{"kind": "Node", "name": "n"}]}, "a schedule holds replicas"),
+        ({"days": ["monday"]}, "schedules[0].days[0]"),
+    ],
+)
+def test_a_bad_schedule_is_a_config_error_naming_its_field(
+    base_config: dict[str, Any], changes: dict[str, Any], message: str
+) -> None:
+    config = with_schedules(base_config, business_hours(**changes))
+    with pytest.raises(ConfigError) as caught:
+        check_sources(config, origin="agent.yaml")
+    assert "sources.calendar." in str(caught.value)
+    assert message in str(caught.value)
