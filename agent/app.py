@@ -30,7 +30,7 @@ from agent.rules import Rules
 from agent.server import build_app
 from agent.sinks import Sink, build_sinks
 from agent.sinks.slack import Console
-from agent.sources import SourceContext, build_sources, check_sources, retired_by, source_rules
+from agent.sources import FollowsDecisions, SourceContext, build_sources, check_sources, retired_by, source_rules
 from agent.supervisor import Supervisor
 from agent.targets import build_targets, kinds_in_use
 from agent.worker import Intake, Worker
@@ -80,9 +80,12 @@ class Agent:
             lanes=config.workers,
         )
         self.intake = Intake(ledger=self.ledger, worker=self.worker, metrics=self.metrics)
-        context = SourceContext(intake=self.intake, metrics=self.metrics, webhook=config.webhook)
+        context = SourceContext(
+            intake=self.intake, metrics=self.metrics, webhook=config.webhook, api=api, recorder=self.recorder
+        )
         self.sources = build_sources(settings, context=context)
         self.worker.decoders = {source.name: source.decode for source in self.sources}
+        self.worker.followers = {s.name: s.decided for s in self.sources if isinstance(s, FollowsDecisions)}
         self.reconciler = Reconciler(
             targets=self.targets,
             executor=self.executor,

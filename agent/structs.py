@@ -298,6 +298,7 @@ class Decision:
     dry_run: bool
     outcome: Outcome
     error: str | None = None
+    follows: str | None = None  # the decision this one follows up (a window's warm-up follows its opening)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -320,6 +321,7 @@ class Decision:
             "dry_run": self.dry_run,
             "outcome": str(self.outcome),
             "error": self.error,
+            **({"follows": self.follows} if self.follows else {}),
         }
 
     @classmethod
@@ -345,6 +347,7 @@ class Decision:
             dry_run=bool(data.get("dry_run")),
             outcome=Outcome(data["outcome"]),
             error=data.get("error"),
+            follows=data.get("follows"),
         )
 
     def change(self) -> str:

@@ -49,6 +49,7 @@ from agent.supervisor import Supervisor
 log = structlog.get_logger("agent.worker")
 
 Decoder = Callable[[Delivery], list[Event]]  # a source's: the events of one of its deliveries
+Follower = Callable[[Event, Sequence[Decision]], None]  # a source's: hears what became of its events
 
 GIVE_WAY_SECONDS = 0.005
 STORM_TURN_SECONDS = 0.02  # in a storm the worker takes one unit of work per 20 ms at most: ~50 events/s
@@ -206,6 +207,7 @@ class Worker:
     ) -> None:
         self.ledger = ledger
         self.decoders: Mapping[str, Decoder] = decoders or {}  # the sources' (set once they are built)
+        self.followers: Mapping[str, Follower] = {}  # likewise
         self.rules = rules
         self.executor = executor
         self.recorder = recorder
@@ -414,6 +416,12 @@ class Worker:
         latency = (utcnow() - event.received_at).total_seconds()
         for decision in decisions:
             self.metrics.action_latency.labels(action=decision.action).observe(latency)
+        follower = self.followers.get(event.source)
+        if follower is not None:
+            try:
+                follower(event, decisions)
+            except Exception:  # the source's own follow-up; the event is decided and recorded all the same
+                log.exception("a source could not take its follow-up", source=event.source, entry=entry.id)
         # The mark goes to the marker; the lane takes its next event meanwhile (see _mark_loop).
         self._marks.put_nowait(entry.id)
         return decisions

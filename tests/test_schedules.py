@@ -25,6 +25,8 @@ from agent.sources import check_sources
 from agent.sources.calendar import CalendarSource
 from agent.structs import Decision, Outcome
 from tests.conftest import NS, StartAgent, build_config, claims_on, post, scaledobject, settle
+from tests.test_warmup import MCP_IPS, UNAVAILABLE_IP
+from tests.test_warmup import Cluster as PodServers
 
 BERLIN = ZoneInfo("Europe/Berlin")
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri"]
@@ -366,3 +368,100 @@ def test_a_bad_schedule_is_a_config_error_naming_its_field(
         check_sources(config, origin="agent.yaml")
     assert "sources.calendar." in str(caught.value)
     assert message in str(caught.value)
+
+
+# --- readiness and warm-up, recorded as a follow-up --------------------------------------------------------------
+
+
+@pytest.fixture()
+def pod_servers() -> Iterator[PodServers]:
+    """Real servers on loopback standing in for the pods: an MCP server (the SDK's) and one answering 503."""
+    servers = PodServers()
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+def pod(name: str, ip: str, created: datetime) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {"app": "mcp-batch-processor"},
+            "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        },
+        "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+async def follow_up(agent: Agent) -> Decision:
+    async with asyncio.timeout(20):
+        while True:
+            found = [d for d in await agent.ledger.decisions() if d.follows is not None]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.02)
+
+
+async def test_a_window_follows_its_pods_until_ready_then_warms_the_new_ones_over_mcp(
+    cluster: DevCluster,
+    start_agent: StartAgent,
+    base_config: dict[str, Any],
+    clock: time_machine.Coordinates,
+    pod_servers: PodServers,
+) -> None:
+    for i in range(3):  # running since the morning: not new, not warmed
+        cluster.add(pod(f"old-{i}", MCP_IPS[i % 2], at(2026, 12, 7, 6, 0)))
+    warmup = {"port": pod_servers.port, "mcp": {"calls": [{"tool": "ping"}]}, "timeout": "5s", "backoff": "10ms"}
+    schedule = business_hours(lead="10m", warmup=warmup)
+    calendar_section = {"schedules": [schedule], "check_every": "1h", "follow_every": 0.05}
+    clock.move_to(at(2026, 12, 7, 7, 0))
+    agent = await started(start_agent, build_config(base_config, sources={"calendar": calendar_section}))
+    clock.move_to(at(2026, 12, 7, 7, 50, 1))  # the lead: ten minutes before 08:00
+    await look(agent)
+    [opened] = [d for d in await calendar_decisions(agent) if d.action == "window"]
+    assert opened.outcome == Outcome.APPLIED and floor_of(cluster) == 10
+    # The scale-up's pods come up Ready (nothing runs pods in the emulator: the test adds them), one of them
+    # on an address that answers 503.
+    created = datetime.now(UTC)
+    for i in range(6):
+        cluster.add(pod(f"new-{i}", MCP_IPS[i % 2], created))
+    cluster.add(pod("new-broken", UNAVAILABLE_IP, created))
+
+    followed = await follow_up(agent)
+    assert followed.follows == opened.id and followed.action == "warm-up"
+    assert followed.target == opened.target and followed.rule == "schedule:business-hours"
+    assert followed.outcome == Outcome.FAILED  # one pod could not be warmed: recorded, not fatal
+    assert dict(followed.after) == {"ready-pods": 10, "warmed-pods": 6}
+    assert "10 pods of Deployment/mcp-batch-processor Ready" in followed.reason
+    assert f"after decision {opened.id}" in followed.reason
+    assert "warmed 6 of 7 new pods" in followed.reason
+    assert "new-broken: initialize failed: HTTP 503 on POST /mcp" in followed.reason
+    assert (
+        "capacity Ready 9m" in followed.reason and "before the nominal start 08:00 (Europe/Berlin)" in followed.reason
+    )
+    # Each new pod had its own MCP session: initialize, tools/list, the configured call.
+    assert pod_servers.seen.pings == 6
+    for ip in MCP_IPS:
+        assert pod_servers.seen.mcp_methods(ip).count("initialize") == 3
+        assert pod_servers.seen.mcp_methods(ip).count("tools/list") == 3
+
+
+async def test_pods_not_ready_in_time_are_a_recorded_failure_that_says_it_missed_the_start(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], clock: time_machine.Coordinates
+) -> None:
+    schedule = business_hours(ready_within="1s")  # no warm-up: readiness alone is followed up
+    calendar_section = {"schedules": [schedule], "check_every": "1h", "follow_every": 0.05}
+    agent = await started(start_agent, build_config(base_config, sources={"calendar": calendar_section}))
+    followed = await follow_up(agent)  # opened at 10:00, two hours after the nominal start; no pods come up
+    assert followed.action == "ready" and followed.outcome == Outcome.FAILED
+    assert dict(followed.after) == {"ready-pods": 0, "warmed-pods": 0}
+    assert "0 of 10 pods of Deployment/mcp-batch-processor Ready" in followed.reason
+    assert (
+        "missed the nominal start 08:00 (Europe/Berlin) by 2h" in followed.reason
+        or "missed the nominal" in followed.reason
+    )

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from agent.config import ConfigError, format_errors
 from agent.configfile import Config, RuleConfig
 from agent.sources.alertmanager import AlertmanagerSource
-from agent.sources.base import Source, SourceContext, SourceSettings
+from agent.sources.base import FollowsDecisions, Source, SourceContext, SourceSettings
 from agent.sources.calendar import CalendarSource
 
 SOURCES: dict[str, type[Source]] = {
@@ -70,6 +70,7 @@ def retired_by(settings: Mapping[str, SourceSettings]) -> Callable[[str], str | 
 
 __all__ = [
     "SOURCES",
+    "FollowsDecisions",
     "Source",
     "SourceContext",
     "SourceSettings",

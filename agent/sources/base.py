@@ -14,18 +14,22 @@ named by their field path and file like every other setting (:func:`agent.source
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict
 
 from agent.configfile import RuleConfig
 from agent.metrics import Metrics
-from agent.structs import Delivery, Event
+from agent.structs import Decision, Delivery, Event
 
 if TYPE_CHECKING:
+    from kubernetes_asyncio import client
+
     from agent.config import WebhookConfig
+    from agent.decisions import DecisionRecorder
     from agent.supervisor import Supervisor
     from agent.worker import Intake
 
@@ -53,6 +57,8 @@ class SourceContext:
     intake: Intake
     metrics: Metrics
     webhook: WebhookConfig  # auth and body limit shared by every source that takes HTTP requests
+    api: client.ApiClient  # for a source that follows up in the cluster (the calendar watches pods get Ready)
+    recorder: DecisionRecorder  # ... and records what it found, as a decision
 
 
 class Source(Protocol):
@@ -73,4 +79,15 @@ class Source(Protocol):
 
     def decode(self, delivery: Delivery) -> list[Event]:
         """The events of one delivery it stored with ``Intake.receive``."""
+        ...
+
+
+@runtime_checkable
+class FollowsDecisions(Protocol):
+    """A source that wants to hear what became of its events (the calendar follows a window's pods up)."""
+
+    name: ClassVar[str]
+
+    def decided(self, event: Event, decisions: Sequence[Decision]) -> None:
+        """Called by the worker once an event's decisions are recorded; must not block (queue the work)."""
         ...

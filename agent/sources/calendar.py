@@ -25,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -41,11 +43,14 @@ from agent.calendar import DaysOff, Edge, Timing, Window
 from agent.config import Model
 from agent.configfile import RuleConfig, TargetSpec
 from agent.durations import Duration
+from agent.errors import KubernetesError
 from agent.ledger import LedgerUnavailable
 from agent.sources.base import SourceContext, SourceSettings
-from agent.structs import Delivery, Event, EventKind, utcnow
+from agent.structs import Decision, Delivery, Event, EventKind, Outcome, TargetRef, new_id, utcnow
 from agent.supervisor import Supervisor
 from agent.targets import KINDS
+from agent.targets.pods import pods_of
+from agent.warmup import Pod, WarmupReport, WarmupSpec, warm
 
 log = structlog.get_logger("agent.sources.calendar")
 
@@ -55,6 +60,8 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 RETRY_SECONDS = 5.0  # the ledger refused the events: try again this soon
+COUNT_FIELDS = ("min-replicas", "replicas")  # what a window's floor moved, on each kind: the pods to expect
+NEW_POD_SLACK = timedelta(seconds=5)  # a pod created this long before the window's decision still counts as new
 
 
 class HolidaysConfig(Model):
@@ -116,6 +123,10 @@ class ScheduleConfig(Model):
     ceiling: int | None = Field(default=None, ge=1)
     skip: SkipConfig = SkipConfig()
     targets: list[ScheduleTarget] = Field(min_length=1)
+    warmup: WarmupSpec | None = None
+    ready_within: Duration = Field(
+        default=timedelta(minutes=15), description="how long after a window opens its pods may take to be Ready"
+    )
     _timing: Timing | None = PrivateAttr(default=None)
 
     @field_validator("name")
@@ -209,6 +220,7 @@ class CalendarSettings(SourceSettings):
     enabled: bool = True
     schedules: list[ScheduleConfig] = []
     check_every: Duration = Field(default=timedelta(minutes=1), description="a wake-up that never came is this late")
+    follow_every: Duration = Field(default=timedelta(seconds=5), description="how often a follow-up looks at pods")
 
     @model_validator(mode="after")
     def _unique_names(self) -> CalendarSettings:
@@ -263,6 +275,9 @@ class CalendarSource:
     def __init__(self, settings: CalendarSettings, *, context: SourceContext) -> None:
         self.settings = settings
         self.intake = context.intake
+        self.api = context.api
+        self.recorder = context.recorder
+        self._following: set[asyncio.Task[None]] = set()  # follow-ups under way (a window's pods getting Ready)
         self._open: dict[str, Window | None] = {}  # per schedule: the window handed as open (None: handed closed)
         self._wake = asyncio.Event()
         self._scheduler: AsyncIOScheduler | None = None
@@ -280,6 +295,9 @@ class CalendarSource:
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         self._scheduler = None
+        for task in list(self._following):  # a follow-up cut short is only a report not written
+            task.cancel()
+        await asyncio.gather(*self._following, return_exceptions=True)
 
     def decode(self, delivery: Delivery) -> list[Event]:
         raise LookupError("the calendar stores its events itself; it has no deliveries to decode")
@@ -338,6 +356,132 @@ class CalendarSource:
                 log.info("window edge", schedule=event.alertname, edge=event.key, status=event.status)
         self._open = seen
         return events
+
+    # --- after a window opened: its pods Ready, then warmed, then a follow-up decision -----------------------------
+
+    def decided(self, event: Event, decisions: Sequence[Decision]) -> None:
+        """The worker's call: for each floor a window's opening applied, follow its pods up (in its own task)."""
+        if event.status != "firing":
+            return
+        schedule = next((s for s in self.settings.schedules if s.name == event.alertname), None)
+        if schedule is None:
+            return
+        for decision in decisions:
+            counts = [v for k, v in decision.after.items() if k in COUNT_FIELDS and isinstance(v, int)]
+            if decision.outcome != Outcome.APPLIED or decision.target is None or not counts:
+                continue
+            job = FollowUp(
+                schedule=schedule,
+                decision=decision,
+                target=decision.target,
+                wanted=max(counts),
+                starts=datetime.fromisoformat(event.annotations["starts"]),
+            )
+            task = asyncio.create_task(self._follow(job), name=f"follow-up {decision.id}")
+            self._following.add(task)
+            task.add_done_callback(self._following.discard)
+
+    async def _follow(self, job: FollowUp) -> None:
+        try:
+            decision = await self._follow_up(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a follow-up is a report: it must never take the agent down, nor vanish unsaid
+            log.exception("a window's follow-up failed", decision=job.decision.id, target=str(job.target))
+            return
+        await self.recorder.record(decision)
+
+    async def _follow_up(self, job: FollowUp) -> Decision:
+        """Wait (at most ``ready_within``) for the target's pods to be Ready, warm the new ones, and say how it went."""
+        deadline = job.decision.at + job.schedule.ready_within
+        every = self.settings.follow_every.total_seconds()
+        workload, ready, error = "", [], None
+        while True:
+            try:
+                workload, pods = await pods_of(self.api, job.target)
+                ready = [p for p in pods if p.ready and p.ip and not p.terminating]
+                error = None
+            except KubernetesError as exc:  # the next look tries again, until the deadline
+                error = str(exc)
+            if len(ready) >= job.wanted or utcnow() >= deadline:
+                break
+            await asyncio.sleep(every)
+        ready_at = utcnow()
+        if len(ready) < job.wanted:
+            why = f"; the last look failed: {error}" if error else ""
+            reason = (
+                f"{len(ready)} of {job.wanted} pods of {workload or job.target} Ready "
+                f"{_took(job.decision.at, ready_at)} after decision {job.decision.id}, and no more within "
+                f"{job.schedule.ready_within}: {_by_start(ready_at, job.starts, job.schedule)}{why}"
+            )
+            return self._report(job, Outcome.FAILED, reason, ready=len(ready), warmed=0)
+        parts = [
+            f"{len(ready)} pods of {workload} Ready {_took(job.decision.at, ready_at)} after decision {job.decision.id}"
+        ]
+        report: WarmupReport | None = None
+        new = [p for p in ready if p.created is None or p.created >= job.decision.at - NEW_POD_SLACK]
+        if job.schedule.warmup is not None and new:
+            report = await warm([Pod(name=p.name, ip=p.ip or "") for p in new], job.schedule.warmup)
+            done = utcnow()
+            failed = report.failed
+            parts.append(
+                f"warmed {len(new) - len(failed)} of {len(new)} new pods, done {_took(job.decision.at, done)} after it"
+                + (": " + "; ".join(f"{r.name}: {r.error}" for r in failed) if failed else "")
+            )
+            ready_at = done
+        elif job.schedule.warmup is not None:
+            parts.append("no new pod to warm")
+        parts.append(f"capacity {_by_start(ready_at, job.starts, job.schedule)}")
+        outcome = Outcome.FAILED if report is not None and not report.ok else Outcome.APPLIED
+        warmed = 0 if report is None else len(report.results) - len(report.failed)
+        return self._report(job, outcome, "; ".join(parts), ready=len(ready), warmed=warmed)
+
+    def _report(self, job: FollowUp, outcome: Outcome, reason: str, *, ready: int, warmed: int) -> Decision:
+        first = job.decision
+        return Decision(
+            id=new_id(),
+            at=utcnow(),
+            trigger=first.trigger,
+            rule=first.rule,
+            action="warm-up" if job.schedule.warmup is not None else "ready",
+            target=first.target,
+            before={},
+            after={"ready-pods": ready, "warmed-pods": warmed},
+            reason=reason,
+            dry_run=first.dry_run,
+            outcome=outcome,
+            follows=first.id,
+        )
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    schedule: ScheduleConfig
+    decision: Decision  # the window's opening, applied
+    target: TargetRef
+    wanted: int  # pods to expect Ready: the floor the opening wrote
+    starts: datetime  # the window's nominal start: was the capacity there by then?
+
+
+def _took(since: datetime, until: datetime) -> str:
+    return _span(until - since)
+
+
+def _span(delta: timedelta) -> str:
+    seconds = int(abs(delta.total_seconds()))
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _by_start(at: datetime, starts: datetime, schedule: ScheduleConfig) -> str:
+    local = starts.astimezone(schedule.timing.zone)
+    nominal = f"the nominal start {local:%H:%M} ({schedule.timezone})"
+    if at <= starts:
+        return f"Ready {_span(starts - at)} before {nominal}"
+    return f"missed {nominal} by {_span(at - starts)}"
 
 
 _NOTHING: Any = object()  # no look yet since the start: a closed window then hands nothing (the reconciler's)
