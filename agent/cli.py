@@ -1,5 +1,5 @@
 """
-``scaling-agent``: run the agent, check a config file, run the demo, list decisions.
+``scaling-agent``: run the agent, check a config file, run the demo, list decisions, show the calendar.
 
 Exit codes: 0 success; 1 a config error (every problem printed, one per line,
 as ``FILE: field.path: message``); 2 a usage error.
@@ -14,7 +14,8 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 import yaml
@@ -158,6 +159,120 @@ def cmd_decisions(args: argparse.Namespace) -> int:
     return asyncio.run(_decisions(args, ledger_config))
 
 
+def _when(text: str) -> datetime:
+    """``--at``: ISO 8601 (``2026-12-07T10:00``, ``…+01:00``, ``…Z``; no offset: UTC), or ``now``."""
+    if text == "now":
+        return utcnow()
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        message = f"{text!r} is not a time such as 2026-12-07T10:00 or 2026-12-07T10:00+01:00"
+        raise argparse.ArgumentTypeError(message) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from agent.sources.calendar import CalendarSettings, schedule_report
+
+    if not args.config:
+        print(f"schedule: give --config FILE (or set {CONFIG_ENV})", file=sys.stderr)
+        return 2
+    try:
+        config = _load(args.config, secrets=False)
+    except ConfigError as exc:
+        return _print_config_error(exc)
+    settings = config.sources.get("calendar")
+    assert isinstance(settings, CalendarSettings)
+    at: datetime = args.at
+    for line in schedule_report(settings, at=at, edges=args.next):
+        print(line)
+    if not settings.schedules or not args.kubeconfig:
+        return 0
+    try:
+        return asyncio.run(_schedule_targets(config, settings, at=at, kubeconfig=args.kubeconfig, context=args.context))
+    except Exception as exc:  # no cluster, no permission: the calendar above still stands
+        print(f"schedule: cannot read the cluster: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _schedule_targets(
+    config: Config, settings: Any, *, at: datetime, kubeconfig: str, context: str | None
+) -> int:
+    """
+    Resolve each schedule's targets in the cluster and show the value each would get at ``at``: the claims it
+    carries now, less the schedules' own, plus those of every schedule open then, composed as the agent does.
+    """
+    from agent.claims import Claim, Want, resolve
+    from agent.kube import make_api_client
+    from agent.rules import Rules
+    from agent.targets import build_targets, kinds_in_use
+
+    api = await make_api_client(kubeconfig=kubeconfig, context=context)
+    async with api:
+        rules = settings.rules()
+        targets = build_targets(api, config.kubernetes, kinds_in_use(rule.target.kind for rule in rules))
+        finder = Rules(rules, targets=targets)  # the caches are not started: every read goes to the API
+        found: list[tuple[Any, Any, Any, str]] = []  # schedule, rule, ref, how it was found
+        for schedule in settings.schedules:
+            for rule in schedule.rules():
+                refs, how = await finder.resolve(rule.target, {}, namespace=None)
+                found.extend((schedule, rule, ref, how) for ref in refs)
+                if not refs:
+                    found.append((schedule, rule, None, how))
+        for schedule in settings.schedules:
+            window = schedule.timing.open_at(at)
+            print(f"\n{schedule.name}: its targets now (window {'open' if window else 'closed'} at {at:%H:%M}Z)")
+            for owner, rule, ref, how in found:
+                if owner is not schedule:
+                    continue
+                if ref is None:
+                    print(f"  {how}")
+                    continue
+                kind = targets[ref.kind]
+                state = await kind.get(ref.namespace, ref.name)
+                want = Want.FLOOR if rule.action.params.hold == "floor" else Want.CAP
+                fields = kind.fields_for(want)
+                if isinstance(fields, str):
+                    print(f"  {ref}: {fields}")
+                    continue
+                claims = state.claims.release(_schedules_claim)[0]
+                holding = []
+                for other, other_rule, other_ref, _ in found:
+                    other_window = other.timing.open_at(at)
+                    if other_ref != ref or other_window is None:
+                        continue
+                    value = other_rule.action.params.replicas
+                    other_want = Want.FLOOR if other_rule.action.params.hold == "floor" else Want.CAP
+                    holding.append(f"{other.name} {other_rule.action.params.hold} {value}")
+                    for name in kind.fields_for(other_want):
+                        claim = Claim(
+                            field=name,
+                            want=other_want,
+                            value=value,
+                            holder=other.holder,
+                            key="",
+                            decision="",
+                            reason="",
+                            since=at,
+                            until=other_window.closes,
+                        )
+                        claims = claims.add(claim, current=state.values.get(name))
+                resolved = resolve(claims, ceiling=config.guard.ceiling, current=state.values)
+                others = sorted({c.holder for c in state.claims.claims if not _schedules_claim(c)})
+                for name in fields:
+                    now = state.values.get(name)
+                    then = resolved[name].value if name in resolved else state.claims.original(name, now)
+                    why = [*holding, *(f"{holder} (now)" for holder in others)]
+                    held = f" ({', '.join(why)})" if why else ""
+                    print(f"  {ref} ({how}): {name} now {now}, would be {then}{held}")
+    return 0
+
+
+def _schedules_claim(claim: Any) -> bool:
+    """A claim a schedule holds: the command puts in its place what the schedules hold at ``--at``."""
+    return bool(str(claim.holder).startswith("schedule:"))
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -210,6 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     decisions.add_argument("--limit", type=_positive, default=1000, help="the newest N decisions (default 1000)")
     decisions.add_argument("--json", action="store_true", help="one JSON object per line")
     decisions.set_defaults(func=cmd_decisions)
+
+    schedule = sub.add_parser(
+        "schedule", help="which calendar windows are open at a time, the next edges, and what they hold"
+    )
+    schedule.add_argument(
+        "--config", default=os.environ.get(CONFIG_ENV), help=f"config file (YAML); default: ${CONFIG_ENV}"
+    )
+    schedule.add_argument("--at", type=_when, default=utcnow(), help="the time to look at (ISO 8601; default: now)")
+    schedule.add_argument("--next", type=_positive, default=4, help="edges to show per schedule (default 4)")
+    schedule.add_argument("--kubeconfig", help="also resolve the targets in this cluster and show their values")
+    schedule.add_argument("--context", help="kubeconfig context")
+    schedule.set_defaults(func=cmd_schedule)
     return parser
 
 

@@ -10,17 +10,20 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+import yaml
 
 from agent.app import Agent
+from agent.cli import main
 from agent.config import ConfigError
 from agent.configfile import Config
 from agent.demo.alerts import alert, payload
-from agent.devcluster import DevCluster
+from agent.devcluster import DevCluster, kubeconfig_for
 from agent.sources import check_sources
 from agent.sources.calendar import CalendarSource
 from agent.structs import Decision, Outcome
@@ -465,3 +468,35 @@ async def test_pods_not_ready_in_time_are_a_recorded_failure_that_says_it_missed
         "missed the nominal start 08:00 (Europe/Berlin) by 2h" in followed.reason
         or "missed the nominal" in followed.reason
     )
+
+
+# --- the schedule command --------------------------------------------------------------------------------------
+
+
+async def test_the_schedule_command_shows_windows_edges_and_what_each_target_would_get(
+    cluster: DevCluster, base_config: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lunch = business_hours(name="lunch-peak", start="12:00", end="14:00", floor=15, skip={"dates": ["2026-12-08"]})
+    data = {**base_config, "sources": {"calendar": {"schedules": [business_hours(lead="10m"), lunch]}}}
+    config = tmp_path / "agent.yaml"
+    config.write_text(yaml.safe_dump(data))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(kubeconfig_for(str(cluster.url).rstrip("/"))))
+    argv = ["schedule", "--config", str(config), "--at", "2026-12-07T12:30+01:00", "--next", "3"]
+    assert await asyncio.to_thread(main, [*argv, "--kubeconfig", str(kubeconfig)]) == 0
+    out = capsys.readouterr().out
+    assert "business-hours: 08:00-18:00 mon,tue,wed,thu,fri (Europe/Berlin), floor 10 on 1 target(s)" in out
+    assert "  open: window 2026-12-07T08:00 (schedule:business-hours holds floor 10 until 2026-12-07 18:00 CET)" in out
+    assert "  closes Mon 2026-12-07 18:00 CET  = 2026-12-07 17:00Z" in out
+    assert "  opens  Tue 2026-12-08 07:50 CET (lead)  = 2026-12-08 06:50Z" in out
+    # The lunch window skips the 8th, a listed day off.
+    assert "  opens  Wed 2026-12-09 12:00 CET  = 2026-12-09 11:00Z" in out
+    assert "days off ahead: 2026-12-08 (listed day off)" in out
+    # With the cluster: each target, its value now and what it would get with every claim composed.
+    composed = "min-replicas now 0, would be 15 (business-hours floor 10, lunch-peak floor 15)"
+    assert f"ScaledObject/{NS}/{TARGET} (named in the rule): {composed}" in out  # under each of the two
+    # Bad input: a clear error, not a traceback.
+    assert main(["schedule", "--config", str(tmp_path / "missing.yaml")]) == 1
+    with pytest.raises(SystemExit):
+        main(["schedule", "--config", str(config), "--at", "tomorrow"])
+    assert "is not a time such as" in capsys.readouterr().err

@@ -42,7 +42,7 @@ from agent.actions.window import CLOSES, WINDOW, WindowParams, WindowSpec
 from agent.calendar import DaysOff, Edge, Timing, Window
 from agent.config import Model
 from agent.configfile import RuleConfig, TargetSpec
-from agent.durations import Duration
+from agent.durations import Duration, format_duration
 from agent.errors import KubernetesError
 from agent.ledger import LedgerUnavailable
 from agent.sources.base import SourceContext, SourceSettings
@@ -208,7 +208,7 @@ class ScheduleConfig(Model):
         zone = self.timezone
         if self.cron is not None:
             assert self.duration is not None
-            return f"cron {self.cron!r} for {self.duration} ({zone})"
+            return f"cron {self.cron!r} for {format_duration(self.duration)} ({zone})"
         assert self.start is not None and self.end is not None
         days = "every day" if len(self.days) == 7 else ",".join(self.days)
         return f"{self.start:%H:%M}-{self.end:%H:%M} {days} ({zone})"
@@ -244,6 +244,51 @@ class CalendarSettings(SourceSettings):
         if all(schedule.name != name for schedule in self.schedules):
             return f"schedule {name} is no longer in the config"
         return None
+
+
+def schedule_report(settings: CalendarSettings, *, at: datetime, edges: int) -> list[str]:
+    """What ``scaling-agent schedule`` prints: each schedule, whether a window is open at ``at``, the next edges."""
+    if not settings.schedules:
+        return ["no schedules (sources.calendar.schedules is empty)"]
+    lines = [f"at {at:%Y-%m-%d %H:%M}Z" + ("" if settings.enabled else " (the calendar is turned off)")]
+    for schedule in settings.schedules:
+        timing, zone = schedule.timing, schedule.timing.zone
+        holds = ", ".join(
+            f"{what} {value}" for what, value in (("floor", schedule.floor), ("ceiling", schedule.ceiling)) if value
+        )
+        lines.append(f"\n{schedule.name}: {schedule.describe()}, {holds} on {len(schedule.targets)} target(s)")
+        window = timing.open_at(at)
+        if window is not None:
+            lines.append(
+                f"  open: window {window.key} ({schedule.holder} holds {holds} until "
+                f"{window.closes.astimezone(zone):%Y-%m-%d %H:%M %Z})"
+            )
+        else:
+            lines.append("  closed")
+        when = at
+        for _ in range(edges):
+            edge = timing.next_edge(when)
+            if edge is None:
+                break
+            local = edge.at.astimezone(zone)
+            what = "opens " if edge.opening else "closes"
+            lead = " (lead)" if edge.opening and edge.at != edge.window.starts else ""
+            lines.append(f"  {what} {local:%a %Y-%m-%d %H:%M %Z}{lead}  = {edge.at:%Y-%m-%d %H:%M}Z")
+            when = edge.at
+        skipped = _days_off_ahead(schedule, at)
+        if skipped:
+            lines.append(f"  days off ahead: {skipped}")
+    return lines
+
+
+def _days_off_ahead(schedule: ScheduleConfig, at: datetime, days: int = 60) -> str:
+    off = schedule.timing.skip
+    if not isinstance(off, DaysOff):
+        return ""
+    today = at.astimezone(schedule.timing.zone).date()
+    found = [(day, off.why(day)) for day in (today + timedelta(days=i) for i in range(days)) if off(day)]
+    shown = ", ".join(f"{day:%Y-%m-%d} ({why})" for day, why in found[:5])
+    return shown + (f" and {len(found) - 5} more in the next {days} days" if len(found) > 5 else "")
 
 
 def window_event(schedule: ScheduleConfig, window: Window, *, opening: bool, now: datetime) -> Event:
@@ -412,7 +457,7 @@ class CalendarSource:
             reason = (
                 f"{len(ready)} of {job.wanted} pods of {workload or job.target} Ready "
                 f"{_took(job.decision.at, ready_at)} after decision {job.decision.id}, and no more within "
-                f"{job.schedule.ready_within}: {_by_start(ready_at, job.starts, job.schedule)}{why}"
+                f"{format_duration(job.schedule.ready_within)}: {_by_start(ready_at, job.starts, job.schedule)}{why}"
             )
             return self._report(job, Outcome.FAILED, reason, ready=len(ready), warmed=0)
         parts = [
