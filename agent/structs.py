@@ -353,6 +353,8 @@ class Decision:
     def change(self) -> str:
         """The fields it changed (or would have), as ``field: before → after``; empty when none."""
         keys = sorted(set(self.before) | set(self.after))
+        if not self.before:  # a report (a follow-up's counts), not a change
+            return ", ".join(f"{k}: {self.after[k]}" for k in keys)
         return ", ".join(f"{k}: {self.before.get(k)} → {self.after.get(k)}" for k in keys)
 
     def summary(self) -> str:

@@ -229,6 +229,11 @@ def test_demo_runs_the_real_agent_end_to_end() -> None:
     assert "[refused] resume ScaledObject/cortex-mcp/mcp-cost-optimized" in out
     assert "[applied] revert ScaledObject/cortex-mcp/mcp-keda min-replicas: 4 → 2" in out  # expired while "down"
     assert "slack │" in out
+    # The calendar: a window opens (by its lead), its new pods are warmed over MCP, and it closes.
+    assert "[applied] window ScaledObject/cortex-mcp/mcp-cron-scaling min-replicas: 0 → 10" in out
+    assert "[applied] warm-up ScaledObject/cortex-mcp/mcp-cron-scaling ready-pods: 10, warmed-pods: 7" in out
+    assert "warmed 7 of 7 new pods" in out
+    assert "[applied] revert ScaledObject/cortex-mcp/mcp-cron-scaling min-replicas: 10 → 0" in out
     assert "Final state of the ScaledObjects the agent touched" in out
 
 

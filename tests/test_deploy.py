@@ -12,6 +12,7 @@ where they are installed.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
@@ -21,14 +22,17 @@ import shutil
 import subprocess
 import tomllib
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import jsonpatch
 import kmock
 import kubernetes_validate
 import pytest
+import time_machine
 import yaml
 
 from agent.cli import build_parser
@@ -36,16 +40,19 @@ from agent.configfile import parse_config
 from agent.demo.alerts import alert, payload
 from agent.devcluster import DevCluster
 from agent.metrics import Metrics
+from agent.sources import check_sources
+from agent.sources.calendar import CalendarSettings
 from agent.structs import Outcome
-from tests.conftest import NS, ROOT, TOKEN, StartAgent, build_config, post, settle
+from tests.conftest import NS, ROOT, TOKEN, StartAgent, build_config, free_port, post, settle
 
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
 OVERLAY = DEPLOY / "overlays" / "example"
 COMPONENTS = DEPLOY / "components"
-# The opt-in components (deploy/components/): the RBAC of the target kinds besides ScaledObjects.
+# The opt-in components (deploy/components/): the RBAC of the target kinds besides ScaledObjects, and of schedules.
 WORKLOAD_KINDS = COMPONENTS / "workload-kinds"  # kind auto, HorizontalPodAutoscaler, Deployment, StatefulSet
 NODE_KIND = COMPONENTS / "node-kind"  # kind Node
+CALENDAR = COMPONENTS / "calendar"  # schedules' follow-ups (list pods) and warm-up (egress to the pods' port)
 DASHBOARD = DEPLOY / "grafana" / "scaling-agent-dashboard.json"
 DOCKERFILE = ROOT / "Dockerfile"
 KUBERNETES_VERSION = "1.30"
@@ -871,10 +878,211 @@ async def test_rbac_with_the_components_grants_exactly_the_calls_of_the_other_ki
     assert {(NS, grant) for grant in granted(base_objects())} <= grants
 
 
+# --- schedules: the calendar component ------------------------------------------------------------------------
+
+# A Monday inside the schedule's window (08:00-18:00 on weekdays, Berlin): the wall clock is moved there
+# (time-machine, ticking), so the window is open whenever the test runs.
+BERLIN = ZoneInfo("Europe/Berlin")
+MONDAY_10 = datetime(2026, 12, 7, 10, 0, tzinfo=BERLIN)
+SCHEDULED = "mcp-cron-scaling"  # the seed's cron example (minReplicaCount 0), which scales mcp-batch-processor
+SCHEDULED_WORKLOAD = "mcp-batch-processor"
+FLOOR = 3  # above every target's count, so each window's opening changes it, and is followed up
+WARMUP_PORT = 8080  # the MCP servers' port: what the component's NetworkPolicy opens, and the README's warmup.port
+
+
+@pytest.fixture()
+def business_hours() -> Iterator[time_machine.Coordinates]:
+    # Requested before the cluster and the agent, so the clock stays put until the agent has stopped.
+    with time_machine.travel(MONDAY_10, tick=True) as traveller:
+        yield traveller
+
+
+def ready_pod(app: str, index: int) -> dict[str, Any]:
+    """A Ready pod of the workload labelled ``app``, on a loopback address (the warm-up finds nothing there)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{app}-{index}", "namespace": NS, "labels": {"app": app}},
+        "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
 @pytest.mark.parametrize(
     "components",
-    [(WORKLOAD_KINDS,), (NODE_KIND,), (WORKLOAD_KINDS, NODE_KIND)],
-    ids=["workload-kinds", "node-kind", "both"],
+    [(CALENDAR,), (WORKLOAD_KINDS, CALENDAR)],
+    ids=["calendar", "workload-kinds+calendar"],
+)
+async def test_rbac_with_the_calendar_grants_exactly_the_calls_of_a_schedule_and_its_follow_ups(
+    business_hours: time_machine.Coordinates,
+    cluster: DevCluster,
+    start_agent: StartAgent,
+    base_config: dict[str, Any],
+    tmp_path: Path,
+    components: tuple[Path, ...],
+) -> None:
+    # A schedule whose window is open now holds a floor on its targets (a ScaledObject; with workload-kinds also an
+    # HPA, a Deployment and a StatefulSet). Each opening is followed up: the target's workload and its pods are read
+    # until FLOOR are Ready, then the new ones are warmed (on a port where nothing listens: it fails fast, and makes
+    # no API call). Then a reconcile pass and /readyz; every call recorded.
+    kinds = WORKLOAD_KINDS in components
+    objects = with_components(base_objects(), *components)
+    targets: list[dict[str, Any]] = [{"namespace": NS, "name": SCHEDULED}]
+    apps = [SCHEDULED_WORKLOAD]
+    if kinds:
+        cluster.add(workload_object("Deployment", HPA_SCALED, 1))
+        cluster.add(
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": "mcp-search", "namespace": NS},
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": HPA_SCALED},
+                    "minReplicas": 1,
+                    "maxReplicas": 10,
+                },
+                "status": {"currentReplicas": 1, "desiredReplicas": 1},
+            }
+        )
+        cluster.add(workload_object("Deployment", UNSCALED, 1))
+        cluster.add(workload_object("StatefulSet", STATEFUL, 1))
+        targets += [
+            {"kind": "HorizontalPodAutoscaler", "namespace": NS, "name": "mcp-search"},
+            {"kind": "Deployment", "namespace": NS, "name": UNSCALED},
+            {"kind": "StatefulSet", "namespace": NS, "name": STATEFUL},
+        ]
+        apps += [HPA_SCALED, UNSCALED, STATEFUL]
+    for app in apps:
+        for index in range(FLOOR):
+            cluster.add(ready_pod(app, index))
+    schedule = {
+        "name": "business-hours",
+        "timezone": "Europe/Berlin",
+        "start": "08:00",
+        "end": "18:00",
+        "days": ["mon", "tue", "wed", "thu", "fri"],
+        "floor": FLOOR,
+        "targets": targets,
+        "warmup": {"port": free_port(), "mcp": {"calls": [{"tool": "ping"}]}, "timeout": "2s", "attempts": 1},
+    }
+    calendar = {"schedules": [schedule], "check_every": "1h", "follow_every": 0.05}
+    config = in_cluster_config(tmp_path, sources={"calendar": calendar})
+    assert config.kubernetes.post_events and TOKEN and base_config
+
+    before = len(list(cluster))  # only the agent's calls count
+    agent = await start_agent(config)  # start-up runs a reconcile pass; the calendar's first look opens the window
+    async with asyncio.timeout(30):
+        while True:
+            followed = [d for d in await agent.ledger.decisions() if d.follows is not None]
+            if len(followed) == len(targets):
+                break
+            await asyncio.sleep(0.02)
+    await settle(agent)
+    await agent.reconciler.reconcile_once()
+    async with aiohttp.ClientSession() as session, session.get(f"{agent.url}/readyz") as response:
+        assert response.status == 200, await response.text()
+    await settle(agent)
+
+    decisions = await agent.ledger.decisions()
+    opened = [d for d in decisions if d.action == "window" and d.outcome == Outcome.APPLIED]
+    assert sorted(d.target.kind for d in opened if d.target is not None) == sorted(
+        ["ScaledObject", *(["HorizontalPodAutoscaler", "Deployment", "StatefulSet"] if kinds else [])]
+    )
+    followed = [d for d in decisions if d.follows is not None]
+    assert {d.follows for d in followed} == {d.id for d in opened}, "each opening followed up once"
+    for decision in followed:  # the pods were listed and found Ready; warming them needed no API call
+        assert decision.action == "warm-up" and decision.after["ready-pods"] == FLOOR, decision.reason
+
+    calls = used_where(list(cluster)[before:])
+    grants = access(objects)
+    assert {call for call in calls if not allows(grants, call)} == set(), "calls no binding grants where made"
+    assert grants - calls == set(), "grants no call of the agent needs (where they hold)"
+    assert (NS, ("", "pods", "list")) in calls  # the follow-up's, which only the calendar component grants
+    assert {namespace for namespace, _ in calls} == {NS}  # every call in the config's namespace, none cluster-wide
+    assert bound_namespaces(objects) == set(config.kubernetes.namespaces)
+    # What the calendar component adds to the ClusterRole: list pods, and nothing else.
+    without = with_components(base_objects(), *(folder for folder in components if folder != CALENDAR))
+    assert granted(objects) - granted(without) == {("", "pods", "list")}
+
+
+def egress_allows(policy: dict[str, Any], namespace: str, port: int, protocol: str = "TCP") -> bool:
+    """
+    Whether a NetworkPolicy's egress lets its pods reach a pod in ``namespace`` on ``port``: a rule allows it when
+    its ``to`` is empty or has a peer selecting that namespace (by kubernetes.io/metadata.name, any pod), and its
+    ``ports`` are empty or have that port and protocol.
+    """
+
+    def peer(item: dict[str, Any]) -> bool:
+        if "ipBlock" in item or item.get("podSelector"):  # addresses, or some pods only: not "any pod there"
+            return False
+        selector = item.get("namespaceSelector")  # {}: every namespace
+        if selector is None:
+            return False
+        return not selector or selector == {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+
+    def to_port(item: dict[str, Any]) -> bool:
+        return item.get("port") == port and item.get("protocol", "TCP") == protocol and "endPort" not in item
+
+    return any(
+        (not rule.get("to") or any(peer(item) for item in rule["to"]))
+        and (not rule.get("ports") or any(to_port(item) for item in rule["ports"]))
+        for rule in policy["spec"].get("egress") or []
+    )
+
+
+def test_the_calendar_component_lets_the_agent_reach_the_mcp_servers_port_for_the_warm_up() -> None:
+    base = one(base_objects(), "NetworkPolicy", "scaling-agent")
+    policy = one(with_components(base_objects(), CALENDAR), "NetworkPolicy", "scaling-agent")
+    kubernetes_validate.validate(policy, KUBERNETES_VERSION, strict=True)
+    # The base's own rules are kept as they are; one egress rule is added, and nothing else changes.
+    assert policy["metadata"] == base["metadata"]
+    assert {key: value for key, value in policy["spec"].items() if key != "egress"} == {
+        key: value for key, value in base["spec"].items() if key != "egress"
+    }
+    assert policy["spec"]["egress"][: len(base["spec"]["egress"])] == base["spec"]["egress"]
+    [added] = policy["spec"]["egress"][len(base["spec"]["egress"]) :]
+    assert added == {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}],
+        "ports": [{"port": WARMUP_PORT, "protocol": "TCP"}],
+    }
+    # The MCP servers' port in the namespace the schedules' targets are in: allowed with the component only.
+    assert egress_allows(policy, NS, WARMUP_PORT)
+    assert not egress_allows(base, NS, WARMUP_PORT)
+    # Nothing more: not that port elsewhere, not another port there, not UDP. The base's DNS and API server stay.
+    assert not egress_allows(policy, "default", WARMUP_PORT)
+    assert not egress_allows(policy, NS, 9090)
+    assert not egress_allows(policy, NS, WARMUP_PORT, "UDP")
+    for port, protocol in ((53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP")):
+        assert egress_allows(base, NS, port, protocol) and egress_allows(policy, NS, port, protocol)
+    # The other components leave the NetworkPolicy alone.
+    assert one(with_components(base_objects(), WORKLOAD_KINDS, NODE_KIND), "NetworkPolicy") == base
+
+
+def test_the_readme_documents_the_calendar_components_port() -> None:
+    # deploy/README.md's schedule example warms the port the component's NetworkPolicy opens, and the example is a
+    # valid schedule.
+    text = (DEPLOY / "README.md").read_text()
+    section = text.split("### Schedules: the calendar component", 1)[1].split("\n## ", 1)[0]
+    [example] = re.findall(r"```yaml\n(sources:\n.*?)```", section, flags=re.DOTALL)
+    data = yaml.safe_load(example)
+    [schedule] = data["sources"]["calendar"]["schedules"]
+    assert schedule["warmup"]["port"] == WARMUP_PORT
+    assert {target["namespace"] for target in schedule["targets"]} == {NS}
+    config = build_config(shipped_config_data(), sources=data["sources"])
+    calendar = check_sources(config, origin="deploy/README.md")["calendar"]
+    assert isinstance(calendar, CalendarSettings) and calendar.schedules[0].warmup is not None
+
+
+@pytest.mark.parametrize(
+    "components",
+    [
+        (WORKLOAD_KINDS,),
+        (NODE_KIND,),
+        (WORKLOAD_KINDS, NODE_KIND),
+        (CALENDAR,),
+        (WORKLOAD_KINDS, CALENDAR),
+        (WORKLOAD_KINDS, NODE_KIND, CALENDAR),
+    ],
+    ids=["workload-kinds", "node-kind", "both", "calendar", "workload-kinds+calendar", "all"],
 )
 def test_the_components_build_on_the_base_with_kustomize(tmp_path: Path, components: tuple[Path, ...]) -> None:
     # A copy of deploy/ (kustomize does not load a base from an absolute path) with a kustomization that adds
@@ -896,17 +1104,20 @@ def test_the_components_build_on_the_base_with_kustomize(tmp_path: Path, compone
         if not is_crd_kind(obj):
             kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
+    # What the components patch or add: the RBAC objects, and (calendar) the NetworkPolicy.
+    patched = (*RBAC_KINDS, "NetworkPolicy")
+
     def rbac(objects: list[dict[str, Any]]) -> dict[tuple[str, str | None, str], dict[str, Any]]:
         return {
             (obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"]): obj
             for obj in objects
-            if obj["kind"] in RBAC_KINDS
+            if obj["kind"] in patched
         }
 
     composed = with_components(base_objects(), *components)
-    assert rbac(built) == rbac(composed)  # what the RBAC tests read is what kustomize builds
-    others = [obj for obj in built if obj["kind"] not in RBAC_KINDS]
-    assert others == [obj for obj in kustomize_build(BASE) if obj["kind"] not in RBAC_KINDS]
+    assert rbac(built) == rbac(composed)  # what the RBAC and NetworkPolicy tests read is what kustomize builds
+    others = [obj for obj in built if obj["kind"] not in patched]
+    assert others == [obj for obj in kustomize_build(BASE) if obj["kind"] not in patched]
 
 
 def rbac_name(grant: Grant) -> str:

@@ -96,7 +96,9 @@ def floor_of(cluster: DevCluster, name: str = TARGET) -> int:
 
 
 async def calendar_decisions(agent: Agent) -> list[Decision]:
-    return [d for d in await agent.ledger.decisions() if d.trigger.source in ("calendar", "reconciler")]
+    """The calendar's steps and the reconciler's, without the windows' follow-ups (their own tests have those)."""
+    decisions = await agent.ledger.decisions()
+    return [d for d in decisions if d.trigger.source in ("calendar", "reconciler") and d.follows is None]
 
 
 # --- each kind -------------------------------------------------------------------------------------------------

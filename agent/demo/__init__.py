@@ -19,17 +19,25 @@ process's marks are written the way the release before claims wrote them (one
 ownership annotation per field), so the demo also shows the upgrade: the agent
 reads them as claims and replaces them with its one claims annotation on its
 next write to the object.
+
+Last, the calendar: a schedule holds a floor of 10 on ``mcp-cron-scaling`` through
+a window a few seconds long, opened early by its lead. The demo stands in for
+the kubelet (it adds the scale-up's pods, Ready) and for the MCP server in them
+(one built with the official ``mcp`` SDK, on loopback), so the window's
+follow-up shows real figures: pods Ready, each new one warmed over MCP, and
+whether the capacity was there by the window's nominal start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
 import tempfile
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -45,6 +53,13 @@ from agent.targets.base import MIN_REPLICAS, OWNERSHIP_ANNOTATIONS, PAUSED_REPLI
 NAMESPACE = "cortex-mcp"
 TOKEN_ENV = "SCALING_AGENT_DEMO_TOKEN"
 WIDTH = 100  # the widest line the demo prints
+WINDOW_IN = timedelta(seconds=12)  # from start-up to the demo window's nominal start: after the alerts' steps
+WINDOW_LEAD = timedelta(seconds=3)
+WINDOW_LENGTH = timedelta(seconds=6)
+WINDOW_TARGET = "mcp-cron-scaling"  # the seed's cron example; it scales Deployment mcp-batch-processor
+WINDOW_WORKLOAD = "mcp-batch-processor"
+NEW_PODS = 7  # the scale-up's pods (3 run already: a floor of 10)
+WAIT_SECONDS = 60.0  # the longest the demo waits for the calendar's next step before it says so and goes on
 
 LEGEND = """\
 How to read it: each ▶ step posts alerts to the agent's webhook, then shows what followed.
@@ -232,7 +247,11 @@ async def run_demo(*, examples: str | None = None, pace: float = 0.3) -> int:
     token = os.environ[TOKEN_ENV]
 
     with tempfile.TemporaryDirectory(prefix="scaling-agent-demo-") as tmp:
-        config = parse_config(demo_config(Path(tmp) / "ledger.db"), source="<embedded demo config>")
+        mcp_server = await _McpServer.start()
+        data = demo_config(Path(tmp) / "ledger.db")
+        window = _demo_schedule(port=mcp_server.port)
+        data["sources"] = {"calendar": {"schedules": [window], "check_every": "1s", "follow_every": 0.2}}
+        config = parse_config(data, source="<embedded demo config>")
         async with DevCluster(keep_requests=False) as cluster, kmock.Server(cluster) as server:
             loaded = cluster.load(files)
             kinds = sorted({o["kind"] for o in loaded})
@@ -264,12 +283,126 @@ async def run_demo(*, examples: str | None = None, pace: float = 0.3) -> int:
                             await sink.flush()
                         printed = await _print_new(agent, printed)
                         await asyncio.sleep(pace)
+                printed = await _calendar_step(agent, cluster, printed, window=window, step=len(SCRIPT) + 1)
                 touched = sorted({d.target.name for d in await agent.ledger.decisions() if d.target is not None})
                 await agent.stop()
+            await mcp_server.stop()
             _print_state(cluster, touched, reconcile_every=config.kubernetes.reconcile_interval)
             print(f"\n{len(printed)} decisions recorded. Every one is in the ledger; in a real run, list them with")
             print("  scaling-agent decisions --config config/agent.yaml --since 1h")
     return 0
+
+
+def _demo_schedule(*, port: int) -> dict[str, Any]:
+    """A window a few seconds long, starting after the alerts' steps: the calendar, end to end, in one run."""
+    start = utcnow() + WINDOW_IN
+    return {
+        "name": "demo-window",
+        "timezone": "UTC",
+        "start": f"{start:%H:%M:%S}",
+        "end": f"{start + WINDOW_LENGTH:%H:%M:%S}",
+        "lead": f"{int(WINDOW_LEAD.total_seconds())}s",
+        "floor": 10,
+        "targets": [{"namespace": NAMESPACE, "name": WINDOW_TARGET}],
+        "warmup": {"port": port, "mcp": {"calls": [{"tool": "ping"}]}, "timeout": "5s"},
+    }
+
+
+def _pod(name: str, created: datetime) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {"app": WINDOW_WORKLOAD},
+            "creationTimestamp": f"{created:%Y-%m-%dT%H:%M:%SZ}",
+        },
+        "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+async def _calendar_step(agent: Any, cluster: Any, printed: set[str], *, window: dict[str, Any], step: int) -> set[str]:
+    """The calendar's window: opened (by its lead), its new pods Ready and warmed, then closed; each decision shown."""
+    from agent.structs import Outcome
+
+    _say(
+        f"The calendar: schedule {window['name']} holds a floor of {window['floor']} on {WINDOW_TARGET} from "
+        f"{window['start']} to {window['end']} UTC, opened {window['lead']} early; the new pods are warmed over "
+        "MCP (the demo adds them, Ready, as the kubelet would)",
+        first=f"▶ {step}. ",
+        rest="     ",
+    )
+    now = utcnow()
+    for i in range(3):  # running since before: not new, not warmed
+        cluster.add(_pod(f"{WINDOW_WORKLOAD}-old-{i}", now - timedelta(hours=1)))
+
+    async def decided(check: Any, what: str) -> Any:
+        try:
+            async with asyncio.timeout(WAIT_SECONDS):
+                while True:
+                    found = [d for d in await agent.ledger.decisions() if check(d)]
+                    if found:
+                        return found[0]
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            print(f"  (no {what} within {WAIT_SECONDS:.0f} s: the demo goes on)")
+            return None
+
+    opened = await decided(lambda d: d.action == "window" and d.outcome == Outcome.APPLIED, "window opening")
+    printed = await _print_new(agent, printed)
+    if opened is None:
+        return printed
+    created = utcnow()
+    for i in range(NEW_PODS):
+        cluster.add(_pod(f"{WINDOW_WORKLOAD}-new-{i}", created))
+    await decided(lambda d: d.follows == opened.id, "follow-up")
+    printed = await _print_new(agent, printed)
+    await decided(lambda d: d.action == "revert" and d.trigger.source == "calendar", "window closing")
+    for sink in agent.sinks:
+        await sink.flush()
+    return await _print_new(agent, printed)
+
+
+class _McpServer:
+    """An MCP server built with the official SDK, on loopback: what the demo's pods run, for the warm-up."""
+
+    def __init__(self, server: Any, task: asyncio.Task[None], port: int) -> None:
+        self._server, self._task, self.port = server, task, port
+
+    @classmethod
+    async def start(cls) -> _McpServer:
+        import socket
+
+        import uvicorn
+        from mcp.server.mcpserver import MCPServer
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        mcp = MCPServer("demo-mcp-server", log_level="WARNING")
+
+        @mcp.tool()
+        def ping() -> str:
+            return "pong"
+
+        # The agent reaches a pod by its address, not by "localhost": like a pod, take any Host header.
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        app = mcp.streamable_http_app(transport_security=security)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        async with asyncio.timeout(WAIT_SECONDS):
+            while not server.started:
+                if task.done():
+                    task.result()  # it failed: say why
+                await asyncio.sleep(0.01)
+        return cls(server, task, port)
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._task, WAIT_SECONDS)
 
 
 def _shown(folder: Path) -> str:

@@ -421,6 +421,7 @@ class CalendarSource:
                 target=decision.target,
                 wanted=max(counts),
                 starts=datetime.fromisoformat(event.annotations["starts"]),
+                closes=datetime.fromisoformat(event.annotations[CLOSES]),
             )
             task = asyncio.create_task(self._follow(job), name=f"follow-up {decision.id}")
             self._following.add(task)
@@ -438,7 +439,8 @@ class CalendarSource:
 
     async def _follow_up(self, job: FollowUp) -> Decision:
         """Wait (at most ``ready_within``) for the target's pods to be Ready, warm the new ones, and say how it went."""
-        deadline = job.decision.at + job.schedule.ready_within
+        # Past the window's close its floor is given back: counting its pods then would say nothing.
+        deadline = min(job.decision.at + job.schedule.ready_within, job.closes)
         every = self.settings.follow_every.total_seconds()
         workload, ready, error = "", [], None
         while True:
@@ -456,8 +458,13 @@ class CalendarSource:
             why = f"; the last look failed: {error}" if error else ""
             reason = (
                 f"{len(ready)} of {job.wanted} pods of {workload or job.target} Ready "
-                f"{_took(job.decision.at, ready_at)} after decision {job.decision.id}, and no more within "
-                f"{format_duration(job.schedule.ready_within)}: {_by_start(ready_at, job.starts, job.schedule)}{why}"
+                f"{_took(job.decision.at, ready_at)} after decision {job.decision.id}, and no more "
+                + (
+                    "before the window closed"
+                    if ready_at >= job.closes
+                    else f"within {format_duration(job.schedule.ready_within)}"
+                )
+                + f": {_by_start(ready_at, job.starts, job.schedule)}{why}"
             )
             return self._report(job, Outcome.FAILED, reason, ready=len(ready), warmed=0)
         parts = [
@@ -506,6 +513,7 @@ class FollowUp:
     target: TargetRef
     wanted: int  # pods to expect Ready: the floor the opening wrote
     starts: datetime  # the window's nominal start: was the capacity there by then?
+    closes: datetime  # the window's close: a follow-up ends with it
 
 
 def _took(since: datetime, until: datetime) -> str:
