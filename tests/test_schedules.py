@@ -138,11 +138,23 @@ def plain_deployment(cluster: DevCluster) -> None:
     )
 
 
+def plain_statefulset(cluster: DevCluster) -> None:
+    cluster.add(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "StatefulSet",
+            "metadata": {"name": "mcp-vector-store", "namespace": NS},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "mcp-vector-store"}}},
+        }
+    )
+
+
 KINDS = [
     # kind, name, how to make it, where its floor is, its value before
     ("ScaledObject", TARGET, None, ("scaledobjects", ("spec", "minReplicaCount")), 0),
     ("HorizontalPodAutoscaler", "mcp-search", plain_hpa, ("horizontalpodautoscalers", ("spec", "minReplicas")), 2),
     ("Deployment", "mcp-docs-server", plain_deployment, ("deployments", ("spec", "replicas")), 2),
+    ("StatefulSet", "mcp-vector-store", plain_statefulset, ("statefulsets", ("spec", "replicas")), 3),
 ]
 
 
@@ -363,6 +375,7 @@ async def test_a_selector_schedule_over_twenty_objects_is_normal(
         ({"targets": [{"namespace": NS, "name": "x", "selector": {"a": "b"}}]}, "a name (with its namespace) or"),
         ({"targets": [{"kind": "Node", "name": "n"}]}, "a schedule holds replicas"),
         ({"days": ["monday"]}, "schedules[0].days[0]"),
+        ({"end": 1080}, 'schedules[0].end: put a time of day in quotes ("18:00")'),  # YAML's reading of 18:00
     ],
 )
 def test_a_bad_schedule_is_a_config_error_naming_its_field(

@@ -136,6 +136,13 @@ class ScheduleConfig(Model):
             raise ValueError("letters, digits, '.', '_' and '-' only, starting with a letter or digit")
         return name
 
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted_time(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):  # YAML 1.1 reads 18:00 as 18 * 60
+            raise ValueError('put a time of day in quotes ("18:00"): unquoted, YAML reads it as a number')
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, zone: str) -> str:
