@@ -22,27 +22,27 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import aiohttp
-import httpx2
 import structlog
-from mcp.client.session import ClientSession
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
-from mcp.types import CallToolResult, Implementation, TextContent
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 import agent
 from agent.config import Model
 from agent.durations import Duration, format_duration
 
+if TYPE_CHECKING:  # the SDK is imported when a pod is first warmed over MCP: it takes ~1 s, and most runs never do
+    import httpx2
+    from mcp.types import CallToolResult
+
 log = structlog.get_logger("agent.warmup")
 
-CLIENT_INFO = Implementation(name="mcp-scaling-agent-warmup", version=agent.__version__)
+CLIENT_NAME = "mcp-scaling-agent-warmup"
 MAX_ERROR_CHARS = 200  # an error goes into one log line and one Slack line: the gist, not a traceback
 # What the SDK's streamable HTTP transport says for a non-2xx answer that carries no JSON-RPC error;
 # the status we recorded says more.
@@ -233,6 +233,8 @@ class _BadStatus:
             self.last = f"HTTP {response.status_code} on POST {response.request.url.path}"
 
     def reason(self, exc: Exception) -> str:
+        from mcp.shared.exceptions import MCPError
+
         if not isinstance(exc, MCPError):
             return _short(exc)
         if self.last is None:
@@ -243,13 +245,19 @@ class _BadStatus:
 
 
 async def _warm_mcp(url: str, *, warmup: McpWarmup, io_timeout: float) -> None:
+    import httpx2
+    from mcp.client.session import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.types import Implementation
+
+    client_info = Implementation(name=CLIENT_NAME, version=agent.__version__)
     bad_status = _BadStatus()
     # Our own client, for two reasons: its timeouts bound the cleanup after a deadline (the session's DELETE)
     # as well, and its response hook sees the HTTP status the SDK's error leaves out.
     async with (
         httpx2.AsyncClient(timeout=httpx2.Timeout(io_timeout), event_hooks={"response": [bad_status]}) as client,
         streamable_http_client(url, http_client=client) as (read, write),
-        ClientSession(read, write, client_info=CLIENT_INFO) as session,
+        ClientSession(read, write, client_info=client_info) as session,
     ):
         bad_status.last = None
         try:
@@ -272,6 +280,8 @@ async def _warm_mcp(url: str, *, warmup: McpWarmup, io_timeout: float) -> None:
 
 
 def _tool_error_text(result: CallToolResult) -> str:
+    from mcp.types import TextContent
+
     text = " ".join(block.text for block in result.content if isinstance(block, TextContent))
     return _one_line(text) if text.strip() else "the tool reported an error without text"
 
@@ -320,12 +330,18 @@ def _describe(exc: Exception) -> str:
         if isinstance(cause, ConnectionRefusedError):
             return "connection refused"
     for cause in causes:
-        if isinstance(cause, TimeoutError | httpx2.TimeoutException):
+        if isinstance(cause, TimeoutError) or _is_http_timeout(cause):
             return "timed out"
         if isinstance(cause, OSError) and cause.errno is not None and cause.errno in errno.errorcode:
             return os.strerror(cause.errno).lower()  # "no route to host", "connection reset by peer", ...
     leaf = next((cause for cause in causes if not isinstance(cause, BaseExceptionGroup)), exc)
     return _short(leaf)
+
+
+def _is_http_timeout(exc: BaseException) -> bool:
+    """The MCP client's own timeouts (httpx2's), without importing it for a warm-up that never used it."""
+    httpx2 = sys.modules.get("httpx2")
+    return httpx2 is not None and isinstance(exc, httpx2.TimeoutException)
 
 
 def _short(exc: BaseException) -> str:

@@ -333,6 +333,8 @@ class CalendarSource:
         self._open: dict[str, Window | None] = {}  # per schedule: the window handed as open (None: handed closed)
         self._wake = asyncio.Event()
         self._scheduler: AsyncIOScheduler | None = None
+        self._supervisor: Supervisor | None = None
+        self._task: asyncio.Task[None] | None = None
         self.looks = 0  # looks at the clock done so far: a test that moved the clock waits for the next one
 
     def routes(self) -> list[web.RouteDef]:
@@ -341,9 +343,13 @@ class CalendarSource:
     def start(self, supervisor: Supervisor) -> None:
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         self._scheduler.start()
-        supervisor.spawn("calendar", self._run)
+        self._supervisor = supervisor
+        self._task = supervisor.spawn("calendar", self._run)
 
     async def stop(self) -> None:
+        if self._supervisor is not None:
+            await self._supervisor.cancel(self._task)
+        self._task = None
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         self._scheduler = None
