@@ -139,6 +139,8 @@ class RuleConfig(Model):
     def _matches_something(self) -> RuleConfig:
         if self.alertname is None and not self.matchers:
             raise ValueError("give alertname, matchers, or both: a rule matching every event is a mistake")
+        if self.action.type == "window" and self.kind != "schedule":
+            raise ValueError("the window action answers a schedule's edges: write a schedule (sources.calendar)")
         return self
 
 

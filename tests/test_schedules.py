@@ -515,3 +515,9 @@ async def test_the_schedule_command_shows_windows_edges_and_what_each_target_wou
     with pytest.raises(SystemExit):
         main(["schedule", "--config", str(config), "--at", "tomorrow"])
     assert "is not a time such as" in capsys.readouterr().err
+
+
+def test_the_window_action_in_an_alert_rule_is_a_config_error(base_config: dict[str, Any]) -> None:
+    rule = {"name": "w", "alertname": "MCPColdStartSlow", "action": {"type": "window", "params": {"replicas": 3}}}
+    with pytest.raises(ConfigError, match="the window action answers a schedule's edges"):
+        build_config(base_config, rules=[rule])
