@@ -215,6 +215,12 @@ async def test_a_restart_inside_the_window_changes_nothing_and_one_after_it_give
     assert again.outcome == Outcome.NOOP and "redelivery" in again.reason  # the same edge: never applied twice
     await second.stop()
 
+    # Changed inside the window (a floor of 12 now) and restarted: the new floor is applied, not taken for a repeat.
+    clock.move_to(at(2026, 12, 7, 12, 0))
+    changed = await started(start_agent, with_schedules(base_config, business_hours(floor=12)))
+    assert floor_of(cluster) == 12
+    await changed.stop()
+
     # Down through the close; started at 19:00: what the closed window still held is given back at start.
     clock.move_to(at(2026, 12, 7, 19, 0))
     third = await started(start_agent, config)

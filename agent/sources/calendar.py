@@ -12,9 +12,11 @@ each schedule is open *now*, and hands the worker an event for each change it ha
 opened (key ``<schedule>|<nominal local start>|open``), a window closed (``…|<local close>|close``). So a start at
 10:00 inside an 08:00-18:00 window opens it at once; a wake-up missed or late, or a clock that jumped, converges on
 the next one; and a wake-up racing a restart hands the same key twice, which the inbox records as a redelivery
-(a no-op), never a second change. What a window holds lasts until its close (the claim's expiry), so when the
-agent was down at the close the reconciler gives it back at the next start, and a schedule removed from the
-config has its claims given back by the reconciler too (:meth:`CalendarSettings.retired`).
+(a no-op), never a second change. (An opening's key also carries a digest of what the schedule holds, so a
+schedule changed inside its window is applied at the next start.) What a window holds lasts until its close
+(the claim's expiry), so when the agent was down at the close the reconciler gives it back at the next start,
+and a schedule removed from the config has its claims given back by the reconciler too
+(:meth:`CalendarSettings.retired`).
 
 APScheduler (3.x) only wakes the source at the next edge, and a check every minute catches a wake-up that never
 came; the work itself runs in the source's supervised task.
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -211,6 +215,11 @@ class ScheduleConfig(Model):
             if value is not None
         ]
 
+    def digest(self) -> str:
+        """A short digest of what the schedule holds, and where."""
+        held = {"floor": self.floor, "ceiling": self.ceiling, "targets": [t.model_dump() for t in self.targets]}
+        return hashlib.sha256(json.dumps(held, sort_keys=True).encode()).hexdigest()[:8]
+
     def describe(self) -> str:
         zone = self.timezone
         if self.cron is not None:
@@ -301,10 +310,15 @@ def _days_off_ahead(schedule: ScheduleConfig, at: datetime, days: int = 60) -> s
 def window_event(schedule: ScheduleConfig, window: Window, *, opening: bool, now: datetime) -> Event:
     """A window's edge as an event. Its key is the schedule and the edge's local time: the same edge, the same key."""
     zone = schedule.timing.zone
-    edge = window.key if opening else window.closes.astimezone(zone).strftime("%Y-%m-%dT%H:%M")
+    if opening:
+        # With what it holds: a schedule changed inside its window (a new floor) is applied at the next start,
+        # instead of being taken for a redelivery of the opening it already made.
+        key = f"{schedule.name}|{window.key}|open|{schedule.digest()}"
+    else:
+        key = f"{schedule.name}|{window.closes.astimezone(zone):%Y-%m-%dT%H:%M}|close"
     return Event(
         source=SOURCE,
-        key=f"{schedule.name}|{edge}|{'open' if opening else 'close'}",
+        key=key,
         alertname=schedule.name,
         status="firing" if opening else "resolved",
         fingerprint=schedule.name,  # one lane per schedule: its edges in order
