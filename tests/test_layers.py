@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("agent.actions", "agent.sinks", "agent.ledger"),
     ("agent.targets",),
     ("agent.claims", "agent.calendar", "agent.warmup", "agent.errors", "agent.supervisor", "agent.kube", "agent.logs"),
-    ("agent.devcluster", "agent.config", "agent.metrics"),
+    ("agent.devcluster", "agent.config", "agent.metrics", "agent.notices"),
     ("agent.structs", "agent.durations"),
 ]
 AGENT = ROOT / "agent"
