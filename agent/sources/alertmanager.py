@@ -21,9 +21,7 @@ the request cost more than aiohttp's own handling of it; see bench/README.md.)
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
@@ -32,10 +30,9 @@ import msgspec
 import structlog
 from aiohttp import web
 
-from agent.config import BasicAuth, BearerAuth, WebhookConfig
 from agent.ledger import LedgerUnavailable
-from agent.metrics import Metrics
 from agent.sources.base import SourceContext, SourceSettings
+from agent.sources.webhook import Authenticator, error, read_body
 from agent.structs import Delivery, Event, utcnow
 from agent.supervisor import Supervisor
 
@@ -129,35 +126,6 @@ def to_events(payload: PayloadV4, *, received_at: datetime) -> list[Event]:
     return events
 
 
-class Authenticator:
-    """Checks the ``Authorization`` header in constant time; secrets are read once, at start."""
-
-    def __init__(self, config: WebhookConfig) -> None:
-        auth = config.auth
-        self.expected: bytes | None
-        self.scheme: str
-        if isinstance(auth, BearerAuth):
-            self.scheme = "Bearer"
-            self.expected = f"Bearer {auth.token.read()}".encode()
-        elif isinstance(auth, BasicAuth):
-            self.scheme = "Basic"
-            credentials = f"{auth.username}:{auth.password.read()}".encode()
-            self.expected = b"Basic " + base64.b64encode(credentials)
-        else:
-            self.scheme = ""
-            self.expected = None
-
-    def check(self, header: str | None) -> bool:
-        if self.expected is None:
-            return True
-        return hmac.compare_digest((header or "").encode(), self.expected)
-
-
-def _error(status: int, reason: str, metrics: Metrics, **headers: str) -> web.Response:
-    metrics.webhook_rejections.labels(code=str(status)).inc()
-    return web.json_response({"status": "error", "error": reason}, status=status, headers=headers or None)
-
-
 class AlertmanagerSettings(SourceSettings):
     """``sources.alertmanager``: on unless turned off; its auth and body limit are the ``webhook`` section's."""
 
@@ -189,25 +157,19 @@ class AlertmanagerSource:
         return to_events(payload, received_at=delivery.received_at)
 
     async def handle(self, request: web.Request) -> web.Response:
-        if not self.auth.check(request.headers.get("Authorization")):
-            return _error(401, "missing or wrong credentials", self.metrics, **{"WWW-Authenticate": self.auth.scheme})
-        limit = self.config.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return _error(413, f"body of {request.content_length} bytes is over the limit of {limit}", self.metrics)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body is over the limit of {limit} bytes", self.metrics)
+        body = await read_body(request, auth=self.auth, limit=self.config.max_body_bytes, metrics=self.metrics)
+        if isinstance(body, web.Response):
+            return body
         try:
             payload = parse_payload(body)
         except PayloadError as exc:
-            return _error(400, str(exc), self.metrics)
+            return error(400, str(exc), self.metrics)
         alerts = len(payload.alerts)
         try:
             delivery_id = await self.intake.receive(source=SOURCE, body=body, received_at=utcnow())
         except LedgerUnavailable as exc:
             log.error("notification not recorded; asking Alertmanager to retry", error=str(exc), alerts=alerts)
-            return _error(503, "cannot record the notification now; retry later", self.metrics)
+            return error(503, "cannot record the notification now; retry later", self.metrics)
         self._parsed[delivery_id] = payload  # parsed once: the unpacker takes it from here
         if len(self._parsed) > PARSED_KEPT:
             self._parsed.popitem(last=False)
