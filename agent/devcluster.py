@@ -10,8 +10,9 @@ agent relies on and kmock lacks:
 - faults injected on purpose (``fail(...)``): a status answered N times for a
   method and resource, to test retries and failure records; with
   ``landed=True`` the write is applied first and its answer lost (a timeout
-  after the server acted); a fault for ``deployments/scale`` hits only that
-  subresource, one for ``deployments`` every request on deployments;
+  after the server acted); a fault for ``deployments/scale`` (or
+  ``pods/eviction``) hits only that subresource, one for ``deployments`` every
+  request on deployments;
 - ``keep_requests=False`` for long runs (the demo, the bench): kmock's request
   log, which makes every request slower than the last, is dropped as it goes;
 - ``writes``: every write the API server accepted (method, plural, namespace,
@@ -81,7 +82,54 @@ agent relies on and kmock lacks:
   cluster-scoped Nodes are served like the rest; a strategic merge patch (what
   kubernetes-asyncio sends for a dict body on a built-in kind) is applied as a
   merge patch, so a list such as a Node's ``spec.taints`` is replaced whole,
-  which is what the API server does for atomic lists.
+  which is what the API server does for atomic lists; a Node's
+  ``spec.providerID`` (the cloud's name for the machine, what a spot
+  interruption notice names) is stored as any field, and a ``fieldSelector`` on
+  it is a 400 as on a real server (Nodes select only on ``metadata.name`` and
+  ``spec.unschedulable``): a caller must list the Nodes and match it itself;
+- PodDisruptionBudgets (``policy/v1``) are served like the rest, with the
+  ``status`` the disruption controller would give them, kept current at once
+  (no controller loop to wait for): every change of a Pod or a budget (through
+  the API, ``add()``, ``change()``, ``remove()``, an eviction) recomputes the
+  budgets of its namespace, and one whose status changed is written with a new
+  version (MODIFIED to its watches; a status written by hand is replaced at
+  once). ``expectedPods`` is the Pods its ``spec.selector`` matches there
+  (``matchLabels`` and ``matchExpressions``; ``{}`` matches every Pod, a null
+  selector none), ``currentHealthy`` those with a ``Ready`` condition ``True``
+  and no ``deletionTimestamp``, ``desiredHealthy`` is ``minAvailable`` (or its
+  percentage of expectedPods, rounded up) or expectedPods less
+  ``maxUnavailable`` (its percentage rounded up too), and
+  ``disruptionsAllowed`` is currentHealthy less desiredHealthy, never below 0,
+  and 0 with no expected Pods; a ``DisruptionAllowed`` condition
+  (``SufficientPods``, ``InsufficientPods``, or ``SyncFailed`` for a budget it
+  cannot compute) goes with it. One simplification: for ``maxUnavailable`` and
+  a percentage ``minAvailable`` the real controller takes expectedPods from the
+  scale of the Pods' owners (a Deployment's ``spec.replicas``), so a Pod evicted
+  and not yet replaced still counts there and the next eviction is refused
+  until its replacement is Ready; here it counts the Pods that exist, which
+  lets a second eviction through. A test whose outcome rests on successive
+  evictions gives its budget an integer ``minAvailable``, where both agree;
+- the ``eviction`` subresource of Pods (``POST .../pods/NAME/eviction`` with a
+  ``policy/v1`` Eviction, ``CoreV1Api.create_namespaced_pod_eviction``): how a
+  node is drained without taking down what a PodDisruptionBudget protects, so
+  the caller must handle its refusals as a real server gives them: 404 for a
+  missing Pod; a Pod that is Pending, Succeeded, Failed or terminating goes
+  without a look at any budget; a Pod two budgets cover is a 500 Status
+  ("This pod has more than one PodDisruptionBudget, ..."); a Pod whose one
+  budget allows no disruption is a 429 ``TooManyRequests`` Status with a
+  ``DisruptionBudget`` cause ("The disruption budget NAME needs D healthy pods
+  and has C currently"), which a caller retries later; a Pod that is not Ready
+  passes anyway if its budget says ``unhealthyPodEvictionPolicy:
+  AlwaysAllow``, or (the default, ``IfHealthyBudget``) while the budget's
+  healthy Pods are at least its desired number. An eviction let through
+  answers a 201 ``Status`` (``Success``); the Pod gets a ``DisruptionTarget``
+  condition (MODIFIED) and is deleted (DELETED, a version of its own) at once,
+  as if its kubelet had stopped it (a Pod with finalizers stays, terminating).
+  ``deleteOptions.preconditions`` (uid, resourceVersion) are honoured (409),
+  ``dryRun=All`` judges and changes nothing, and a body whose name is not the
+  Pod's is a 400. A request is in the request log as a ``POST`` on ``pods``
+  with subresource ``eviction`` (RBAC's ``create`` on ``pods/eviction``), an
+  accepted one in ``writes``, and ``fail(plural="pods/eviction")`` targets it.
 
 Needs the ``kmock`` package (the ``demo`` or ``dev`` extra).
 """
@@ -117,6 +165,7 @@ RESOURCES = {
     ("v1", "Event"): "v1/events",
     ("v1", "Pod"): "v1/pods",
     ("v1", "Node"): "v1/nodes",
+    ("policy/v1", "PodDisruptionBudget"): "policy/v1/poddisruptionbudgets",
 }
 # The resource of each plural (``get("deployments", ...)``): one resource a plural, by its last path segment.
 PLURALS = {resource.rsplit("/", 1)[1]: resource for resource in RESOURCES.values()}
@@ -124,6 +173,10 @@ KINDS = {resource.rsplit("/", 1)[1]: key for key, resource in RESOURCES.items()}
 CLUSTER_SCOPED = frozenset({"nodes"})
 GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})  # what strconv.ParseBool reads as true
 SCALABLE = frozenset({"deployments", "statefulsets"})  # the kinds whose scale subresource is served
+BUDGETS = "poddisruptionbudgets"
+TARGET = "DisruptionTarget"  # the condition the API server gives a Pod it evicts
+STATUS = {"kind": "Status", "apiVersion": "v1", "metadata": {}}  # what an eviction answers (with status and code)
+MANY_BUDGETS = "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."
 
 # The fields besides metadata.name (and metadata.namespace, for namespaced kinds) a real API server selects on,
 # by kind: each field's path in the object and the value it selects by when the object leaves it unset.
@@ -155,7 +208,7 @@ FIELD_LABELS: dict[str, dict[str, tuple[str, str]]] = {
 @dataclass
 class Fault:
     method: str
-    plural: str  # "deployments" (any request on them) or "deployments/scale" (that subresource only)
+    plural: str  # "deployments" (any request on them) or "deployments/scale", "pods/eviction" (that subresource only)
     status: int
     times: int
     message: str = "injected fault"
@@ -171,7 +224,7 @@ class Write:
     namespace: str | None
     name: str | None
     body: Any
-    subresource: str | None = None  # "scale" for a write through /scale (the body is then a Scale)
+    subresource: str | None = None  # "scale" through /scale (the body a Scale), "eviction" (the body an Eviction)
 
 
 @dataclass(frozen=True)
@@ -233,6 +286,7 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
     _drops: int = attrs.field(default=0, init=False)  # drop_watches() calls so far
     _pages: dict[str, tuple[str, list[Any]]] = attrs.field(factory=dict, init=False)  # continue token → the rest
     _page_ids: Any = attrs.field(factory=itertools.count, init=False)
+    _syncing: bool = attrs.field(default=False, init=False)  # the budgets' statuses are being written
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -368,6 +422,44 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
         while len(history) > max(self.history_limit, 0):
             self._dropped[plural] = history.popleft().version
         self._wake()
+        if plural in ("pods", BUDGETS) and not self._syncing:  # what the disruption controller watches
+            self._sync_budgets(key[1])
+
+    def _budget_keys(self, namespace: str | None) -> list[Any]:
+        """The keys of the PodDisruptionBudgets of a namespace (in ``objects``)."""
+        budgets = kmock.resource(PLURALS[BUDGETS])
+        return [
+            key for key, obj in self.objects.items() if key[0] == budgets and key[1] == namespace and not obj.deleted
+        ]
+
+    def _pods_of(self, namespace: str | None) -> list[dict[str, Any]]:
+        pods = kmock.resource(PLURALS["pods"])
+        return [
+            obj.raw for key, obj in self.objects.items() if key[0] == pods and key[1] == namespace and not obj.deleted
+        ]
+
+    def _sync_budgets(self, namespace: str | None) -> None:
+        """
+        The disruption controller, at once: every PodDisruptionBudget of the namespace gets the status the pods
+        there give it now (:func:`_budget_status`); one whose status changed is written with a new version, and
+        its watches see it MODIFIED.
+        """
+        keys = self._budget_keys(namespace)
+        if not keys:
+            return
+        pods = self._pods_of(namespace)
+        self._syncing = True  # the budgets' own changes below need no second sync
+        try:
+            for key in keys:
+                obj = self.objects[key]
+                old = obj.raw.get("status") or {}
+                status = _budget_status(obj.raw, pods)
+                if status != old:
+                    gone = {name: None for name in old if name not in status}  # the status is replaced whole
+                    obj.patch({"status": {**gone, **status}})
+                    self._record(key[0], "MODIFIED", obj.raw)
+        finally:
+            self._syncing = False
 
     def _wake(self) -> None:
         """Wake every watch waiting for a change (each waits on the event it saw before looking)."""
@@ -399,11 +491,15 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
                     break
         if request.resource is not None and request.name is not None and request.subresource == "scale":
             response: aiohttp.web.StreamResponse = await self._serve_scale(request)
+        elif request.resource is not None and request.name is not None and request.subresource == "eviction":
+            response = await self._serve_eviction(request)
         else:
             self._bookkeep(request)
             response = await super()._handle(request)
         method = request.method.value
         accepted = 200 <= response.status < 300 and method in ("PATCH", "PUT", "POST", "DELETE")
+        if request.subresource == "eviction" and _dry_run(request):
+            accepted = False  # judged, not applied
         if self.keep_requests and accepted and request.resource is not None:
             plural = request.resource.plural
             write = Write(method, plural, request.namespace, request.name, request.data, request.subresource)
@@ -492,6 +588,83 @@ class DevCluster(kmock.KubernetesEmulator):  # type: ignore[misc]
             parent.patch({**written, "metadata": {"resourceVersion": version, "managedFields": fields}})
             await self._buses[resource].put({"type": "MODIFIED", "object": parent.raw})
             return aiohttp.web.json_response(_scale_of(parent.raw))
+
+    async def _serve_eviction(self, request: Any) -> aiohttp.web.StreamResponse:
+        """
+        The eviction subresource of a Pod (the API server's EvictionREST): a delete that the Pod's
+        PodDisruptionBudget may refuse. A Pod that is Pending, Succeeded, Failed or already terminating goes
+        without a look at any budget; one covered by two budgets or more is a 500; one whose budget allows no
+        disruption is a 429 (unless it is not Ready and the budget lets it go: ``unhealthyPodEvictionPolicy:
+        AlwaysAllow``, or the default ``IfHealthyBudget`` with the budget's healthy pods at its desired count);
+        otherwise it gets a ``DisruptionTarget`` condition (MODIFIED) and is deleted (DELETED), and the answer
+        is a 201 Status. ``dryRun=All`` (or in ``deleteOptions``) judges and changes nothing.
+        """
+        resource, namespace, name = request.resource, request.namespace, request.name
+        if resource.plural != "pods" or resource.group:
+            raise kmock.KubernetesError(
+                status=404, reason="NotFound", message="the server could not find the requested resource"
+            )
+        method = request.method.value
+        if method != "POST":
+            raise kmock.KubernetesError(
+                status=405, reason="MethodNotAllowed", message=f"the server does not allow {method} on eviction"
+            )
+        body = request.data
+        if not isinstance(body, dict) or body.get("kind", "Eviction") != "Eviction":
+            kind = body.get("kind") if isinstance(body, dict) else type(body).__name__
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message=f"not a Eviction object: {kind}")
+        meta = body.get("metadata") or {}
+        if meta.get("namespace") not in (None, "", namespace):
+            raise kmock.KubernetesError(
+                status=400,
+                reason="BadRequest",
+                message="the namespace of the provided object does not match the namespace sent on the request",
+            )
+        if meta.get("name") != name:
+            raise kmock.KubernetesError(
+                status=400, reason="BadRequest", message="name in URL does not match name in Eviction object"
+            )
+        options = body.get("deleteOptions") or {}
+        if not isinstance(options, dict):
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="deleteOptions: must be an object")
+        key = (resource, namespace, name)
+        async with self._lock:
+            if key not in self.objects or self.objects[key].deleted:
+                raise kmock.KubernetesError(status=404, reason="NotFound", message=f'pods "{name}" not found')
+            pod = self.objects[key].raw
+            if not _budgets_ignored(pod):
+                self._sync_budgets(namespace)  # statuses as of now, whatever changed objects behind the history
+                budgets = [self.objects[k].raw for k in self._budget_keys(namespace)]
+                covering = [budget for budget in budgets if _covers(budget, pod)]
+                if len(covering) > 1:  # the real server answers this Status as it is, with no reason
+                    failure = {"status": "Failure", "message": MANY_BUDGETS, "code": 500}
+                    return aiohttp.web.json_response({**STATUS, **failure}, status=500)
+                if covering:
+                    _judge(covering[0], pod)
+            _check_preconditions(pod, options)
+            if not _dry_run(request):
+                self._evict(key)
+        return aiohttp.web.json_response({**STATUS, "status": "Success", "code": 201}, status=201)
+
+    def _evict(self, key: Any) -> None:
+        """Delete an evicted Pod: its DisruptionTarget condition first, as the API server adds it, then the Pod."""
+        resource = key[0]
+        obj = self.objects[key]
+        meta = obj.raw.get("metadata") or {}
+        if not meta.get("deletionTimestamp"):
+            conditions = [c for c in (obj.raw.get("status") or {}).get("conditions") or [] if c.get("type") != TARGET]
+            condition = {"type": TARGET, "status": "True", "reason": "EvictionByEvictionAPI"}
+            condition.update({"message": "Eviction API: evicting", "lastTransitionTime": _now()})
+            obj.patch({"status": {"conditions": [*conditions, condition]}})
+            self._record(resource, "MODIFIED", obj.raw)  # a version of its own
+        if meta.get("finalizers"):  # it stays, terminating, until its finalizers are removed
+            if not meta.get("deletionTimestamp"):
+                obj.patch({"metadata": {"deletionTimestamp": _now(), "deletionGracePeriodSeconds": 0}})
+                self._record(resource, "MODIFIED", obj.raw)
+            return
+        last = obj.raw
+        obj.delete()
+        self._record(resource, "DELETED", last)
 
     def _known(self, request: Any) -> None:
         if not any(resource == request.resource for resource in self._get_resources()):
@@ -808,6 +981,176 @@ def _selector_text(selector: Mapping[str, Any] | None) -> str:
         text = {"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})", "DoesNotExist": f"!{key}"}
         terms.append((key, text.get(operator, key)))  # Exists: the bare key
     return ",".join(text for _, text in sorted(terms, key=lambda term: term[0]))
+
+
+# --- disruption budgets and evictions ---------------------------------------------------------------------------
+
+
+def _label_selector(selector: Any) -> Selected | None:
+    """
+    A LabelSelector (``matchLabels``, ``matchExpressions``) as a test of an object's labels, as Go's
+    ``LabelSelectorAsSelector``: a null one selects nothing (None), ``{}`` every object, and an invalid one (an
+    unknown operator, ``In`` without values, ``Exists`` with some) is a ValueError.
+    """
+    if not isinstance(selector, Mapping):
+        return None
+    requirements = [(str(k), "=", frozenset({str(v)})) for k, v in (selector.get("matchLabels") or {}).items()]
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key"), expression.get("operator")
+        values = frozenset(str(v) for v in expression.get("values") or [])
+        op = {"In": "in", "NotIn": "notin", "Exists": "exists", "DoesNotExist": "!"}.get(operator)
+        if not key or op is None or (op in ("in", "notin")) != bool(values):
+            raise ValueError(f"invalid label selector requirement: {expression!r}")
+        requirements.append((str(key), op, values))
+
+    def selected(obj: Mapping[str, Any]) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return all(_holds(labels, *requirement) for requirement in requirements)
+
+    return selected
+
+
+def _covers(budget: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+    """Whether a PodDisruptionBudget covers a Pod of its namespace (an invalid selector covers none, as in Go)."""
+    try:
+        selected = _label_selector((budget.get("spec") or {}).get("selector"))
+    except ValueError:
+        return False
+    return selected is not None and selected(pod)
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _healthy(pod: Mapping[str, Any]) -> bool:
+    """What the disruption controller counts as healthy: Ready, and not terminating."""
+    return _ready(pod) and not (pod.get("metadata") or {}).get("deletionTimestamp")
+
+
+def _scaled(value: Any, total: int) -> int:
+    """An IntOrString (``2`` or ``"50%"``) of a total, a percentage rounded up (GetScaledValueFromIntOrPercent)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("invalid value for IntOrString: invalid type: neither int nor percentage")
+    if not value.endswith("%"):
+        raise ValueError("invalid value for IntOrString: invalid type: string is not a percentage")
+    if re.fullmatch(r"[+-]?[0-9]+", value[:-1]) is None:
+        raise ValueError(f"invalid value for IntOrString: invalid value {value!r}")
+    return -(-int(value[:-1]) * total // 100)
+
+
+def _budget_status(budget: Mapping[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """
+    The status the disruption controller gives a PodDisruptionBudget over the Pods of its namespace:
+    ``expectedPods`` the Pods its selector matches, ``currentHealthy`` those Ready and not terminating,
+    ``desiredHealthy`` from ``minAvailable`` (a count, or a percentage of expectedPods rounded up) or
+    ``maxUnavailable`` (expectedPods less it, a percentage rounded up; it wins over minAvailable), and
+    ``disruptionsAllowed`` currentHealthy less desiredHealthy, never below 0, and 0 with no expected Pods (or
+    neither field). One the controller cannot compute (an invalid selector, a count that is neither an integer
+    nor a percentage) allows no disruption and says why (condition reason ``SyncFailed``).
+    """
+    spec = budget.get("spec") or {}
+    old = budget.get("status") or {}
+    generation = (budget.get("metadata") or {}).get("generation")
+    try:
+        selected = _label_selector(spec.get("selector"))
+        matched = [pod for pod in pods if selected is not None and selected(pod)]
+        expected = len(matched) if spec.get("maxUnavailable") is not None or spec.get("minAvailable") is not None else 0
+        if spec.get("maxUnavailable") is not None:
+            desired = max(expected - _scaled(spec["maxUnavailable"], expected), 0)
+        elif spec.get("minAvailable") is not None:
+            desired = _scaled(spec["minAvailable"], expected)
+        else:
+            desired = 0
+    except ValueError as error:  # the controller's fail-safe: the counts it had, and no disruption
+        counts = ("currentHealthy", "desiredHealthy", "expectedPods")
+        status: dict[str, Any] = {name: int(old.get(name) or 0) for name in counts}
+        status["disruptionsAllowed"] = 0
+        condition = ("False", "SyncFailed", str(error))
+    else:
+        healthy = sum(1 for pod in matched if _healthy(pod))
+        allowed = max(healthy - desired, 0) if expected > 0 else 0
+        status = {"currentHealthy": healthy, "desiredHealthy": desired, "expectedPods": expected}
+        status["disruptionsAllowed"] = allowed
+        condition = ("True", "SufficientPods", "") if allowed > 0 else ("False", "InsufficientPods", "")
+    if generation is not None:
+        status["observedGeneration"] = generation
+    state, reason, message = condition
+    conditions = [dict(c) for c in old.get("conditions") or [] if c.get("type") != "DisruptionAllowed"]
+    before: Mapping[str, Any] = next(
+        (c for c in old.get("conditions") or [] if c.get("type") == "DisruptionAllowed"), {}
+    )
+    changed = before.get("status") != state  # the transition time moves only with the status, as Go's
+    allowing = {"type": "DisruptionAllowed", "status": state, "reason": reason, "message": message}
+    allowing["lastTransitionTime"] = _now() if changed else before.get("lastTransitionTime", _now())
+    if generation is not None:
+        allowing["observedGeneration"] = generation
+    status["conditions"] = [*conditions, allowing]
+    return status
+
+
+def _budgets_ignored(pod: Mapping[str, Any]) -> bool:
+    """
+    A Pod the eviction subresource deletes without a look at any budget (Go's canIgnorePDB): Pending,
+    Succeeded, Failed, or terminating. A Pod stored without a phase is judged as a running one (a real Pod
+    always has one), so a fixture that forgot it gets the stricter answer.
+    """
+    phase = (pod.get("status") or {}).get("phase")
+    return phase in ("Pending", "Succeeded", "Failed") or bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _judge(budget: Mapping[str, Any], pod: Mapping[str, Any]) -> None:
+    """Whether the one budget that covers a Pod lets it be evicted: returns if so, a 429 if not."""
+    status = budget.get("status") or {}
+    current, desired = int(status.get("currentHealthy") or 0), int(status.get("desiredHealthy") or 0)
+    if not _ready(pod):  # it counts for nothing in the budget
+        if (budget.get("spec") or {}).get("unhealthyPodEvictionPolicy") == "AlwaysAllow":
+            return
+        if current >= desired > 0:  # IfHealthyBudget (the default): when the application is not disrupted
+            return
+    if int(status.get("disruptionsAllowed") or 0) > 0:
+        return
+    name = (budget.get("metadata") or {}).get("name")
+    cause = {
+        "reason": "DisruptionBudget",
+        "message": f"The disruption budget {name} needs {desired} healthy pods and has {current} currently",
+    }
+    raise kmock.KubernetesError(
+        status=429,
+        reason="TooManyRequests",
+        message="Cannot evict pod as it would violate the pod's disruption budget.",
+        details={"causes": [cause]},
+    )
+
+
+def _check_preconditions(pod: Mapping[str, Any], options: Mapping[str, Any]) -> None:
+    """An Eviction's ``deleteOptions.preconditions`` (uid, resourceVersion): 409 when the Pod is not that one."""
+    preconditions = options.get("preconditions") or {}
+    meta = pod.get("metadata") or {}
+    name = meta.get("name")
+    uid, version = preconditions.get("uid"), preconditions.get("resourceVersion")
+    if uid and uid != meta.get("uid"):
+        why = f"the UID in the precondition ({uid}) does not match the UID in record ({meta.get('uid')}). "
+        why += "The object might have been deleted and then recreated"
+    elif version and version != meta.get("resourceVersion"):
+        why = f"the ResourceVersion in the precondition ({version}) does not match the ResourceVersion in record "
+        why += f"({meta.get('resourceVersion')}). The object might have been modified"
+    else:
+        return
+    message = f'Operation cannot be fulfilled on Pod "{name}": {why}'
+    raise kmock.KubernetesError(status=409, reason="Conflict", message=message)
+
+
+def _dry_run(request: Any) -> bool:
+    """Whether an eviction is a dry run: ``dryRun=All`` in the query or in the Eviction's ``deleteOptions``."""
+    if request.params.get("dryRun") == "All":
+        return True
+    body = request.data if isinstance(request.data, dict) else {}
+    options = body.get("deleteOptions") or {}
+    return isinstance(options, dict) and "All" in (options.get("dryRun") or [])
 
 
 # --- label and field selectors ----------------------------------------------------------------------------------

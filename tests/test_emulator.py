@@ -1,7 +1,8 @@
 """
 The emulated API server (agent.devcluster) answers as a real one, through the real kubernetes-asyncio client: the
 scale subresource of Deployments and StatefulSets, label and field selectors, Nodes and HorizontalPodAutoscalers,
-and watches (a list's resourceVersion, resuming from it, 410 Gone, bookmarks, dropped connections).
+watches (a list's resourceVersion, resuming from it, 410 Gone, bookmarks, dropped connections), and
+PodDisruptionBudgets with the Pods' eviction subresource.
 """
 
 from __future__ import annotations
@@ -99,16 +100,27 @@ def node(name: str, *, unschedulable: bool | None = None, taints: list[dict[str,
     }
 
 
-def pod(name: str, node_name: str | None, *, namespace: str = NS, app: str = "mcp-server") -> dict[str, Any]:
+def pod(
+    name: str,
+    node_name: str | None,
+    *,
+    namespace: str = NS,
+    app: str = "mcp-server",
+    ready: bool | None = None,
+    phase: str | None = None,
+) -> dict[str, Any]:
     spec: dict[str, Any] = {"containers": [{"name": "app", "image": "example/app:1"}]}
     if node_name is not None:
         spec["nodeName"] = node_name
+    status: dict[str, Any] = {"phase": phase or ("Running" if node_name else "Pending")}
+    if ready is not None:
+        status["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": {"app": app}},
         "spec": spec,
-        "status": {"phase": "Running" if node_name else "Pending"},
+        "status": status,
     }
 
 
@@ -696,3 +708,337 @@ async def test_dropped_watches_end_and_the_client_resumes(cluster: DevCluster, a
     async with asyncio.timeout(WAIT):  # the server side of every closed watch ends too
         while cluster.watching:  # noqa: ASYNC110 (a count, not an event: polled)
             await asyncio.sleep(0.05)
+
+
+# --- PodDisruptionBudgets and the eviction subresource ----------------------------------------------------------
+
+
+def budget(
+    name: str,
+    selector: dict[str, Any],
+    *,
+    min_available: int | str | None = None,
+    max_unavailable: int | str | None = None,
+    policy: str | None = None,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"selector": selector}
+    if min_available is not None:
+        spec["minAvailable"] = min_available
+    if max_unavailable is not None:
+        spec["maxUnavailable"] = max_unavailable
+    if policy is not None:
+        spec["unhealthyPodEvictionPolicy"] = policy
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+
+
+def eviction(name: str, namespace: str = NS, **delete_options: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}}
+    body["metadata"]["namespace"] = namespace
+    if delete_options:
+        body["deleteOptions"] = delete_options
+    return body
+
+
+async def evict(core: client.CoreV1Api, name: str, namespace: str = NS, **kwargs: Any) -> int:
+    """Evict a Pod through the client; the HTTP status of a granted eviction (a refused one raises)."""
+    body = kwargs.pop("body", None) or eviction(name, namespace)
+    _, status, _ = await core.create_namespaced_pod_eviction_with_http_info(name, namespace, body, **kwargs)
+    return int(status)
+
+
+async def refused(core: client.CoreV1Api, name: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    """Evict a Pod that the server must refuse: (HTTP status, the Status body)."""
+    with pytest.raises(client.ApiException) as error:
+        await evict(core, name, **kwargs)
+    return int(error.value.status), json.loads(error.value.body)
+
+
+def counts(status: Any) -> tuple[int, int, int, int]:
+    """A budget's status (a model) as (expectedPods, currentHealthy, desiredHealthy, disruptionsAllowed)."""
+    return status.expected_pods, status.current_healthy, status.desired_healthy, status.disruptions_allowed
+
+
+async def test_evicting_a_pod_no_budget_covers_deletes_it(cluster: DevCluster, api: client.ApiClient) -> None:
+    cluster.add(pod("p-1", "node-1", ready=True))
+    cluster.add(pod("p-2", "node-1", ready=True))
+    core = client.CoreV1Api(api)
+    async with watch.Watch() as watcher:
+        stream = watcher.stream(
+            core.list_namespaced_pod, NS, resource_version=cluster.resource_version, timeout_seconds=30
+        )
+        assert await evict(core, "p-1") == 201
+        marked = await next_event(stream)  # the API server's DisruptionTarget condition, then the delete
+        assert seen(marked)[:2] == ("MODIFIED", "p-1")
+        target = [c for c in marked["object"].status.conditions if c.type == "DisruptionTarget"]
+        assert [(c.status, c.reason) for c in target] == [("True", "EvictionByEvictionAPI")]
+        deleted = await next_event(stream)
+        assert seen(deleted) == ("DELETED", "p-1", cluster.resource_version)
+        assert int(seen(deleted)[2]) > int(seen(marked)[2])
+    assert [p.metadata.name for p in (await core.list_namespaced_pod(NS)).items] == ["p-2"]
+    with pytest.raises(client.ApiException) as missing:
+        await core.read_namespaced_pod("p-1", NS)
+    assert missing.value.status == 404
+    # the answer, on the wire: a Status (the client reads it into a V1Eviction)
+    url = f"{str(cluster.url).rstrip('/')}/api/v1/namespaces/{NS}/pods/p-2/eviction"
+    async with (
+        aiohttp.ClientSession() as session,
+        asyncio.timeout(WAIT),
+        session.post(url, json=eviction("p-2")) as response,
+    ):
+        assert response.status == 201
+        answer = await response.json()
+    assert answer == {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}
+    assert (await core.list_namespaced_pod(NS)).items == []
+
+
+async def test_a_budget_refuses_an_eviction_until_a_pod_is_spare(cluster: DevCluster, api: client.ApiClient) -> None:
+    cluster.add(pod("web-1", "node-1", app="web", ready=True))
+    cluster.add(pod("web-2", "node-2", app="web", ready=True))
+    cluster.add(pod("api-1", "node-1", app="api", ready=True))  # not covered
+    policy = client.PolicyV1Api(api)
+    created = await policy.create_namespaced_pod_disruption_budget(
+        NS, budget("web", {"matchLabels": {"app": "web"}}, min_available=2)
+    )
+    assert created.metadata.name == "web"
+    read = await policy.read_namespaced_pod_disruption_budget("web", NS)
+    assert counts(read.status) == (2, 2, 2, 0)
+    assert [(c.type, c.status, c.reason) for c in read.status.conditions] == [
+        ("DisruptionAllowed", "False", "InsufficientPods")
+    ]
+    core = client.CoreV1Api(api)
+    status, body = await refused(core, "web-1")
+    assert status == 429
+    assert (body["kind"], body["status"], body["code"], body["reason"]) == ("Status", "Failure", 429, "TooManyRequests")
+    assert body["message"] == "Cannot evict pod as it would violate the pod's disruption budget."
+    assert body["details"]["causes"] == [
+        {"reason": "DisruptionBudget", "message": "The disruption budget web needs 2 healthy pods and has 2 currently"}
+    ]
+    assert cluster.get("pods", NS, "web-1")["metadata"]["name"] == "web-1"  # still there
+    assert not [w for w in cluster.writes if w.subresource == "eviction"]  # a refusal is no write
+    assert await evict(core, "api-1") == 201  # no budget covers it
+    # a third Pod, not Ready yet: expected, not healthy
+    cluster.add(pod("web-3", "node-2", app="web", ready=False))
+    assert counts((await policy.read_namespaced_pod_disruption_budget("web", NS)).status) == (3, 2, 2, 0)
+    async with watch.Watch() as watcher:
+        stream = watcher.stream(
+            policy.list_namespaced_pod_disruption_budget,
+            NS,
+            resource_version=cluster.resource_version,
+            timeout_seconds=30,
+        )
+        cluster.put_status(
+            "pods", NS, "web-3", {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        )
+        changed = await next_event(stream)  # the budget follows its Pods at once
+        assert seen(changed) == ("MODIFIED", "web", version_of(cluster, "poddisruptionbudgets", NS, "web"))
+        assert counts(changed["object"].status) == (3, 3, 2, 1)
+        assert changed["object"].status.conditions[0].reason == "SufficientPods"
+        assert await evict(core, "web-1") == 201
+        evicted = await next_event(stream)
+        assert counts(evicted["object"].status) == (2, 2, 2, 0)
+    listed = await policy.list_namespaced_pod_disruption_budget(NS)
+    assert listed.kind == "PodDisruptionBudgetList" and [b.metadata.name for b in listed.items] == ["web"]
+    assert counts(listed.items[0].status) == (2, 2, 2, 0)
+    status, body = await refused(core, "web-2")
+    assert status == 429 and body["details"]["causes"][0]["message"].endswith(
+        "needs 2 healthy pods and has 2 currently"
+    )
+    # the same budget through CustomObjects (group policy), as a dict
+    raw = await client.CustomObjectsApi(api).get_namespaced_custom_object(
+        "policy", "v1", NS, "poddisruptionbudgets", "web"
+    )
+    assert {
+        k: raw["status"][k] for k in ("expectedPods", "currentHealthy", "desiredHealthy", "disruptionsAllowed")
+    } == {
+        "expectedPods": 2,
+        "currentHealthy": 2,
+        "desiredHealthy": 2,
+        "disruptionsAllowed": 0,
+    }
+
+
+async def test_percentages_are_rounded_up(cluster: DevCluster, api: client.ApiClient) -> None:
+    for index in range(1, 5):
+        cluster.add(pod(f"web-{index}", "node-1", app="web", ready=True))
+    cluster.add(
+        budget(
+            "web", {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]}, max_unavailable="30%"
+        )
+    )
+    policy = client.PolicyV1Api(api)
+
+    async def status() -> tuple[int, int, int, int]:
+        return counts((await policy.read_namespaced_pod_disruption_budget("web", NS)).status)
+
+    assert await status() == (4, 4, 2, 2)  # 30% of 4 is 1.2, rounded up: 2 may be unavailable
+    cluster.change("poddisruptionbudgets", NS, "web", {"spec": {"maxUnavailable": "25%"}})
+    assert await status() == (4, 4, 3, 1)  # exactly 1
+    cluster.change("poddisruptionbudgets", NS, "web", {"spec": {"maxUnavailable": None, "minAvailable": "60%"}})
+    assert await status() == (4, 4, 3, 1)  # 60% of 4 is 2.4, rounded up: 3 must stay
+    cluster.change("poddisruptionbudgets", NS, "web", {"spec": {"minAvailable": None, "maxUnavailable": "50%"}})
+    assert await status() == (4, 4, 2, 2)
+    core = client.CoreV1Api(api)
+    assert await evict(core, "web-1") == 201
+    # expectedPods counts the Pods that exist (a real controller would still expect the owner's 4 replicas)
+    assert await status() == (3, 3, 1, 2)
+    cluster.put_status("pods", NS, "web-2", {"conditions": [{"type": "Ready", "status": "False"}]})
+    cluster.change("pods", NS, "web-3", {"metadata": {"deletionTimestamp": "2030-01-01T00:00:00Z"}})
+    assert await status() == (3, 1, 1, 0)  # not Ready, terminating: neither is healthy
+    status_code, body = await refused(core, "web-4")
+    assert status_code == 429
+    assert (
+        body["details"]["causes"][0]["message"] == "The disruption budget web needs 1 healthy pods and has 1 currently"
+    )
+    # a count that is neither an integer nor a percentage: no disruption, and why
+    cluster.change("poddisruptionbudgets", NS, "web", {"spec": {"maxUnavailable": "half"}})
+    read = await policy.read_namespaced_pod_disruption_budget("web", NS)
+    assert read.status.disruptions_allowed == 0
+    assert (read.status.conditions[0].reason, read.status.conditions[0].status) == ("SyncFailed", "False")
+
+
+async def test_a_pod_two_budgets_cover_is_a_500(cluster: DevCluster, api: client.ApiClient) -> None:
+    cluster.add(pod("web-1", "node-1", app="web", ready=True))
+    cluster.add(pod("api-1", "node-1", app="api", ready=True))
+    cluster.add(budget("web", {"matchLabels": {"app": "web"}}, max_unavailable=1))
+    cluster.add(
+        budget(
+            "frontends",
+            {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web", "api"]}]},
+            max_unavailable=1,
+        )
+    )
+    core = client.CoreV1Api(api)
+    status, body = await refused(core, "web-1")
+    assert status == 500
+    assert body == {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+        "code": 500,
+    }
+    assert cluster.get("pods", NS, "web-1")["metadata"]["name"] == "web-1"
+    assert await evict(core, "api-1") == 201  # only "frontends" covers it, and it allows one
+
+
+async def test_a_missing_pod_or_a_wrong_body_is_refused(cluster: DevCluster, api: client.ApiClient) -> None:
+    cluster.add(pod("p-1", "node-1", ready=True))
+    core = client.CoreV1Api(api)
+    status, body = await refused(core, "no-such-pod")
+    assert status == 404 and body["reason"] == "NotFound" and body["message"] == 'pods "no-such-pod" not found'
+    status, body = await refused(core, "p-1", body=eviction("p-2"))
+    assert status == 400 and body["message"] == "name in URL does not match name in Eviction object"
+    status, body = await refused(core, "p-1", body=eviction("p-1", namespace="other"))
+    assert status == 400
+    status, _ = await refused(core, "p-1", body={"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p-1"}})
+    assert status == 400
+    version = version_of(cluster, "pods", NS, "p-1")
+    stale = eviction("p-1", preconditions={"resourceVersion": str(int(version) - 1)})
+    status, body = await refused(core, "p-1", body=stale)
+    assert status == 409 and body["reason"] == "Conflict"
+    status, _ = await refused(core, "p-1", body=eviction("p-1", preconditions={"uid": "not-its-uid"}))
+    assert status == 409
+    assert cluster.get("pods", NS, "p-1")["metadata"]["resourceVersion"] == version  # nothing changed
+    current = eviction("p-1", preconditions={"resourceVersion": version})
+    assert await evict(core, "p-1", body=current) == 201
+
+
+async def test_unready_pending_and_finished_pods_may_go(cluster: DevCluster, api: client.ApiClient) -> None:
+    cluster.add(pod("web-1", "node-1", app="web", ready=True))
+    cluster.add(pod("web-2", "node-1", app="web", ready=True))
+    cluster.add(pod("web-3", "node-1", app="web", ready=False))
+    cluster.add(pod("web-4", None, app="web"))  # Pending: not scheduled yet
+    cluster.add(pod("web-5", "node-1", app="web", ready=False, phase="Succeeded"))
+    cluster.add(budget("web", {"matchLabels": {"app": "web"}}, min_available=2))
+    core = client.CoreV1Api(api)
+    policy = client.PolicyV1Api(api)
+    assert counts((await policy.read_namespaced_pod_disruption_budget("web", NS)).status) == (5, 2, 2, 0)
+    assert await evict(core, "web-4") == 201  # Pending and Succeeded: no budget is looked at
+    assert await evict(core, "web-5") == 201
+    # not Ready, while the budget is healthy (2 of 2): IfHealthyBudget, the default, lets it go
+    assert await evict(core, "web-3") == 201
+    assert counts((await policy.read_namespaced_pod_disruption_budget("web", NS)).status) == (2, 2, 2, 0)
+    status, _ = await refused(core, "web-1")
+    assert status == 429
+    # an unhealthy budget keeps its unready Pods, unless its policy is AlwaysAllow
+    cluster.add(pod("web-6", "node-1", app="web", ready=False))
+    cluster.put_status("pods", NS, "web-2", {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]})
+    assert counts((await policy.read_namespaced_pod_disruption_budget("web", NS)).status) == (3, 1, 2, 0)
+    status, body = await refused(core, "web-6")
+    assert status == 429 and body["details"]["causes"][0]["message"].endswith(
+        "needs 2 healthy pods and has 1 currently"
+    )
+    await policy.patch_namespaced_pod_disruption_budget(
+        "web", NS, {"spec": {"unhealthyPodEvictionPolicy": "AlwaysAllow"}}
+    )
+    assert await evict(core, "web-6") == 201
+    status, _ = await refused(core, "web-1")  # a Ready one still counts against the budget
+    assert status == 429
+    # a Pod with a finalizer stays, terminating, and no longer counts as healthy
+    cluster.add(pod("web-7", "node-1", app="web", ready=True))
+    cluster.change("pods", NS, "web-7", {"metadata": {"finalizers": ["example.com/keep"]}})
+    cluster.add(pod("web-8", "node-1", app="web", ready=True))
+    assert counts((await policy.read_namespaced_pod_disruption_budget("web", NS)).status) == (4, 3, 2, 1)
+    assert await evict(core, "web-7") == 201
+    kept = await core.read_namespaced_pod("web-7", NS)
+    assert kept.metadata.deletion_timestamp is not None
+    assert counts((await policy.read_namespaced_pod_disruption_budget("web", NS)).status) == (4, 2, 2, 0)
+    assert await evict(core, "web-7") == 201  # terminating already: no budget is looked at
+
+
+async def test_evictions_are_logged_faulted_and_dry_run(cluster: DevCluster, api: client.ApiClient) -> None:
+    cluster.add(pod("p-1", "node-1", ready=True))
+    cluster.add(pod("p-2", "node-1", ready=True))
+    core = client.CoreV1Api(api)
+    assert await evict(core, "p-1", dry_run="All") == 201  # judged, not done
+    assert await evict(core, "p-1", body=eviction("p-1", dryRun=["All"])) == 201
+    assert cluster.get("pods", NS, "p-1")["metadata"]["name"] == "p-1" and not cluster.writes
+    cluster.fail(method="POST", plural="pods/eviction", status=503)
+    status, body = await refused(core, "p-1")
+    assert status == 503 and body["reason"] == "InjectedFault"
+    await core.read_namespaced_pod("p-1", NS)  # still there; and a fault on the subresource is not one on pods
+    cluster.fail(method="POST", plural="pods/eviction", status=504, landed=True)
+    status, _ = await refused(core, "p-1")
+    assert status == 504  # the answer is lost, the eviction happened
+    assert [p.metadata.name for p in (await core.list_namespaced_pod(NS)).items] == ["p-2"]
+    assert await evict(core, "p-2") == 201
+    evictions = [r for r in cluster if r.subresource == "eviction"]
+    assert [
+        (r.method.value, r.resource.group, r.resource.plural, r.name, r.params.get("dryRun")) for r in evictions
+    ] == [
+        ("POST", "", "pods", "p-1", "All"),
+        ("POST", "", "pods", "p-1", None),
+        ("POST", "", "pods", "p-1", None),
+        ("POST", "", "pods", "p-1", None),
+        ("POST", "", "pods", "p-2", None),
+    ]
+    assert evictions[-1].data == eviction("p-2")
+    assert [(w.method, w.plural, w.namespace, w.name, w.subresource) for w in cluster.writes] == [
+        ("POST", "pods", NS, "p-1", "eviction"),  # the one whose answer was lost
+        ("POST", "pods", NS, "p-2", "eviction"),
+    ]
+
+
+async def test_nodes_keep_their_provider_id_and_refuse_a_selector_on_it(
+    cluster: DevCluster, api: client.ApiClient
+) -> None:
+    spot = node("node-1")
+    spot["spec"]["providerID"] = "aws:///us-east-1a/i-0123456789abcdef0"
+    cluster.add(spot)
+    cluster.add(node("node-2"))
+    core = client.CoreV1Api(api)
+    assert (await core.read_node("node-1")).spec.provider_id == "aws:///us-east-1a/i-0123456789abcdef0"
+    with pytest.raises(client.ApiException) as refused_selector:
+        await core.list_node(field_selector="spec.providerID=aws:///us-east-1a/i-0123456789abcdef0")
+    assert refused_selector.value.status == 400  # not a field the API server selects Nodes on
+    assert json.loads(refused_selector.value.body)["message"] == "field label not supported: spec.providerID"
+    nodes = (await core.list_node()).items
+    assert [n.metadata.name for n in nodes if n.spec.provider_id == "aws:///us-east-1a/i-0123456789abcdef0"] == [
+        "node-1"
+    ]
