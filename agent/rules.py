@@ -38,6 +38,16 @@ def matches(rule: RuleConfig, event: Event) -> bool:
     return all(matcher.matches(event.labels) for matcher in rule.matchers)
 
 
+def _machine(labels: Mapping[str, str]) -> str:
+    """A notice's machine, as its labels name it."""
+    for label in ("node", "provider_id", "instance_id", "instance_name", "vm_name"):
+        if labels.get(label):
+            return f"{labels.get('cloud')} {label} {labels[label]}"
+    if labels.get("vmss"):
+        return f"azure scale set {labels['vmss']} instance {labels.get('vmss_instance')}"
+    return "the machine the notice names"
+
+
 class TargetLookupFailed(Exception):
     pass
 
@@ -109,6 +119,12 @@ class Rules:
                     if refs:
                         return refs, f"{spec.kind} scaling {label} {labels[label]}"
                     return [], f"no target: no {spec.kind} in {namespace} scales {label} {labels[label]}"
+            if kind is not None and labels.get("cloud"):  # a notice about a machine: which Node is it?
+                refs = await kind.find_by_machine(labels)
+                if refs:
+                    return refs, f"the {spec.kind} of {_machine(labels)}"
+                if not kind.namespaced and spec.name is None and not spec.selector:
+                    return [], f"no target: no {spec.kind} is {_machine(labels)} (its providerID)"
             if spec.name is not None:
                 if namespace is None:
                     return [], "no target: the rule names an object but no namespace"

@@ -16,7 +16,7 @@ from agent.devcluster import DevCluster
 from agent.structs import EventKind, Outcome
 from agent.targets.node import TAINT_KEY
 from tests.conftest import NS, TOKEN, StartAgent, build_config, settle
-from tests.test_notices import AWS_WARNING, azure_document, azure_event
+from tests.test_notices import AWS_WARNING, GCP_WATCHER, azure_document, azure_event
 
 NODE = "spot-node-1"
 CORDON_ON_PREEMPTION = {
@@ -140,3 +140,30 @@ async def test_the_events_webhook_is_off_until_turned_on(
     agent = await start_agent(build_config(base_config))
     async with aiohttp.ClientSession() as session, session.post(f"{agent.url}/webhooks/events", data=b"{}") as r:
         assert r.status == 404
+
+
+async def test_a_cloud_notice_finds_its_node_by_provider_id_and_an_unknown_machine_is_a_recorded_no_op(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    provider_id = "aws:///us-east-1a/i-0b1c2d3e4f5a6b7c8"  # the instance in AWS_WARNING
+    cluster.add({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}, "spec": {"providerID": provider_id}})
+    cluster.add(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": "other"},
+            "spec": {"providerID": "aws:///us-east-1a/i-0"},
+        }
+    )
+    agent = await events_agent(start_agent, base_config, rules=[CORDON_ON_PREEMPTION])
+    assert (await send(agent, AWS_WARNING))[0] == 200
+    assert (await send(agent, GCP_WATCHER))[0] == 200  # a GCE machine this cluster has no Node for
+    await settle(agent)
+    by_cloud = {d.trigger.labels["cloud"]: d for d in await agent.ledger.decisions()}
+    cordoned = by_cloud["aws"]
+    assert cordoned.outcome == Outcome.APPLIED and str(cordoned.target) == f"Node/{NODE}"
+    assert cluster.get("nodes", None, NODE)["spec"]["unschedulable"] is True
+    assert "unschedulable" not in cluster.get("nodes", None, "other")["spec"]
+    unknown = by_cloud["gcp"]
+    assert unknown.outcome == Outcome.NOOP and unknown.target is None
+    assert unknown.reason.startswith("no target: no Node is gcp instance_name")

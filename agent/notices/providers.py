@@ -148,3 +148,62 @@ def _entries(nodes: Sequence[Mapping[str, Any]]) -> Iterator[tuple[str, str]]:
             continue
         provider_id = spec.get("providerID", spec.get("provider_id"))
         yield name, provider_id if isinstance(provider_id, str) else ""
+
+
+# A machine's identity as event labels (strings), so a notice's event can carry it to the rules and back.
+MACHINE_LABELS = {
+    "instance_id": "instance_id",
+    "zone": "zone",
+    "region": "region",
+    "project": "project",
+    "name": "instance_name",
+    "subscription": "subscription",
+    "resource_group": "resource_group",
+    "vm_name": "vm_name",
+    "vmss": "vmss",
+    "instance": "vmss_instance",
+}
+
+
+def machine_labels(notice: Notice) -> dict[str, str]:
+    """The labels that say which machine a notice is about: ``cloud``, ``node``/``provider_id``, the identity."""
+    labels: dict[str, str] = {"cloud": notice.cloud}
+    if notice.node:
+        labels["node"] = notice.node
+    if notice.provider_id:
+        labels["provider_id"] = notice.provider_id
+    if notice.instance is not None:
+        labels["cloud"] = notice.instance.cloud
+        for attribute, label in MACHINE_LABELS.items():
+            value = getattr(notice.instance, attribute)
+            if value is not None:
+                labels[label] = str(value)
+    return labels
+
+
+def find_node_by_labels(labels: Mapping[str, str], nodes: Sequence[Mapping[str, Any]]) -> str | None:
+    """:func:`find_node` for an event's labels (:func:`machine_labels`): the Node the event's machine is."""
+    cloud = labels.get("cloud")
+    instance = None
+    if cloud in ("aws", "gcp", "azure") and any(label in labels for label in MACHINE_LABELS.values()):
+        fields: dict[str, Any] = {a: labels[label] for a, label in MACHINE_LABELS.items() if label in labels}
+        if "instance" in fields:
+            try:
+                fields["instance"] = int(fields["instance"])
+            except ValueError:
+                return None
+        instance = InstanceRef(cloud=cloud, **fields)  # type: ignore[arg-type]
+    if instance is None and not labels.get("node") and not labels.get("provider_id"):
+        return None
+    notice = Notice(
+        id="",
+        cloud="native" if instance is None else instance.cloud,
+        kind="preemption",
+        instance=instance,
+        node=labels.get("node") or None,
+        provider_id=labels.get("provider_id") or None,
+        deadline=None,
+        reason="",
+        received=None,
+    )
+    return find_node(notice, nodes)

@@ -10,8 +10,9 @@ not help), 503 when the ledger cannot record it, and 200 only once every event i
 
 An event's key is the notice's or the intent's own id (the cloud's event id, else the instance and the time), so a
 redelivery, or two watchers forwarding the same notice, is recorded as a redelivery and acted on once. The
-cloud's identity of the machine travels in the labels (``cloud``, ``instance``, ``node`` and ``provider_id`` where
-known), for the rules and for finding the Node.
+cloud's identity of the machine travels in the labels (``cloud``, ``node`` and ``provider_id`` where known, and the
+identity's parts: ``instance_id``, ``zone``, ``project``, ``resource_group``, …), so a rule's Node target finds the
+Node through its ``spec.providerID``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aiohttp import web
 
 from agent.ledger import LedgerUnavailable
 from agent.notices import DecodeError, Intent, Message, Notice, decode_any
+from agent.notices.providers import machine_labels
 from agent.sources.base import SourceContext, SourceSettings
 from agent.sources.webhook import Authenticator, error, read_body
 from agent.structs import Delivery, Event, EventKind, utcnow
@@ -45,13 +47,9 @@ class EventsSettings(SourceSettings):
 def event_of(message: Message, *, received_at: datetime) -> Event:
     """One decoded message as the agent's event: a notice (with its deadline) or an intent."""
     if isinstance(message, Notice):
-        labels: dict[str, str] = {"cloud": message.cloud, "kind": message.kind}
-        if message.node:
-            labels["node"] = message.node
-        if message.provider_id:
-            labels["provider_id"] = message.provider_id
+        labels = {"kind": message.kind, **machine_labels(message)}
         if message.instance is not None:
-            labels["instance"] = str(message.instance)
+            labels["instance"] = str(message.instance)  # for people: "EC2 instance i-… (us-east-1)"
         return Event(
             source=SOURCE,
             key=f"notice|{message.cloud}|{message.id}",

@@ -217,6 +217,10 @@ class TargetKind(Protocol):
 
     async def find_by_labels(self, namespace: str | None, selector: Mapping[str, str]) -> builtins.list[TargetRef]: ...
 
+    async def find_by_machine(self, labels: Mapping[str, str]) -> builtins.list[TargetRef]:
+        """The object that is the cloud machine an event's labels name (a Node, by its providerID); else none."""
+        ...
+
     async def patch(
         self, state: TargetState, *, values: Mapping[str, Value], claims: Claims, decision: str, now: datetime
     ) -> TargetState:

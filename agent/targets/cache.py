@@ -32,6 +32,7 @@ from kubernetes_asyncio import client, watch
 
 from agent.claims import ANNOTATION_PREFIX
 from agent.errors import KubernetesError, call_json, classify
+from agent.structs import TargetRef
 from agent.supervisor import Supervisor
 
 log = structlog.get_logger("agent.targets.cache")
@@ -278,6 +279,10 @@ class CachedReads:
     def invalidate(self, namespace: str, name: str) -> None:
         if self._objects is not None:
             self._objects.forget(namespace, name)
+
+    async def find_by_machine(self, labels: Mapping[str, str]) -> list[TargetRef]:
+        """Only a Node is a machine; every other kind has none."""
+        return []
 
     def _cached(self) -> ObjectCache | None:
         """The kind's own cache, once it has listed (before that, reads go to the API)."""

@@ -28,6 +28,7 @@ from kubernetes_asyncio import client
 
 from agent.claims import Claims, Value, Want
 from agent.errors import call_json
+from agent.notices.providers import find_node_by_labels
 from agent.structs import TargetRef
 from agent.targets.base import (
     ANNOTATION_PREFIX,
@@ -55,7 +56,8 @@ NODE_FIELDS: dict[str, Any] = {
         "annotations": agent_annotations,
         "managedFields": managed_fields({"f:spec": {"f:unschedulable": True, "f:taints": True}}),
     },
-    "spec": {"unschedulable": True, "taints": True},  # every taint: a patch writes the list back whole
+    # every taint: a patch writes the list back whole; the providerID: a cloud's notice names the machine
+    "spec": {"unschedulable": True, "taints": True, "providerID": True},
 }
 
 
@@ -122,6 +124,16 @@ class NodeTarget(CachedReads):
             result = await call_json(self._core.list_node(label_selector=label_selector, _preload_content=False))
             items = result.get("items", [])
         return sorted(self._ref(obj) for obj in items if carries(obj, selector))
+
+    async def find_by_machine(self, labels: Mapping[str, str]) -> builtins.list[TargetRef]:
+        """The Node a cloud's notice is about, matched through ``spec.providerID`` (agent/notices/providers.py)."""
+        cache = self._cached()
+        if cache is not None:
+            nodes: builtins.list[dict[str, Any]] = cache.items()
+        else:
+            nodes = (await call_json(self._core.list_node(_preload_content=False))).get("items", [])
+        name = find_node_by_labels(labels, nodes)
+        return [] if name is None else [TargetRef(kind=self.kind, namespace="", name=name)]
 
     async def patch(
         self, state: TargetState, *, values: Mapping[str, Value], claims: Claims, decision: str, now: datetime
