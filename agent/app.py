@@ -21,6 +21,7 @@ from kubernetes_asyncio import client
 
 from agent.configfile import Config
 from agent.decisions import DecisionRecorder
+from agent.evacuation import Evacuator
 from agent.executor import Executor
 from agent.guard import Guard
 from agent.ledger import Ledger, make_ledger
@@ -32,7 +33,7 @@ from agent.sinks import Sink, build_sinks
 from agent.sinks.slack import Console
 from agent.sources import FollowsDecisions, SourceContext, build_sources, check_sources, retired_by, source_rules
 from agent.supervisor import Supervisor
-from agent.targets import build_targets, kinds_in_use
+from agent.targets import AUTO, build_targets, kinds_in_use
 from agent.worker import Intake, Worker
 
 log = structlog.get_logger("agent")
@@ -57,7 +58,10 @@ class Agent:
         settings = check_sources(config, origin="config")
         # The config's rules and those the sources bring (each schedule's), one list for the worker.
         self.all_rules = [*config.rules, *source_rules(settings)]
-        self.targets = build_targets(api, config.kubernetes, kinds_in_use(rule.target.kind for rule in self.all_rules))
+        kinds = [rule.target.kind for rule in self.all_rules]
+        # An evacuation pre-scales the workloads on its Node through whichever kind scales each one.
+        kinds += [AUTO for rule in self.all_rules if rule.action.type == "evacuate"]
+        self.targets = build_targets(api, config.kubernetes, kinds_in_use(kinds))
         self.sinks: list[Sink] = build_sinks(
             slack=config.slack, kubernetes=config.kubernetes, api=api, metrics=self.metrics, console=console
         )
@@ -85,7 +89,13 @@ class Agent:
         )
         self.sources = build_sources(settings, context=context)
         self.worker.decoders = {source.name: source.decode for source in self.sources}
-        self.worker.followers = {s.name: s.decided for s in self.sources if isinstance(s, FollowsDecisions)}
+        self.evacuator = Evacuator(
+            api=api, rules=self.rules, executor=self.executor, recorder=self.recorder, kubernetes=config.kubernetes
+        )
+        self.worker.followers = [
+            *(s.decided for s in self.sources if isinstance(s, FollowsDecisions)),
+            self.evacuator.decided,
+        ]
         self.reconciler = Reconciler(
             targets=self.targets,
             executor=self.executor,
@@ -193,6 +203,7 @@ class Agent:
         await self.supervisor.cancel(self._housekeeping)
         self._housekeeping = None
         await self.reconciler.stop()
+        await self.evacuator.stop()  # an evacuation cut short: its Node stays cordoned; the notice is in the ledger
         await self.worker.stop()  # unprocessed events stay in the ledger for the next start
         for kind in self.targets.values():
             await kind.stop()

@@ -92,6 +92,7 @@ class Executor:
             reason=plan.reason,
             dry_run=self.guard.dry_run,
             outcome=Outcome.NOOP,
+            follows=plan.follows,
         )
         action = ACTIONS[plan.action]
         holder = holder_of(plan.rule, plan.event)

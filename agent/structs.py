@@ -214,6 +214,7 @@ class Plan:
     target: TargetRef | None
     reason: str  # how the target was found, or why none was
     verdict: Outcome | None = None  # decided before execution (a failed lookup, a refused blast radius)
+    follows: str | None = None  # the decision this one is a step of (an evacuation's pre-scale follows its cordon)
 
 
 @dataclass(frozen=True)

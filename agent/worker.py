@@ -207,7 +207,7 @@ class Worker:
     ) -> None:
         self.ledger = ledger
         self.decoders: Mapping[str, Decoder] = decoders or {}  # the sources' (set once they are built)
-        self.followers: Mapping[str, Follower] = {}  # likewise
+        self.followers: list[Follower] = []  # told what became of every event (the calendar, the evacuations)
         self.rules = rules
         self.executor = executor
         self.recorder = recorder
@@ -416,12 +416,11 @@ class Worker:
         latency = (utcnow() - event.received_at).total_seconds()
         for decision in decisions:
             self.metrics.action_latency.labels(action=decision.action).observe(latency)
-        follower = self.followers.get(event.source)
-        if follower is not None:
+        for follower in self.followers:
             try:
                 follower(event, decisions)
-            except Exception:  # the source's own follow-up; the event is decided and recorded all the same
-                log.exception("a source could not take its follow-up", source=event.source, entry=entry.id)
+            except Exception:  # a follow-up of its own; the event is decided and recorded all the same
+                log.exception("a follow-up could not be started", source=event.source, entry=entry.id)
         # The mark goes to the marker; the lane takes its next event meanwhile (see _mark_loop).
         self._marks.put_nowait(entry.id)
         return decisions

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("agent.demo",),
     ("agent.app",),
     ("agent.sources", "agent.server"),
-    ("agent.worker",),
+    ("agent.worker", "agent.evacuation"),
     ("agent.reconciler",),
     ("agent.rules", "agent.executor"),
     ("agent.guard", "agent.decisions", "agent.configfile"),

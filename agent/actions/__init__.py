@@ -13,6 +13,7 @@ from pydantic import Field
 
 from agent.actions.base import Action, Hold, Intent, Release, Skip, holder_of
 from agent.actions.cordon import Cordon, CordonSpec
+from agent.actions.evacuate import Evacuate, EvacuateSpec
 from agent.actions.notify import Notify, NotifySpec
 from agent.actions.pause import Pause, PauseSpec
 from agent.actions.resume import Resume, ResumeSpec
@@ -20,11 +21,29 @@ from agent.actions.set_max import RaiseMax, RaiseMaxSpec, SetMax, SetMaxSpec
 from agent.actions.set_min import SetMin, SetMinSpec
 from agent.actions.window import WindowAction, WindowSpec
 
-_ALL: tuple[Action, ...] = (Pause(), Resume(), SetMin(), SetMax(), RaiseMax(), Cordon(), Notify(), WindowAction())
+_ALL: tuple[Action, ...] = (
+    Pause(),
+    Resume(),
+    SetMin(),
+    SetMax(),
+    RaiseMax(),
+    Cordon(),
+    Notify(),
+    WindowAction(),
+    Evacuate(),
+)
 ACTIONS: dict[str, Action] = {action.name: action for action in _ALL}
 
 ActionSpec = Annotated[
-    PauseSpec | ResumeSpec | SetMinSpec | SetMaxSpec | RaiseMaxSpec | CordonSpec | NotifySpec | WindowSpec,
+    PauseSpec
+    | ResumeSpec
+    | SetMinSpec
+    | SetMaxSpec
+    | RaiseMaxSpec
+    | CordonSpec
+    | NotifySpec
+    | WindowSpec
+    | EvacuateSpec,
     Field(discriminator="type"),
 ]
 

@@ -88,6 +88,8 @@ def holder_of(rule: str, event: Event) -> str:
     """
     if event.kind == EventKind.SCHEDULE:
         return f"schedule:{event.alertname}"
+    if event.kind == EventKind.NOTICE:
+        return f"notice:{event.fingerprint.removeprefix('notice:')}"
     return f"rule:{rule}:{event.fingerprint}"
 
 

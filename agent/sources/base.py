@@ -84,7 +84,8 @@ class Source(Protocol):
 
 @runtime_checkable
 class FollowsDecisions(Protocol):
-    """A source that wants to hear what became of its events (the calendar follows a window's pods up)."""
+    """A source that wants to hear what became of events (the calendar follows a window's pods up); it is told
+    about every event, and picks its own."""
 
     name: ClassVar[str]
 

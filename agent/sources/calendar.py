@@ -433,7 +433,7 @@ class CalendarSource:
 
     def decided(self, event: Event, decisions: Sequence[Decision]) -> None:
         """The worker's call: for each floor a window's opening applied, follow its pods up (in its own task)."""
-        if event.status != "firing":
+        if event.status != "firing" or event.source != SOURCE:
             return
         schedule = next((s for s in self.settings.schedules if s.name == event.alertname), None)
         if schedule is None:

@@ -1,0 +1,137 @@
+"""
+A preemption notice, end to end against the emulated API: the Node cordoned and tainted at once, its workloads
+pre-scaled elsewhere, then drained through the Eviction API before the deadline, around PodDisruptionBudgets;
+every step a decision that follows the cordon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from kubernetes_asyncio import client
+
+from agent.app import Agent
+from agent.devcluster import DevCluster
+from agent.structs import Decision, Outcome
+from agent.targets.node import TAINT_KEY
+from tests.conftest import NS, StartAgent, build_config, scaledobject, settle
+from tests.test_events import send
+from tests.test_notices import AWS_REBALANCE
+
+NODE = "spot-node-1"
+PROVIDER_ID = "aws:///us-east-1a/i-0b1c2d3e4f5a6b7c8"
+EVACUATE = {
+    "name": "evacuate-on-preemption",
+    "kind": "notice",
+    "matchers": ['kind=~"preemption|rebalance"'],  # the notice's kind: a preemption, or a rebalance hint
+    "action": {"type": "evacuate", "params": {"prescale_for": "10m"}},
+    "target": {"kind": "Node"},
+}
+
+
+def pod(name: str, *, namespace: str = NS, owner: tuple[str, str] | None = None, app: str = "x") -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {"app": app}}
+    if owner is not None:
+        kind, owner_name = owner
+        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": kind, "name": owner_name, "controller": True}]
+        if kind == "ReplicaSet":
+            meta["labels"]["pod-template-hash"] = owner_name.rsplit("-", 1)[1]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"nodeName": NODE},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def spot_node(cluster: DevCluster) -> None:
+    cluster.add({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}, "spec": {"providerID": PROVIDER_ID}})
+    # Two pods of mcp-filesystem-server (its ScaledObject mcp-filesystem-scaler: min 0; the Deployment runs 3).
+    for i in range(2):
+        cluster.add(pod(f"fs-{i}", owner=("ReplicaSet", "mcp-filesystem-server-7d9f8"), app="mcp-filesystem-server"))
+    # One of mcp-critical-server, which a budget keeps: it may not lose its only Ready pod.
+    cluster.add(pod("critical-0", owner=("ReplicaSet", "mcp-critical-server-5c6b7"), app="mcp-critical-server"))
+    cluster.add(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": "critical-pdb", "namespace": NS},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "mcp-critical-server"}}},
+        }
+    )
+    cluster.add(pod("node-exporter-abc", owner=("DaemonSet", "node-exporter"), app="node-exporter"))  # stays
+    cluster.add(pod("scratch", namespace="default"))  # not a namespace the agent touches: evicted, not pre-scaled
+
+
+async def drained(agent: Agent) -> Decision:
+    async with asyncio.timeout(20):
+        while True:
+            found = [d for d in await agent.ledger.decisions() if d.action == "drain"]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.05)
+
+
+async def test_a_notice_cordons_prescales_and_drains_its_node_around_a_budget_before_the_deadline(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], api: client.ApiClient
+) -> None:
+    spot_node(cluster)
+    config = build_config(base_config, sources={"events": {"enabled": True}}, rules=[EVACUATE])
+    agent = await start_agent(config)
+    notice = {"type": "preemption", "id": "spot-1", "providerID": PROVIDER_ID, "in": "3s", "reason": "spot"}
+    assert (await send(agent, notice))[0] == 200
+    drain = await drained(agent)
+    await settle(agent)
+
+    decisions = await agent.ledger.decisions()
+    [cordon] = [d for d in decisions if d.action == "evacuate"]
+    assert cordon.outcome == Outcome.APPLIED and str(cordon.target) == f"Node/{NODE}"
+    assert "preemption notice: cordon and taint, pre-scale elsewhere, drain before" in cordon.reason
+    node = cluster.get("nodes", None, NODE)
+    assert node["spec"]["unschedulable"] is True and any(t["key"] == TAINT_KEY for t in node["spec"]["taints"])
+
+    # Pre-scaled before anything was evicted: each workload's floor is its replicas plus its pods on the Node.
+    prescaled = {str(d.target): d for d in decisions if d.action == "set_min"}
+    assert prescaled[f"ScaledObject/{NS}/mcp-filesystem-scaler"].outcome == Outcome.APPLIED
+    assert scaledobject(cluster, "mcp-filesystem-scaler")["spec"]["minReplicaCount"] == 3 + 2
+    assert scaledobject(cluster, "mcp-warm-standby")["spec"]["minReplicaCount"] == 3 + 1
+    assert all(d.follows == cordon.id for d in prescaled.values())
+    assert max(d.at for d in prescaled.values()) <= drain.at
+
+    # Drained: all but the DaemonSet's pod and the one its budget holds, which the decision names.
+    core = client.CoreV1Api(api)
+    answer = await core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={NODE}", _preload_content=False)
+    on_node = json.loads(await answer.read())["items"]
+    left = sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in on_node)
+    assert left == [(NS, "critical-0"), (NS, "node-exporter-abc")]
+    assert drain.follows == cordon.id and drain.outcome == Outcome.FAILED
+    assert dict(drain.after) == {"evicted-pods": 3, "left-pods": 1}
+    assert f"{NS}/critical-0 (held by PodDisruptionBudget critical-pdb" in drain.reason
+
+
+async def test_a_redelivered_notice_evacuates_once_and_a_rebalance_hint_is_not_drained(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    spot_node(cluster)
+    config = build_config(base_config, sources={"events": {"enabled": True}}, rules=[EVACUATE])
+    agent = await start_agent(config)
+    assert (await send(agent, AWS_REBALANCE))[0] == 200
+    await settle(agent)
+    await asyncio.sleep(0.5)  # an evacuation task would have started by now
+    decisions = await agent.ledger.decisions()
+    [cordon] = [d for d in decisions if d.action == "evacuate"]
+    assert cordon.outcome == Outcome.APPLIED and cordon.reason.startswith("rebalance recommendation: cordon and taint")
+    assert [d.action for d in decisions if d.follows == cordon.id] == ["set_min", "set_min"]  # pre-scaled
+    assert not [d for d in decisions if d.action == "drain"]  # and not drained
+
+    notice = {"type": "preemption", "id": "spot-2", "providerID": PROVIDER_ID, "in": "1s", "reason": "spot"}
+    for _ in range(2):  # delivered twice
+        assert (await send(agent, notice))[0] == 200
+        await settle(agent)
+    await drained(agent)
+    await asyncio.sleep(0.5)
+    drains = [d for d in await agent.ledger.decisions() if d.action == "drain"]
+    assert len(drains) == 1
