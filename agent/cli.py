@@ -115,6 +115,8 @@ async def _decisions(args: argparse.Namespace, ledger_config: LedgerConfig) -> i
     try:
         await ledger.open()
         decisions = await ledger.decisions(since=since, target=target, limit=args.limit)
+        if args.follows:  # one whole: the decision and every step that follows it (an evacuation, a window)
+            decisions = [d for d in decisions if args.follows in (d.id, d.follows)]
     except LedgerUnavailable as exc:
         print(f"decisions: {exc}", file=sys.stderr)
         return 1
@@ -323,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", default="ScaledObject", help="kind for --target: ScaledObject (default), HorizontalPodAutoscaler, …"
     )
     decisions.add_argument("--limit", type=_positive, default=1000, help="the newest N decisions (default 1000)")
+    decisions.add_argument(
+        "--follows", metavar="ID", help="only decision ID and the steps that follow it (an evacuation, a window)"
+    )
     decisions.add_argument("--json", action="store_true", help="one JSON object per line")
     decisions.set_defaults(func=cmd_decisions)
 

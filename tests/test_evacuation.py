@@ -135,3 +135,22 @@ async def test_a_redelivered_notice_evacuates_once_and_a_rebalance_hint_is_not_d
     await asyncio.sleep(0.5)
     drains = [d for d in await agent.ledger.decisions() if d.action == "drain"]
     assert len(drains) == 1
+
+
+async def test_the_decisions_command_shows_one_evacuation_whole(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], capsys: Any
+) -> None:
+    from agent.cli import main
+
+    spot_node(cluster)
+    config = build_config(base_config, sources={"events": {"enabled": True}}, rules=[EVACUATE])
+    agent = await start_agent(config)
+    notice = {"type": "preemption", "id": "spot-3", "providerID": PROVIDER_ID, "in": "1s", "reason": "spot"}
+    assert (await send(agent, notice))[0] == 200
+    await drained(agent)
+    [cordon] = [d for d in await agent.ledger.decisions() if d.action == "evacuate"]
+    capsys.readouterr()
+    argv = ["decisions", "--ledger", config.ledger.url, "--follows", cordon.id]
+    assert await asyncio.to_thread(main, argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[3] for line in lines] == ["evacuate", "set_min", "set_min", "drain"]
