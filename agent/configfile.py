@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from agent.actions import ActionSpec
 from agent.config import (
@@ -235,6 +235,9 @@ def check_secrets(config: Config, *, source: str) -> None:
     if config.slack is not None:
         refs.append(("slack.token", config.slack.token))
         refs.append(("slack.webhook_url", config.slack.webhook_url))
+    for name, section in config.sources.items():  # each source's own (checked by then: its settings model)
+        if isinstance(section, BaseModel):
+            refs.extend((f"sources.{name}.{key}", value) for key, value in section if isinstance(value, SecretRef))
     for path, ref in refs:
         if ref is None:
             continue

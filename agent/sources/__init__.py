@@ -2,9 +2,9 @@
 Sources: where events come from. One module per source (:class:`~agent.sources.base.Source`), one line in
 :data:`SOURCES`.
 
-Today: the Alertmanager webhook, the calendar, and the events webhook (preemption notices, scale intents). An AMQP
-or a Redis-stream consumer is one new module here plus one entry in :data:`SOURCES`; app.py builds whatever the
-registry and the config's ``sources`` section say.
+Today: the Alertmanager webhook, the calendar, the events webhook and the Redis-stream consumer (preemption notices,
+scale intents). A new one (an AMQP consumer) is one new module here plus one entry in :data:`SOURCES`; app.py
+builds whatever the registry and the config's ``sources`` section say.
 """
 
 from __future__ import annotations
@@ -20,11 +20,13 @@ from agent.sources.alertmanager import AlertmanagerSource
 from agent.sources.base import FollowsDecisions, Source, SourceContext, SourceSettings
 from agent.sources.calendar import CalendarSource
 from agent.sources.events import EventsSource
+from agent.sources.redis_stream import RedisStreamSource
 
 SOURCES: dict[str, type[Source]] = {
     AlertmanagerSource.name: AlertmanagerSource,
     CalendarSource.name: CalendarSource,
     EventsSource.name: EventsSource,
+    RedisStreamSource.name: RedisStreamSource,
 }
 
 
