@@ -150,7 +150,7 @@ def test_a_source_section_is_checked_by_the_source_with_field_paths(
         **base_config,
         "sources": {
             "echo": {"enabled": True, "floor_from": 3, "extra": 1},
-            "amqp": {},
+            "kafka": {},
             "alertmanager": {"enabled": "?"},
         },
     }
@@ -159,7 +159,7 @@ def test_a_source_section_is_checked_by_the_source_with_field_paths(
     assert main(["check-config", str(path)]) == 1
     errors = capsys.readouterr().err
     assert f"{path}: invalid config (4 problems)" in errors
-    assert "sources.amqp: unknown source; known: alertmanager, calendar, echo" in errors
+    assert "sources.kafka: unknown source; known: alertmanager, amqp, calendar, echo, events, redis_stream" in errors
     assert "sources.alertmanager.enabled: Input should be a valid boolean" in errors
     assert "sources.echo.floor_from: Input should be a valid string" in errors
     assert "sources.echo.extra: is not a known field" in errors

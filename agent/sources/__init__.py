@@ -2,9 +2,9 @@
 Sources: where events come from. One module per source (:class:`~agent.sources.base.Source`), one line in
 :data:`SOURCES`.
 
-Today: the Alertmanager webhook, the calendar, the events webhook and the Redis-stream consumer (preemption notices,
-scale intents). A new one (an AMQP consumer) is one new module here plus one entry in :data:`SOURCES`; app.py
-builds whatever the registry and the config's ``sources`` section say.
+Today: the Alertmanager webhook, the calendar, and three ways in for preemption notices and scale intents: the
+events webhook, a Redis-stream consumer and an AMQP consumer. A new source is one new module here plus one entry
+in :data:`SOURCES`; app.py builds whatever the registry and the config's ``sources`` section say.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from agent.config import ConfigError, format_errors
 from agent.configfile import Config, RuleConfig
 from agent.sources.alertmanager import AlertmanagerSource
+from agent.sources.amqp import AmqpSource
 from agent.sources.base import FollowsDecisions, Source, SourceContext, SourceSettings
 from agent.sources.calendar import CalendarSource
 from agent.sources.events import EventsSource
@@ -27,6 +28,7 @@ SOURCES: dict[str, type[Source]] = {
     CalendarSource.name: CalendarSource,
     EventsSource.name: EventsSource,
     RedisStreamSource.name: RedisStreamSource,
+    AmqpSource.name: AmqpSource,
 }
 
 
