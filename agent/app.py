@@ -90,7 +90,12 @@ class Agent:
         self.sources = build_sources(settings, context=context)
         self.worker.decoders = {source.name: source.decode for source in self.sources}
         self.evacuator = Evacuator(
-            api=api, rules=self.rules, executor=self.executor, recorder=self.recorder, kubernetes=config.kubernetes
+            api=api,
+            rules=self.rules,
+            executor=self.executor,
+            recorder=self.recorder,
+            kubernetes=config.kubernetes,
+            guard=config.guard,
         )
         self.worker.followers = [
             *(s.decided for s in self.sources if isinstance(s, FollowsDecisions)),

@@ -186,6 +186,10 @@ class GuardConfig(Model):
     max_targets_per_event: int = Field(default=5, ge=1)
     # A schedule over a selector plans its edges: twenty objects is normal there, not an alert gone wide.
     max_targets_per_schedule: int = Field(default=200, ge=1)
+    # Evacuations (preemption notices): Nodes draining at once, and a workload's pods evicted at once (a share of
+    # its replicas, at least one). A Node past the first is still cordoned and pre-scaled; only its evictions wait.
+    max_nodes_draining: int = Field(default=2, ge=1)
+    max_evicting_percent: int = Field(default=25, ge=1, le=100)
 
     @field_validator("cooldown")
     @classmethod

@@ -24,6 +24,7 @@ says ``drain_rebalance``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -38,7 +39,7 @@ from kubernetes_asyncio import client
 
 from agent.actions.evacuate import EvacuateSpec
 from agent.actions.set_min import SetMinParams, SetMinSpec
-from agent.config import KubernetesConfig
+from agent.config import GuardConfig, KubernetesConfig
 from agent.decisions import DecisionRecorder
 from agent.errors import KubernetesError, call, call_json
 from agent.executor import Executor
@@ -79,8 +80,12 @@ class Evacuator:
         executor: Executor,
         recorder: DecisionRecorder,
         kubernetes: KubernetesConfig,
+        guard: GuardConfig | None = None,
     ) -> None:
         self.api = api
+        self.guard = guard or GuardConfig()
+        self._draining: set[str] = set()  # Nodes whose evictions are under way (guard.max_nodes_draining)
+        self._slot_freed = asyncio.Event()
         self.rules = rules
         self.executor = executor
         self.recorder = recorder
@@ -129,9 +134,65 @@ class Evacuator:
         decisions = await self._prescale(event, cordon, pods, spec)
         if event.alertname == "rebalance" and not spec.params.drain_rebalance:
             return decisions
-        results = await self._drain(pods, deadline=deadline, parallel=spec.params.parallel)
+        if not await self._drain_slot(cordon, deadline=deadline, decisions=decisions):
+            reason = (
+                f"drained nothing on Node {node}: the deadline {deadline:%H:%M:%S}Z came while "
+                f"{len(self._draining)} other Node(s) were draining (guard.max_nodes_draining "
+                f"{self.guard.max_nodes_draining})"
+            )
+            left = sum(1 for pod in pods if not pod.daemon)
+            decisions.append(
+                await self._record(cordon, (Outcome.FAILED, reason, {"evicted-pods": 0, "left-pods": left}))
+            )
+            return decisions
+        try:
+            replicas = await self._replicas_of(pods)
+            results = await self._drain(pods, deadline=deadline, parallel=spec.params.parallel, replicas=replicas)
+        finally:
+            self._draining.discard(node)
+            self._slot_freed.set()
         decisions.append(await self._record(cordon, _outcome(node, results, deadline)))
         return decisions
+
+    async def _drain_slot(self, cordon: Decision, *, deadline: datetime, decisions: list[Decision]) -> bool:
+        """
+        Take one of ``guard.max_nodes_draining`` slots, waiting (until the deadline) while they are all taken; the
+        wait is a decision. False when the deadline came first.
+        """
+        assert cordon.target is not None
+        node = cordon.target.name
+        said = False
+        while len(self._draining) >= self.guard.max_nodes_draining:
+            if not said:
+                others = ", ".join(sorted(self._draining))
+                reason = (
+                    f"the evictions on Node {node} wait: {others} draining already "
+                    f"(guard.max_nodes_draining {self.guard.max_nodes_draining}); cordoned and pre-scaled meanwhile"
+                )
+                decisions.append(await self._record(cordon, (Outcome.NOOP, reason, {}), action="drain-waits"))
+                said = True
+            left = (deadline - utcnow()).total_seconds()
+            if left <= 0:
+                return False
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), left)
+        self._draining.add(node)
+        return True
+
+    async def _replicas_of(self, pods: list[PodOnNode]) -> dict[tuple[str, str, str], int]:
+        """Each workload's replicas, for ``guard.max_evicting_percent`` (a workload that cannot be read: unknown)."""
+        found: dict[tuple[str, str, str], int] = {}
+        for pod in pods:
+            if pod.workload is None or pod.daemon:
+                continue
+            key = (pod.namespace, *pod.workload)
+            if key not in found:
+                try:
+                    found[key] = await self._replicas(pod.namespace, *pod.workload)
+                except KubernetesError:
+                    found[key] = 0
+        return found
 
     def _spec(self, cordon: Decision) -> EvacuateSpec:
         for rule in self.rules._rules:
@@ -193,11 +254,25 @@ class Evacuator:
 
     # --- 2. drain ----------------------------------------------------------------------------------------------
 
-    async def _drain(self, pods: list[PodOnNode], *, deadline: datetime, parallel: int) -> list[Evicted]:
+    async def _drain(
+        self,
+        pods: list[PodOnNode],
+        *,
+        deadline: datetime,
+        parallel: int,
+        replicas: Mapping[tuple[str, str, str], int],
+    ) -> list[Evicted]:
         slots = asyncio.Semaphore(parallel)
+        # A workload's pods evicted at once: guard.max_evicting_percent of its replicas (at least one).
+        share = self.guard.max_evicting_percent
+        per_workload = {
+            key: asyncio.Semaphore(max(1, count * share // 100)) for key, count in replicas.items() if count > 0
+        }
 
         async def one(pod: PodOnNode) -> Evicted:
-            async with slots:
+            key = None if pod.workload is None else (pod.namespace, *pod.workload)
+            bound = per_workload.get(key) if key is not None else None
+            async with bound or contextlib.nullcontext(), slots:
                 return await self._evict(pod, deadline=deadline)
 
         return list(await asyncio.gather(*(one(pod) for pod in pods if not pod.daemon)))
@@ -245,13 +320,15 @@ class Evacuator:
         finally:
             response.release()
 
-    async def _record(self, cordon: Decision, outcome: tuple[Outcome, str, dict[str, Any]]) -> Decision:
+    async def _record(
+        self, cordon: Decision, outcome: tuple[Outcome, str, dict[str, Any]], *, action: str = "drain"
+    ) -> Decision:
         result, reason, after = outcome
         decision = replace(
             cordon,
             id=new_id(),
             at=utcnow(),
-            action="drain",
+            action=action,
             before={},
             after=after,
             reason=reason,

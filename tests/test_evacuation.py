@@ -154,3 +154,36 @@ async def test_the_decisions_command_shows_one_evacuation_whole(
     assert await asyncio.to_thread(main, argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[3] for line in lines] == ["evacuate", "set_min", "set_min", "drain"]
+
+
+async def test_past_the_limit_of_nodes_draining_a_node_is_cordoned_and_prescaled_and_its_evictions_wait(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], api: client.ApiClient
+) -> None:
+    spot_node(cluster)  # spot-node-1: its critical pod is held by a budget until the notice's deadline
+    cluster.add({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "spot-node-2"}, "spec": {}})
+    second = pod("fs-9", owner=("ReplicaSet", "mcp-filesystem-server-7d9f8"), app="mcp-filesystem-server")
+    second["spec"]["nodeName"] = "spot-node-2"
+    cluster.add(second)
+    config = build_config(
+        base_config, sources={"events": {"enabled": True}}, rules=[EVACUATE], guard={"max_nodes_draining": 1}
+    )
+    agent = await start_agent(config)
+    first = {"type": "preemption", "id": "a", "node": NODE, "in": "2s", "reason": "spot"}
+    then = {"type": "preemption", "id": "b", "node": "spot-node-2", "in": "6s", "reason": "spot"}
+    for notice in (first, then):
+        assert (await send(agent, notice))[0] == 200
+    async with asyncio.timeout(20):
+        while len([d for d in await agent.ledger.decisions() if d.action == "drain"]) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    decisions = await agent.ledger.decisions()
+    cordons = {str(d.target): d for d in decisions if d.action == "evacuate"}
+    assert all(d.outcome == Outcome.APPLIED for d in cordons.values()) and len(cordons) == 2  # both cordoned at once
+    [waits] = [d for d in decisions if d.action == "drain-waits"]
+    assert waits.follows == cordons["Node/spot-node-2"].id
+    assert f"the evictions on Node spot-node-2 wait: {NODE} draining already (guard.max_nodes_draining 1)" in (
+        waits.reason
+    )
+    drains = {str(d.target): d for d in decisions if d.action == "drain"}
+    assert drains[f"Node/{NODE}"].outcome == Outcome.FAILED  # the budget held its pod to the deadline
+    assert drains["Node/spot-node-2"].outcome == Outcome.APPLIED  # drained once the first had finished
+    assert drains["Node/spot-node-2"].at >= drains[f"Node/{NODE}"].at
