@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+from datetime import timedelta
 
 import structlog
 from aiohttp import web
@@ -32,12 +33,14 @@ from agent.server import build_app
 from agent.sinks import Sink, build_sinks
 from agent.sinks.slack import Console
 from agent.sources import FollowsDecisions, SourceContext, build_sources, check_sources, retired_by, source_rules
+from agent.structs import utcnow
 from agent.supervisor import Supervisor
 from agent.targets import AUTO, build_targets, kinds_in_use
 from agent.worker import Intake, Worker
 
 log = structlog.get_logger("agent")
 CACHE_WAIT_SECONDS = 60.0
+RESUME_WITHIN = timedelta(minutes=30)  # an evacuation older than this is past any notice's deadline
 
 
 class Agent:
@@ -135,6 +138,7 @@ class Agent:
             log.warning("first reconcile pass failed", error=str(exc))
         self.reconciler.start(self.supervisor)
         await self.worker.resume_pending()
+        await self._resume_evacuations()
         self._housekeeping = self.supervisor.spawn("ledger-housekeeping", self._prune_inbox_hourly)
         for source in self.sources:
             source.start(self.supervisor)
@@ -166,6 +170,17 @@ class Agent:
             rules=len(self.config.rules),
             namespaces=self.config.kubernetes.namespaces,
         )
+
+    async def _resume_evacuations(self) -> None:
+        """Evacuations a stop cut short (their cordons recorded, their drains not): on with them, if still in time."""
+        try:
+            recent = await self.ledger.decisions(since=utcnow() - RESUME_WITHIN)
+            resumed = await self.evacuator.resume(recent)
+        except Exception as exc:  # the start goes on: a Node left cordoned is safe, only not drained by us
+            log.warning("could not look for evacuations to resume", error=str(exc))
+            return
+        if resumed:
+            log.info("resumed evacuations a stop cut short", count=resumed)
 
     async def _caches_listed(self) -> None:
         """

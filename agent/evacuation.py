@@ -107,6 +107,40 @@ class Evacuator:
             self._running[node] = task
             task.add_done_callback(functools.partial(self._finished, node))
 
+    async def resume(self, decisions: Sequence[Decision]) -> int:
+        """
+        At start: go on with the evacuations a stop cut short. A cordon (``evacuate``, applied) whose drain was not
+        recorded and whose deadline has not passed is evacuated again from its step 2: its pre-scales are there
+        (the same claims again are no-ops), and the drain takes the pods still on the Node. Returns how many.
+        """
+        finished = {d.follows for d in decisions if d.action == "drain"}
+        now = utcnow()
+        resumed = 0
+        for cordon in decisions:
+            if cordon.action != "evacuate" or cordon.outcome != Outcome.APPLIED or cordon.id in finished:
+                continue
+            labels = cordon.trigger.labels
+            try:
+                deadline = datetime.fromisoformat(labels["deadline"]) if labels.get("deadline") else None
+            except ValueError:
+                continue
+            if deadline is None or deadline <= now or cordon.target is None:
+                continue
+            event = Event(
+                source=cordon.trigger.source,
+                key=cordon.trigger.event_key or "",
+                alertname=cordon.trigger.alertname,
+                status="firing",
+                fingerprint=cordon.trigger.fingerprint,
+                labels=labels,
+                kind=EventKind.NOTICE,
+                deadline=deadline,
+            )
+            log.info("resuming an evacuation a stop cut short", node=cordon.target.name, cordon=cordon.id)
+            self.decided(event, [cordon])
+            resumed += 1
+        return resumed
+
     def _finished(self, node: str, task: asyncio.Task[None]) -> None:
         self._running.pop(node, None)
 

@@ -187,3 +187,27 @@ async def test_past_the_limit_of_nodes_draining_a_node_is_cordoned_and_prescaled
     assert drains[f"Node/{NODE}"].outcome == Outcome.FAILED  # the budget held its pod to the deadline
     assert drains["Node/spot-node-2"].outcome == Outcome.APPLIED  # drained once the first had finished
     assert drains["Node/spot-node-2"].at >= drains[f"Node/{NODE}"].at
+
+
+async def test_a_restart_mid_drain_resumes_without_a_second_cordon_or_a_lost_pod(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], api: client.ApiClient
+) -> None:
+    spot_node(cluster)
+    config = build_config(base_config, sources={"events": {"enabled": True}}, rules=[EVACUATE])
+    first = await start_agent(config)
+    notice = {"type": "preemption", "id": "spot-4", "node": NODE, "in": "8s", "reason": "spot"}
+    assert (await send(first, notice))[0] == 200
+    async with asyncio.timeout(10):  # cordoned and pre-scaled; the budget keeps the drain going
+        while len([d for d in await first.ledger.decisions() if d.action == "set_min"]) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    await first.stop()  # mid-drain: the critical pod still held by its budget
+    cluster.remove("poddisruptionbudgets", NS, "critical-pdb")  # meanwhile its budget goes
+
+    second = await start_agent(config)
+    drain = await drained(second)
+    decisions = await second.ledger.decisions()
+    assert [d.action for d in decisions].count("evacuate") == 1  # not cordoned twice
+    assert drain.outcome == Outcome.APPLIED and drain.follows == next(d.id for d in decisions if d.action == "evacuate")
+    core = client.CoreV1Api(api)
+    answer = await core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={NODE}", _preload_content=False)
+    assert [p["metadata"]["name"] for p in json.loads(await answer.read())["items"]] == ["node-exporter-abc"]

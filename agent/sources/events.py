@@ -48,6 +48,8 @@ def event_of(message: Message, *, received_at: datetime) -> Event:
     """One decoded message as the agent's event: a notice (with its deadline) or an intent."""
     if isinstance(message, Notice):
         labels = {"kind": message.kind, **machine_labels(message)}
+        if message.deadline is not None:  # on the decisions too (their trigger's labels): a restart resumes by it
+            labels["deadline"] = message.deadline.isoformat()
         if message.instance is not None:
             labels["instance"] = str(message.instance)  # for people: "EC2 instance i-… (us-east-1)"
         return Event(
