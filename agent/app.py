@@ -25,6 +25,7 @@ from agent.decisions import DecisionRecorder
 from agent.evacuation import Evacuator
 from agent.executor import Executor
 from agent.guard import Guard
+from agent.intents import IntentScheduler
 from agent.ledger import Ledger, make_ledger
 from agent.metrics import Metrics
 from agent.reconciler import Reconciler
@@ -41,6 +42,7 @@ from agent.worker import Intake, Worker
 log = structlog.get_logger("agent")
 CACHE_WAIT_SECONDS = 60.0
 RESUME_WITHIN = timedelta(minutes=30)  # an evacuation older than this is past any notice's deadline
+INTENTS_WITHIN = timedelta(days=7)  # a scale intent announced longer ago than this is not looked for
 
 
 class Agent:
@@ -100,9 +102,11 @@ class Agent:
             kubernetes=config.kubernetes,
             guard=config.guard,
         )
+        self.intents = IntentScheduler(intake=self.intake)
         self.worker.followers = [
             *(s.decided for s in self.sources if isinstance(s, FollowsDecisions)),
             self.evacuator.decided,
+            self.intents.decided,
         ]
         self.reconciler = Reconciler(
             targets=self.targets,
@@ -176,11 +180,13 @@ class Agent:
         try:
             recent = await self.ledger.decisions(since=utcnow() - RESUME_WITHIN)
             resumed = await self.evacuator.resume(recent)
+            scheduled = await self.ledger.decisions(since=utcnow() - INTENTS_WITHIN)
+            resumed += await self.intents.resume(scheduled)
         except Exception as exc:  # the start goes on: a Node left cordoned is safe, only not drained by us
             log.warning("could not look for evacuations to resume", error=str(exc))
             return
         if resumed:
-            log.info("resumed evacuations a stop cut short", count=resumed)
+            log.info("resumed evacuations and scheduled intents a stop cut short", count=resumed)
 
     async def _caches_listed(self) -> None:
         """
@@ -224,6 +230,7 @@ class Agent:
         self._housekeeping = None
         await self.reconciler.stop()
         await self.evacuator.stop()  # an evacuation cut short: its Node stays cordoned; the notice is in the ledger
+        await self.intents.stop()  # a scheduled intent's timer: set again at the next start
         await self.worker.stop()  # unprocessed events stay in the ledger for the next start
         for kind in self.targets.values():
             await kind.stop()

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("agent.cli",),
     ("agent.demo",),
     ("agent.app",),
-    ("agent.sources", "agent.server"),
+    ("agent.sources", "agent.server", "agent.intents"),
     ("agent.worker", "agent.evacuation"),
     ("agent.reconciler",),
     ("agent.rules", "agent.executor"),

@@ -14,6 +14,7 @@ from pydantic import Field
 from agent.actions.base import Action, Hold, Intent, Release, Skip, holder_of
 from agent.actions.cordon import Cordon, CordonSpec
 from agent.actions.evacuate import Evacuate, EvacuateSpec
+from agent.actions.intent import IntentAction, IntentSpec
 from agent.actions.notify import Notify, NotifySpec
 from agent.actions.pause import Pause, PauseSpec
 from agent.actions.resume import Resume, ResumeSpec
@@ -31,6 +32,7 @@ _ALL: tuple[Action, ...] = (
     Notify(),
     WindowAction(),
     Evacuate(),
+    IntentAction(),
 )
 ACTIONS: dict[str, Action] = {action.name: action for action in _ALL}
 
@@ -43,7 +45,8 @@ ActionSpec = Annotated[
     | CordonSpec
     | NotifySpec
     | WindowSpec
-    | EvacuateSpec,
+    | EvacuateSpec
+    | IntentSpec,
     Field(discriminator="type"),
 ]
 

@@ -90,6 +90,8 @@ def holder_of(rule: str, event: Event) -> str:
         return f"schedule:{event.alertname}"
     if event.kind == EventKind.NOTICE:
         return f"notice:{event.fingerprint.removeprefix('notice:')}"
+    if event.kind == EventKind.INTENT:
+        return f"intent:{event.fingerprint.removeprefix('intent:')}"
     return f"rule:{rule}:{event.fingerprint}"
 
 

@@ -67,6 +67,8 @@ def event_of(message: Message, *, received_at: datetime) -> Event:
         )
     assert isinstance(message, Intent)
     wanted: dict[str, str] = {"namespace": message.namespace, "target_kind": message.target_kind}
+    # The window on the decisions too (their trigger's labels): a restart sets a scheduled intent's timer by it.
+    wanted |= {"from": message.starts.isoformat(), "until": message.until.isoformat(), "floor": str(message.floor)}
     wanted[INTENT_KIND_LABELS.get(message.target_kind, "name")] = message.name
     return Event(
         source=SOURCE,
