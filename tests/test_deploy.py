@@ -44,6 +44,7 @@ from agent.sources import check_sources
 from agent.sources.calendar import CalendarSettings
 from agent.structs import Outcome
 from tests.conftest import NS, ROOT, TOKEN, StartAgent, build_config, free_port, post, settle
+from tests.test_events import send
 
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
@@ -53,6 +54,7 @@ COMPONENTS = DEPLOY / "components"
 WORKLOAD_KINDS = COMPONENTS / "workload-kinds"  # kind auto, HorizontalPodAutoscaler, Deployment, StatefulSet
 NODE_KIND = COMPONENTS / "node-kind"  # kind Node
 CALENDAR = COMPONENTS / "calendar"  # schedules' follow-ups (list pods) and warm-up (egress to the pods' port)
+EVACUATION = COMPONENTS / "evacuation"  # a notice's evacuation of its Node: list pods, evict them (cluster-wide)
 DASHBOARD = DEPLOY / "grafana" / "scaling-agent-dashboard.json"
 DOCKERFILE = ROOT / "Dockerfile"
 KUBERNETES_VERSION = "1.30"
@@ -767,11 +769,11 @@ KEDA_SCALED = "mcp-server"  # a Deployment of the examples, which the ScaledObje
 NODE = "spot-node-1"
 
 
-def workload_object(kind: str, name: str, replicas: int) -> dict[str, Any]:
+def workload_object(kind: str, name: str, replicas: int, namespace: str = NS) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": kind,
-        "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}},
         "status": {"replicas": replicas},
     }
@@ -1072,6 +1074,235 @@ def test_the_readme_documents_the_calendar_components_port() -> None:
     assert isinstance(calendar, CalendarSettings) and calendar.schedules[0].warmup is not None
 
 
+# --- evacuation: the evacuation component ---------------------------------------------------------------------
+
+EVACUATE_ON_NOTICE = {  # docs/sources/events.md, "Evacuating a Node"
+    "name": "evacuate-on-notice",
+    "kind": "notice",
+    "matchers": ['kind=~"preemption|rebalance"'],
+    "action": {"type": "evacuate"},
+    "target": {"kind": "Node"},
+}
+SCALED_BY_KEDA = "mcp-filesystem-server"  # an example Deployment (3 replicas), which mcp-filesystem-scaler scales
+ELSEWHERE = "default"  # a namespace outside the config's: its pods are evicted, their workloads read, not scaled
+# What the evacuation component grants, cluster-wide: the pods on a Node (whatever their namespace), their
+# eviction, and their workloads' replica counts (guard.max_evicting_percent).
+EVACUATION_GRANTS = {
+    (None, ("", "pods", "list")),
+    (None, ("", "pods/eviction", "create")),
+    (None, ("apps", "deployments", "get")),
+    (None, ("apps", "statefulsets", "get")),
+}
+
+
+def pod_on_node(name: str, *, namespace: str = NS, owner: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A Running, Ready pod on NODE, owned by ``owner`` (kind, name): a ReplicaSet's carries its pod-template-hash."""
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {"app": name.rsplit("-", 1)[0]}}
+    if owner is not None:
+        kind, owner_name = owner
+        meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": kind, "name": owner_name, "controller": True}]
+        if kind == "ReplicaSet":  # a Deployment's ReplicaSet: <deployment>-<pod-template-hash>
+            meta["labels"]["pod-template-hash"] = owner_name.rsplit("-", 1)[1]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"nodeName": NODE},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def pods_left(cluster: DevCluster) -> set[tuple[str | None, str]]:
+    return {
+        (namespace, name)
+        for (resource, namespace, name), obj in cluster.objects.items()
+        if resource.plural == "pods" and not obj.deleted
+    }
+
+
+def not_granted(objects: list[dict[str, Any]], calls: set[Access]) -> set[Access]:
+    grants = access(objects)
+    return {call for call in calls if not allows(grants, call)}
+
+
+def unused(grants: set[Access], calls: set[Access]) -> set[Access]:
+    """The grants no call used where they hold: a RoleBinding's in its namespace, a ClusterRoleBinding's anywhere."""
+    return {
+        (scope, grant)
+        for scope, grant in grants
+        if not any(made == grant and scope in (None, where) for where, made in calls)
+    }
+
+
+@pytest.mark.parametrize("every_kind", [False, True], ids=["scaledobject-pre-scales", "every-kind-of-pre-scale"])
+async def test_rbac_with_the_evacuation_grants_exactly_the_calls_of_an_evacuation(
+    cluster: DevCluster,
+    start_agent: StartAgent,
+    base_config: dict[str, Any],
+    tmp_path: Path,
+    every_kind: bool,
+) -> None:
+    # A preemption notice on the events webhook, and a rule that evacuates its Node: cordoned and tainted, the
+    # workloads of its pods pre-scaled (through a ScaledObject; in the second case also an HPA, a Deployment and a
+    # StatefulSet), its pods evicted. Then a reconcile pass and /readyz; every call recorded.
+    components = (WORKLOAD_KINDS, NODE_KIND, EVACUATION)
+    objects = with_components(base_objects(), *components)
+    config = in_cluster_config(tmp_path, rules=[EVACUATE_ON_NOTICE], sources={"events": {"enabled": True}})
+    assert config.kubernetes.post_events and TOKEN and base_config
+
+    cluster.add({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}, "spec": {}})
+    on_node = [
+        pod_on_node(f"{SCALED_BY_KEDA}-a", owner=("ReplicaSet", f"{SCALED_BY_KEDA}-7d9f8")),
+        pod_on_node(f"{SCALED_BY_KEDA}-b", owner=("ReplicaSet", f"{SCALED_BY_KEDA}-7d9f8")),
+        pod_on_node("node-exporter-x", owner=("DaemonSet", "node-exporter")),  # goes with the Node: not evicted
+        # Another namespace: evicted (the Node is going away); their Deployment's and StatefulSet's replicas are
+        # read (how many of their pods may be evicted at once), and they are not pre-scaled.
+        pod_on_node("web-z", namespace=ELSEWHERE, owner=("ReplicaSet", "web-5c6b7")),
+        pod_on_node("cache-0", namespace=ELSEWHERE, owner=("StatefulSet", "cache")),
+    ]
+    cluster.add(workload_object("Deployment", "web", 2, namespace=ELSEWHERE))
+    cluster.add(workload_object("StatefulSet", "cache", 1, namespace=ELSEWHERE))
+    # Each pre-scale's target, and the floor it wrote there: the workload's replicas plus its pods on the Node.
+    prescaled = {f"ScaledObject/{NS}/mcp-filesystem-scaler": {"min-replicas": 3 + 2}}
+    if every_kind:
+        cluster.add(workload_object("Deployment", HPA_SCALED, 4))
+        cluster.add(
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": "mcp-search", "namespace": NS},
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": HPA_SCALED},
+                    "minReplicas": 2,
+                    "maxReplicas": 10,
+                },
+                "status": {"currentReplicas": 4, "desiredReplicas": 4},
+            }
+        )
+        cluster.add(workload_object("Deployment", UNSCALED, 2))
+        cluster.add(workload_object("StatefulSet", STATEFUL, 3))
+        on_node += [
+            pod_on_node(f"{HPA_SCALED}-a", owner=("ReplicaSet", f"{HPA_SCALED}-6a7b8")),
+            pod_on_node(f"{UNSCALED}-a", owner=("ReplicaSet", f"{UNSCALED}-9c8d7")),
+            pod_on_node(f"{STATEFUL}-0", owner=("StatefulSet", STATEFUL)),
+        ]
+        prescaled |= {
+            f"HorizontalPodAutoscaler/{NS}/mcp-search": {"min-replicas": 4 + 1},
+            f"Deployment/{NS}/{UNSCALED}": {"replicas": 2 + 1},  # nothing autoscales them: their own count
+            f"StatefulSet/{NS}/{STATEFUL}": {"replicas": 3 + 1},
+        }
+    for pod in on_node:
+        cluster.add(pod)
+    # The first patch of the Node and of each kind with a cache of its own meets a 409: the cached copy is stale,
+    # so it is read again from the API (get). A Deployment's or StatefulSet's write reads the workload again
+    # after its `scale` step (get); the pre-scale reads each workload's replicas from the API (get).
+    for plural in ("nodes", "scaledobjects", *(["horizontalpodautoscalers"] if every_kind else [])):
+        cluster.fail(method="PATCH", plural=plural, status=409, times=1)
+
+    before = len(list(cluster))  # only the agent's calls count
+    agent = await start_agent(config)  # start-up runs a reconcile pass
+    notice = {"type": "preemption", "id": "spot-notice-1", "node": NODE, "in": "2s", "reason": "spot"}
+    status, answer = await send(agent, notice)
+    assert status == 200 and answer["events"] == 1, answer
+    async with asyncio.timeout(30):  # the evacuation's last step: its outcome, a `drain` decision
+        while True:
+            if [d for d in await agent.ledger.decisions() if d.action == "drain"]:
+                break
+            await asyncio.sleep(0.02)
+    await settle(agent)
+    await agent.reconciler.reconcile_once()
+    async with aiohttp.ClientSession() as session, session.get(f"{agent.url}/readyz") as response:
+        assert response.status == 200, await response.text()
+    await settle(agent)
+
+    decisions = await agent.ledger.decisions()
+    [cordon] = [d for d in decisions if d.action == "evacuate"]
+    assert cordon.outcome == Outcome.APPLIED and str(cordon.target) == f"Node/{NODE}", cordon.reason
+    following = [d for d in decisions if d.follows == cordon.id]
+    assert all(d.outcome == Outcome.APPLIED for d in following), [(d.action, d.outcome, d.reason) for d in following]
+    floors = {str(d.target): dict(d.after) for d in following if d.action == "set_min"}
+    assert floors == prescaled, "each workload on the Node pre-scaled once, through whichever kind scales it"
+    [drain] = [d for d in following if d.action == "drain"]
+    assert dict(drain.after) == {"evicted-pods": len(on_node) - 1, "left-pods": 0}, drain.reason
+    assert {(NS, "node-exporter-x")} == {
+        (pod["metadata"]["namespace"], pod["metadata"]["name"]) for pod in on_node
+    } & pods_left(cluster)
+
+    calls = used_where(list(cluster)[before:])
+    grants = access(objects)
+    assert not_granted(objects, calls) == set(), "calls no binding grants where made"
+    # Every grant used where it holds. With ScaledObject pre-scales only, workload-kinds' gets and patches are not:
+    # what a pre-scale through an HPA, a Deployment or a StatefulSet reads and writes.
+    kind_writes = {
+        (NS, grant)
+        for grant in granted(with_components(base_objects(), WORKLOAD_KINDS)) - granted(base_objects())
+        if grant[2] in ("get", "patch")
+    }
+    assert unused(grants, calls) == (set() if every_kind else kind_writes), "grants no call of the agent needs"
+
+    # Where the calls are made: the cluster-wide ones on Nodes and the list of the pods on the Node (across
+    # namespaces); in default, the Nodes' Events, the reads of the workloads there and the evictions of their
+    # pods; the rest in the config's. So each of the evacuation's grants is used outside the config's namespaces.
+    assert {namespace for namespace, _ in calls} == {NS, ELSEWHERE, None}
+    assert {grant for namespace, grant in calls if namespace is None} == {
+        *(("", "nodes", verb) for verb in ("get", "list", "watch", "patch")),
+        ("", "pods", "list"),
+    }
+    assert {grant for namespace, grant in calls if namespace == ELSEWHERE} == {
+        ("", "events", "create"),
+        ("", "pods/eviction", "create"),
+        ("apps", "deployments", "get"),
+        ("apps", "statefulsets", "get"),
+    }
+    assert {(NS, ("", "pods/eviction", "create")), (ELSEWHERE, ("", "pods/eviction", "create"))} <= calls
+    assert {binding["metadata"]["namespace"] for binding in objects if binding["kind"] == "RoleBinding"} == {
+        *config.kubernetes.namespaces,
+        ELSEWHERE,
+    }
+
+    # What each component adds, and that each is needed: the evacuation component exactly its cluster-wide grants,
+    # whose calls nothing else grants; node-kind the Nodes and their Events; workload-kinds the caches an evacuate
+    # rule builds of every kind that may scale a workload (agent/app.py), even when only ScaledObjects scale them.
+    without_evacuation = with_components(base_objects(), WORKLOAD_KINDS, NODE_KIND)
+    assert grants - access(without_evacuation) == EVACUATION_GRANTS
+    assert not_granted(without_evacuation, calls) == {
+        (None, ("", "pods", "list")),
+        (NS, ("", "pods/eviction", "create")),
+        *((ELSEWHERE, grant) for _, grant in EVACUATION_GRANTS if grant[1] != "pods"),
+    }
+    assert not_granted(with_components(base_objects(), WORKLOAD_KINDS, EVACUATION), calls) == {
+        *((None, ("", "nodes", verb)) for verb in ("get", "list", "watch", "patch")),
+        (ELSEWHERE, ("", "events", "create")),
+    }
+    caches = {
+        (NS, (group, plural, verb))
+        for group, plural in (("autoscaling", "horizontalpodautoscalers"), ("apps", "statefulsets"))
+        for verb in ("list", "watch")
+    }
+    missing = not_granted(with_components(base_objects(), NODE_KIND, EVACUATION), calls)
+    # (A StatefulSet's get is the evacuation component's too, cluster-wide.)
+    assert missing == (caches | (kind_writes - {(NS, ("apps", "statefulsets", "get"))}) if every_kind else caches)
+    # The components leave the base's bindings alone: the grants of the base are still exactly where they were.
+    assert {(NS, grant) for grant in granted(base_objects())} <= grants
+
+
+def test_the_evacuation_component_is_its_own_cluster_role_and_binding() -> None:
+    # One ClusterRole, bound cluster-wide to the agent's ServiceAccount by one ClusterRoleBinding, and nothing
+    # else: the base's ClusterRole and bindings, and those of the other components, stay as they are.
+    added = [obj for obj in with_components(base_objects(), EVACUATION) if obj not in base_objects()]
+    assert sorted((obj["kind"], obj["metadata"]["name"]) for obj in added) == [
+        ("ClusterRole", "scaling-agent-evacuation"),
+        ("ClusterRoleBinding", "scaling-agent-evacuation"),
+    ]
+    role = one(added, "ClusterRole")
+    assert role_grants(role) == {grant for _, grant in EVACUATION_GRANTS}
+    assert access(with_components(base_objects(), EVACUATION)) - access(base_objects()) == EVACUATION_GRANTS
+    for folder in (WORKLOAD_KINDS, NODE_KIND, CALENDAR):
+        assert [obj for obj in with_components(base_objects(), folder, EVACUATION) if obj not in added] == (
+            with_components(base_objects(), folder)
+        )
+
+
 @pytest.mark.parametrize(
     "components",
     [
@@ -1081,8 +1312,19 @@ def test_the_readme_documents_the_calendar_components_port() -> None:
         (CALENDAR,),
         (WORKLOAD_KINDS, CALENDAR),
         (WORKLOAD_KINDS, NODE_KIND, CALENDAR),
+        (WORKLOAD_KINDS, NODE_KIND, EVACUATION),
+        (WORKLOAD_KINDS, NODE_KIND, CALENDAR, EVACUATION),
     ],
-    ids=["workload-kinds", "node-kind", "both", "calendar", "workload-kinds+calendar", "all"],
+    ids=[
+        "workload-kinds",
+        "node-kind",
+        "both",
+        "calendar",
+        "workload-kinds+calendar",
+        "workload-kinds+node-kind+calendar",
+        "evacuation",
+        "all",
+    ],
 )
 def test_the_components_build_on_the_base_with_kustomize(tmp_path: Path, components: tuple[Path, ...]) -> None:
     # A copy of deploy/ (kustomize does not load a base from an absolute path) with a kustomization that adds
