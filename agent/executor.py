@@ -119,7 +119,9 @@ class Executor:
                     state, plan.spec, event=plan.event, holder=holder, now=now, limits=self.guard.limits
                 )
 
-            decision = await self._on_target(draft, plan.target, decide, holder=holder)
+            # An event with a deadline (a preemption notice) is never refused for the changes already in flight.
+            urgent = plan.event.deadline is not None
+            decision = await self._on_target(draft, plan.target, decide, holder=holder, urgent=urgent)
         await self.recorder.record(decision)
         return decision
 
@@ -157,7 +159,13 @@ class Executor:
         return decision
 
     async def _on_target(
-        self, draft: Decision, ref: TargetRef, decide: Callable[[TargetState], Intent], *, holder: str
+        self,
+        draft: Decision,
+        ref: TargetRef,
+        decide: Callable[[TargetState], Intent],
+        *,
+        holder: str,
+        urgent: bool = False,
     ) -> Decision:
         kind = self.targets[ref.kind]
         try:
@@ -168,7 +176,7 @@ class Executor:
             try:
                 for _ in range(CONFLICT_ATTEMPTS):
                     try:
-                        return await self._attempt(draft, kind, ref, decide, holder=holder)
+                        return await self._attempt(draft, kind, ref, decide, holder=holder, urgent=urgent)
                     except Conflict:
                         log.info("conflict on patch; reading again", target=str(ref))
                         kind.invalidate(ref.namespace, ref.name)  # the cached copy is stale: read the API
@@ -193,6 +201,7 @@ class Executor:
         decide: Callable[[TargetState], Intent],
         *,
         holder: str,
+        urgent: bool = False,
     ) -> Decision:
         now = draft.at
         state = await self._call("get", kind.get, ref.namespace, ref.name)
@@ -233,7 +242,7 @@ class Executor:
                 reason = "; ".join([*notes, _nothing_to_take(state, intent, fields)])
                 if notes:  # only letting go: still a step worth writing down
                     claims = claims.wrote({}, decision=draft.id)
-                    return await self._write(draft, kind, state, claims, reason=reason, values={})
+                    return await self._write(draft, kind, state, claims, reason=reason, values={}, urgent=urgent)
                 return _finish(draft, Outcome.NOOP, reason)
             reason = intent.reason
         else:
@@ -265,7 +274,8 @@ class Executor:
             held = ", ".join(f"{name} stays {state.values.get(name)}" for name in still)
             notes.append(f"{held}: other claims hold it there")
         claims = claims.wrote({name: r.value for name, r in resolved.items()}, decision=draft.id)
-        return await self._write(draft, kind, state, claims, reason="; ".join([reason, *notes]), values=values)
+        reason = "; ".join([reason, *notes])
+        return await self._write(draft, kind, state, claims, reason=reason, values=values, urgent=urgent)
 
     async def _write(
         self,
@@ -276,13 +286,14 @@ class Executor:
         *,
         reason: str,
         values: Mapping[str, Value],
+        urgent: bool = False,
     ) -> Decision:
         before = {name: state.values.get(name) for name in values}
         after = dict(values)
         if self.guard.dry_run:
             return _finish(draft, Outcome.DRY_RUN, f"would: {reason}", before=before, after=after)
         try:
-            async with self.guard.slot():
+            async with self.guard.slot(urgent=urgent):
                 if draft.id not in self.recorder.in_flight:  # a re-plan after a 409 has its row already
                     try:
                         await self.recorder.begin(_finish(draft, Outcome.APPLYING, reason, before=before, after=after))

@@ -167,9 +167,13 @@ class Guard:
             )
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """One change in flight; refuses rather than queues, so a storm of alerts cannot pile up patches."""
-        if self._in_flight >= self.config.max_concurrent_changes:
+    async def slot(self, *, urgent: bool = False) -> AsyncIterator[None]:
+        """
+        One change in flight; refuses rather than queues, so a storm of alerts cannot pile up patches. A change
+        with a deadline (a preemption notice's cordon and pre-scales) is counted but never refused: the storm's
+        own changes must not keep a Node that is going away schedulable (bench/README.md, preemption).
+        """
+        if self._in_flight >= self.config.max_concurrent_changes and not urgent:
             raise Refused(f"{self._in_flight} changes already in flight (limit {self.config.max_concurrent_changes})")
         self._in_flight += 1
         try:

@@ -211,3 +211,34 @@ async def test_a_restart_mid_drain_resumes_without_a_second_cordon_or_a_lost_pod
     core = client.CoreV1Api(api)
     answer = await core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={NODE}", _preload_content=False)
     assert [p["metadata"]["name"] for p in json.loads(await answer.read())["items"]] == ["node-exporter-abc"]
+
+
+async def test_a_notice_is_never_refused_for_the_changes_a_storm_has_in_flight(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    from agent.demo.alerts import alert, payload
+    from tests.conftest import post
+
+    cluster.add({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}, "spec": {}})
+    pause = {
+        "name": "pause",
+        "alertname": "MCPFrequentScaling",
+        "action": {"type": "pause"},
+        "target": {"namespace": NS},
+    }
+    config = build_config(base_config, sources={"events": {"enabled": True}}, rules=[EVACUATE, pause])
+    agent = await start_agent(config)
+    notice = {"type": "preemption", "id": "spot-5", "node": NODE, "in": "2s", "reason": "spot"}
+    agent.guard._in_flight = agent.guard.config.max_concurrent_changes  # a storm's changes hold every slot
+    try:
+        await post(agent, payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-http-scaler"})))
+        assert (await send(agent, notice))[0] == 200
+        await settle(agent)
+        decisions = {d.action: d for d in await agent.ledger.decisions()}
+    finally:
+        agent.guard._in_flight = 0
+    # An alert's change is refused (it would only pile up behind the storm) ...
+    assert decisions["pause"].outcome == Outcome.REFUSED and "changes already in flight" in decisions["pause"].reason
+    # ... a notice's cordon is not: a Node that is going away must not stay schedulable.
+    assert decisions["evacuate"].outcome == Outcome.APPLIED
+    assert cluster.get("nodes", None, NODE)["spec"]["unschedulable"] is True
