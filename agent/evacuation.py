@@ -181,7 +181,9 @@ class Evacuator:
             return decisions
         try:
             replicas = await self._replicas_of(pods)
-            results = await self._drain(pods, deadline=deadline, parallel=spec.params.parallel, replicas=replicas)
+            results = await self._drain(
+                pods, cordon=cordon, deadline=deadline, parallel=spec.params.parallel, replicas=replicas
+            )
         finally:
             self._draining.discard(node)
             self._slot_freed.set()
@@ -292,6 +294,7 @@ class Evacuator:
         self,
         pods: list[PodOnNode],
         *,
+        cordon: Decision,
         deadline: datetime,
         parallel: int,
         replicas: Mapping[tuple[str, str, str], int],
@@ -307,7 +310,15 @@ class Evacuator:
             key = None if pod.workload is None else (pod.namespace, *pod.workload)
             bound = per_workload.get(key) if key is not None else None
             async with bound or contextlib.nullcontext(), slots:
-                return await self._evict(pod, deadline=deadline)
+                result = await self._evict(pod, deadline=deadline)
+            # Each eviction is a step of its own, with its time: when the pod went, or why it could not.
+            where = f"{pod.namespace}/{pod.name}"
+            if result.ok:
+                said = (Outcome.APPLIED, f"evicted pod {where} ({result.attempts} attempt(s))", {"pod": where})
+            else:
+                said = (Outcome.FAILED, f"pod {where} not evicted: {result.why}", {"pod": where})
+            await self._record(cordon, said, action="evict")
+            return result
 
         return list(await asyncio.gather(*(one(pod) for pod in pods if not pod.daemon)))
 

@@ -110,6 +110,15 @@ async def test_a_notice_cordons_prescales_and_drains_its_node_around_a_budget_be
     assert drain.follows == cordon.id and drain.outcome == Outcome.FAILED
     assert dict(drain.after) == {"evicted-pods": 3, "left-pods": 1}
     assert f"{NS}/critical-0 (held by PodDisruptionBudget critical-pdb" in drain.reason
+    # Each eviction is a step of its own, with its time.
+    evictions = sorted((d.outcome, d.after["pod"]) for d in decisions if d.action == "evict")
+    assert all(d.follows == cordon.id for d in decisions if d.action == "evict")
+    assert evictions == [
+        (Outcome.APPLIED, f"{NS}/fs-0"),
+        (Outcome.APPLIED, f"{NS}/fs-1"),
+        (Outcome.APPLIED, "default/scratch"),
+        (Outcome.FAILED, f"{NS}/critical-0"),
+    ]
 
 
 async def test_a_redelivered_notice_evacuates_once_and_a_rebalance_hint_is_not_drained(
@@ -153,7 +162,7 @@ async def test_the_decisions_command_shows_one_evacuation_whole(
     argv = ["decisions", "--ledger", config.ledger.url, "--follows", cordon.id]
     assert await asyncio.to_thread(main, argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[3] for line in lines] == ["evacuate", "set_min", "set_min", "drain"]
+    assert [line.split()[3] for line in lines] == ["evacuate", "set_min", "set_min", *["evict"] * 4, "drain"]
 
 
 async def test_past_the_limit_of_nodes_draining_a_node_is_cordoned_and_prescaled_and_its_evictions_wait(
