@@ -251,3 +251,38 @@ async def test_a_notice_is_never_refused_for_the_changes_a_storm_has_in_flight(
     # ... a notice's cordon is not: a Node that is going away must not stay schedulable.
     assert decisions["evacuate"].outcome == Outcome.APPLIED
     assert cluster.get("nodes", None, NODE)["spec"]["unschedulable"] is True
+
+
+async def test_a_workloads_pods_are_evicted_a_share_at_a_time(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], monkeypatch: Any
+) -> None:
+    from agent.evacuation import Evacuator
+
+    cluster.add({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}, "spec": {}})
+    for i in range(6):  # mcp-filesystem-server runs 3 replicas: 25 % of them is less than one, so one at a time
+        cluster.add(pod(f"fs-{i}", owner=("ReplicaSet", "mcp-filesystem-server-7d9f8"), app="mcp-filesystem-server"))
+    for i in range(4):  # mcp-queue-processor runs 50: 12 at a time, so these four go together
+        cluster.add(pod(f"queue-{i}", owner=("ReplicaSet", "mcp-queue-processor-5b4c3"), app="mcp-queue-processor"))
+    in_flight: dict[str, int] = {"fs": 0, "queue": 0}
+    most: dict[str, int] = {"fs": 0, "queue": 0}
+    real = Evacuator._post_eviction
+
+    async def slow_eviction(self: Evacuator, target: Any, body: dict[str, Any]) -> tuple[int, str]:
+        # The real call, held open a moment: how many of each workload's pods are in eviction at once?
+        which = target.name.split("-")[0]
+        in_flight[which] += 1
+        most[which] = max(most[which], in_flight[which])
+        try:
+            await asyncio.sleep(0.05)
+            return await real(self, target, body)
+        finally:
+            in_flight[which] -= 1
+
+    monkeypatch.setattr(Evacuator, "_post_eviction", slow_eviction)
+    config = build_config(base_config, sources={"events": {"enabled": True}}, rules=[EVACUATE])
+    agent = await start_agent(config)
+    notice = {"type": "preemption", "id": "spot-6", "node": NODE, "in": "20s", "reason": "spot"}
+    assert (await send(agent, notice))[0] == 200
+    drain = await drained(agent)
+    assert drain.outcome == Outcome.APPLIED and dict(drain.after) == {"evicted-pods": 10, "left-pods": 0}
+    assert most == {"fs": 1, "queue": 4}
