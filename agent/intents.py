@@ -51,6 +51,14 @@ class IntentScheduler:
         task.add_done_callback(lambda _: self._waiting.pop(event.key, None))
 
     async def _at_start(self, event: Event) -> None:
+        try:
+            await self._hand_again(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a timer must never take the agent down, nor fail unsaid
+            log.exception("a scheduled intent could not be handed again", intent=event.key)
+
+    async def _hand_again(self, event: Event) -> None:
         starts = datetime.fromisoformat(event.annotations["from"])
         until = datetime.fromisoformat(event.annotations["until"])
         await asyncio.sleep(max(0.0, (starts - utcnow()).total_seconds()))
