@@ -61,9 +61,9 @@ from agent.config import SecretRef
 from agent.durations import Duration, format_duration
 from agent.ledger import LedgerUnavailable
 from agent.notices import DecodeError, decode_any
-from agent.sources.base import SourceContext, SourceSettings
+from agent.sources.base import SourceContext, SourceSettings, dead_letter_decision
 from agent.sources.events import event_of
-from agent.structs import Decision, Delivery, Event, Outcome, Trigger, new_id, utcnow
+from agent.structs import Delivery, Event, utcnow
 from agent.supervisor import Supervisor
 
 log = structlog.get_logger("agent.sources.amqp")
@@ -374,27 +374,13 @@ class AmqpSource:
             dead_letter_exchange=s.dead_letter_exchange,
             body=message.body[:BODY_EXCERPT].decode(errors="replace"),
         )
-        decision = Decision(
-            id=new_id(),
-            at=utcnow(),
-            trigger=Trigger(
-                source=SOURCE,
-                alertname="",
-                status="undecodable",
-                fingerprint="",
-                labels={"queue": s.queue, "message_id": message_id, "routing_key": routing_key},
-            ),
-            rule=None,
-            action="dead-letter",
-            target=None,
-            before={},
-            after={},
+        decision = dead_letter_decision(
+            source=SOURCE,
+            labels={"queue": s.queue, "message_id": message_id, "routing_key": routing_key},
             reason=(
                 f"message {message_id} from queue {s.queue} (routing key {routing_key or '(none)'}) was dead-lettered "
                 f"to {s.dead_letter_exchange} (kept in {s.dead_letter_queue}): {why}"
             ),
-            dry_run=False,  # the dead letter is real in a dry run too: it is about the queue, not the cluster
-            outcome=Outcome.FAILED,
             error=why,
         )
         try:

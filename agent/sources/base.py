@@ -14,7 +14,7 @@ named by their field path and file like every other setting (:func:`agent.source
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agent.configfile import RuleConfig
 from agent.metrics import Metrics
-from agent.structs import Decision, Delivery, Event
+from agent.structs import Decision, Delivery, Event, Outcome, Trigger, new_id, utcnow
 
 if TYPE_CHECKING:
     from kubernetes_asyncio import client
@@ -92,3 +92,24 @@ class FollowsDecisions(Protocol):
     def decided(self, event: Event, decisions: Sequence[Decision]) -> None:
         """Called by the worker once an event's decisions are recorded; must not block (queue the work)."""
         ...
+
+
+def dead_letter_decision(*, source: str, labels: Mapping[str, str], reason: str, error: str) -> Decision:
+    """
+    The record of a message a source set aside (a dead letter): no rule, no target, ``failed``, with where it came
+    from in the trigger's labels. A dead letter is real in a dry run too: it is about the queue, not the cluster.
+    """
+    return Decision(
+        id=new_id(),
+        at=utcnow(),
+        trigger=Trigger(source=source, alertname="", status="undecodable", fingerprint="", labels=labels),
+        rule=None,
+        action="dead-letter",
+        target=None,
+        before={},
+        after={},
+        reason=reason,
+        dry_run=False,
+        outcome=Outcome.FAILED,
+        error=error,
+    )

@@ -64,9 +64,9 @@ from agent.config import ConfigError, SecretRef
 from agent.durations import Duration
 from agent.ledger import LedgerUnavailable
 from agent.notices import DecodeError, decode_any
-from agent.sources.base import SourceContext, SourceSettings
+from agent.sources.base import SourceContext, SourceSettings, dead_letter_decision
 from agent.sources.events import event_of
-from agent.structs import Decision, Delivery, Event, InboxEntry, Outcome, Trigger, new_id, utcnow
+from agent.structs import Delivery, Event, InboxEntry, utcnow
 from agent.supervisor import Supervisor
 
 log = structlog.get_logger("agent.sources.redis_stream")
@@ -359,24 +359,10 @@ class RedisStreamSource:
             reason=reason,
             **self.where,
         )
-        decision = Decision(
-            id=new_id(),
-            at=utcnow(),
-            trigger=Trigger(
-                source=SOURCE,
-                alertname="",
-                status="undecodable",
-                fingerprint="",
-                labels={"stream": settings.stream, "entry": entry},
-            ),
-            rule=None,
-            action="dead-letter",
-            target=None,
-            before={},
-            after={},
+        decision = dead_letter_decision(
+            source=SOURCE,
+            labels={"stream": settings.stream, "entry": entry},
             reason=f"stream {settings.stream} entry {entry} moved to {settings.dead_letter}: {reason}",
-            dry_run=False,  # nothing in the cluster was or would have been changed
-            outcome=Outcome.FAILED,
             error=f"DecodeError: {reason}",
         )
         # The ledger first, like every entry: a crash after it and before the ack dead-letters the entry again.
