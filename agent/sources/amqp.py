@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from datetime import timedelta
 from typing import ClassVar
 
@@ -316,7 +315,7 @@ class AmqpSource:
         except DecodeError as exc:
             await self._dead_letter(message, why=str(exc))
             return
-        events = [dataclasses.replace(event_of(one, received_at=received), source=SOURCE) for one in messages]
+        events = [event_of(one, received_at=received, source=SOURCE) for one in messages]
         if events:
             try:
                 entries = await self.intake.accept(events)

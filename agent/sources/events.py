@@ -44,8 +44,8 @@ class EventsSettings(SourceSettings):
     enabled: bool = False
 
 
-def event_of(message: Message, *, received_at: datetime) -> Event:
-    """One decoded message as the agent's event: a notice (with its deadline) or an intent."""
+def event_of(message: Message, *, received_at: datetime, source: str = SOURCE) -> Event:
+    """One decoded message as the agent's event: a notice (with its deadline) or an intent, from ``source``."""
     if isinstance(message, Notice):
         labels = {"kind": message.kind, **machine_labels(message)}
         if message.deadline is not None:  # on the decisions too (their trigger's labels): a restart resumes by it
@@ -53,7 +53,7 @@ def event_of(message: Message, *, received_at: datetime) -> Event:
         if message.instance is not None:
             labels["instance"] = str(message.instance)  # for people: "EC2 instance i-… (us-east-1)"
         return Event(
-            source=SOURCE,
+            source=source,
             key=f"notice|{message.cloud}|{message.id}",
             alertname=message.kind,  # "preemption" or "rebalance": what a rule names
             status="firing",
@@ -71,7 +71,7 @@ def event_of(message: Message, *, received_at: datetime) -> Event:
     wanted |= {"from": message.starts.isoformat(), "until": message.until.isoformat(), "floor": str(message.floor)}
     wanted[INTENT_KIND_LABELS.get(message.target_kind, "name")] = message.name
     return Event(
-        source=SOURCE,
+        source=source,
         key=f"intent|{message.id}",
         alertname="intent",
         status="firing",

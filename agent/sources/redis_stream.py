@@ -45,7 +45,6 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
@@ -339,9 +338,9 @@ class RedisStreamSource:
             raise Poison(f"no field {self.settings.field!r} in the entry (its fields: {names})")
         try:
             messages = decode_any(body, now=_sent(entry_id, received=received))
-            return [replace(event_of(message, received_at=received), source=SOURCE) for message in messages]
+            return [event_of(message, received_at=received, source=SOURCE) for message in messages]
         except DecodeError as exc:
-            raise Poison(_one_line(str(exc))) from None
+            raise Poison(str(exc)) from None  # a DecodeError is one line already
         except Exception as exc:  # a decoder's bug fails the same way every time: a dead letter, not a crash loop
             log.exception("a stream entry could not be decoded", entry=entry_id)
             raise Poison(_one_line(f"could not be decoded: {type(exc).__name__}: {exc}")) from None
