@@ -83,16 +83,13 @@ class Action(Protocol):
 
 def holder_of(rule: str, event: Event) -> str:
     """
-    Who holds a claim: for an alert, the rule and the alert, so the alert's resolve ends exactly that claim; for a
-    schedule, the schedule, whichever window and target.
+    Who holds a claim: for an alert, the rule and the alert, so the alert's resolve ends exactly that claim; for any
+    other event, what it is about, by its kind: ``schedule:<name>`` (whichever window and target), ``notice:<id>``,
+    ``intent:<id>`` (its fingerprint, which a source may already have prefixed with the kind).
     """
-    if event.kind == EventKind.SCHEDULE:
-        return f"schedule:{event.alertname}"
-    if event.kind == EventKind.NOTICE:
-        return f"notice:{event.fingerprint.removeprefix('notice:')}"
-    if event.kind == EventKind.INTENT:
-        return f"intent:{event.fingerprint.removeprefix('intent:')}"
-    return f"rule:{rule}:{event.fingerprint}"
+    if event.kind == EventKind.ALERT:
+        return f"rule:{rule}:{event.fingerprint}"
+    return f"{event.kind}:{event.fingerprint.removeprefix(f'{event.kind}:')}"
 
 
 def release_on_resolved(holder: str, *, event: Event) -> Release:
