@@ -231,10 +231,10 @@ class Evacuator:
         return found
 
     def _spec(self, cordon: Decision) -> EvacuateSpec:
-        for rule in self.rules._rules:
-            if rule.name == cordon.rule and isinstance(rule.action, EvacuateSpec):
-                return rule.action
-        return EvacuateSpec(type="evacuate")
+        rule = self.rules.named(cordon.rule)
+        return (
+            rule.action if rule is not None and isinstance(rule.action, EvacuateSpec) else EvacuateSpec(type="evacuate")
+        )
 
     async def _pods_on(self, node: str) -> list[PodOnNode]:
         found = await call_json(

@@ -57,6 +57,10 @@ class Rules:
         self._rules = list(rules)
         self._targets = targets
 
+    def named(self, name: str | None) -> RuleConfig | None:
+        """The rule of that name (a decision names the rule it came from), if there is one."""
+        return next((rule for rule in self._rules if rule.name == name), None)
+
     def matching(self, event: Event) -> list[RuleConfig]:
         return [rule for rule in self._rules if matches(rule, event)]
 
