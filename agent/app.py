@@ -41,8 +41,7 @@ from agent.worker import Intake, Worker
 
 log = structlog.get_logger("agent")
 CACHE_WAIT_SECONDS = 60.0
-RESUME_WITHIN = timedelta(minutes=30)  # an evacuation older than this is past any notice's deadline
-INTENTS_WITHIN = timedelta(days=7)  # a scale intent announced longer ago than this is not looked for
+RESUME_WITHIN = timedelta(days=7)  # a scale intent announced longer ago than this is not looked for at start
 
 
 class Agent:
@@ -176,12 +175,15 @@ class Agent:
         )
 
     async def _resume_evacuations(self) -> None:
-        """Evacuations a stop cut short (their cordons recorded, their drains not): on with them, if still in time."""
+        """
+        What a stop cut short: evacuations (their cordons recorded, their drains not) still in time, and the timers
+        of scale intents scheduled for later. One read of the ledger serves both (an evacuation's own deadline,
+        minutes at most, says whether it is still in time).
+        """
         try:
             recent = await self.ledger.decisions(since=utcnow() - RESUME_WITHIN)
             resumed = await self.evacuator.resume(recent)
-            scheduled = await self.ledger.decisions(since=utcnow() - INTENTS_WITHIN)
-            resumed += await self.intents.resume(scheduled)
+            resumed += await self.intents.resume(recent)
         except Exception as exc:  # the start goes on: a Node left cordoned is safe, only not drained by us
             log.warning("could not look for evacuations to resume", error=str(exc))
             return
