@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +117,44 @@ def workdir(prefix: str, *, keep: bool) -> Iterator[Path]:
             print(f"\nkept {path}")
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+# --- the machine's CPU, from /proc: what every bench prints beside its figures, and waits on before measuring ---
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> float:
+    """CPU seconds spent by all processes on the machine (all CPUs), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds of one process, all its threads (utime + stime)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+QUIET_CORES = 0.15  # a machine busier than this (cores) is not quiet enough to start a measurement on
+
+
+async def settle(limit: float, threshold: float = QUIET_CORES) -> float:
+    """
+    Wait (at most ``limit`` seconds) until the machine is quiet: under ``threshold`` cores busy over half a
+    second. Other sessions may share the machine; this keeps their bursts out of a measurement when it can.
+    Returns the cores busy in the last half second.
+    """
+    deadline = time.monotonic() + limit
+    while True:
+        before, start = machine_busy(), time.monotonic()
+        await asyncio.sleep(0.5)
+        busy = (machine_busy() - before) / (time.monotonic() - start)
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy

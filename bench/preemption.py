@@ -459,25 +459,6 @@ class Cordons:
 
 # ---------------------------------------------------------------------------------------------- CPU and metrics
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> float:
-    """CPU seconds spent by all processes on the machine (all CPUs), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / TICK
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds of one process, all its threads (utime + stime)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
 
 class Meter:
     """Each process's CPU (100% = one core) over a stretch of time, and the machine's."""
@@ -485,31 +466,17 @@ class Meter:
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self.wall = time.monotonic()
-        self.busy = machine_busy()
-        self.cpu = {name: process_cpu(pid) for name, pid in pids.items()}
+        self.busy = common.machine_busy()
+        self.cpu = {name: common.process_cpu(pid) for name, pid in pids.items()}
 
     def stop(self) -> str:
         wall = time.monotonic() - self.wall
         if wall <= 0:
             return "-"
-        used = {name: process_cpu(pid) - self.cpu[name] for name, pid in self.pids.items()}
-        others = max(0.0, machine_busy() - self.busy - sum(used.values()))
+        used = {name: common.process_cpu(pid) - self.cpu[name] for name, pid in self.pids.items()}
+        others = max(0.0, common.machine_busy() - self.busy - sum(used.values()))
         parts = [f"{name} {seconds / wall:.0%}" for name, seconds in used.items()]
         return ", ".join([*parts, f"others {others / wall:.0%}"])
-
-
-QUIET_CORES = 0.15
-
-
-async def settle(limit: float, threshold: float = QUIET_CORES) -> float:
-    """Wait (at most ``limit`` s) for the machine to go quiet (< ``threshold`` cores busy over 0.5 s)."""
-    deadline = time.monotonic() + limit
-    while True:
-        before, start = machine_busy(), time.monotonic()
-        await asyncio.sleep(0.5)
-        busy = (machine_busy() - before) / (time.monotonic() - start)
-        if busy < threshold or time.monotonic() >= deadline:
-            return busy
 
 
 async def read_gauges(http: aiohttp.ClientSession, url: str, names: tuple[str, ...]) -> dict[str, float]:
@@ -725,7 +692,7 @@ class Bench:
                 wanted |= {DIRECT_NODE.format(i) for i in range(args.notices)}
                 await cordons.wait_listed(wanted, within=START_TIMEOUT)
                 publish = await self.publisher(agent, tag, http)
-                result.quiet = await settle(args.settle)
+                result.quiet = await common.settle(args.settle)
                 pids = {"agent": agent.proc.pid, "cluster": cluster.proc.pid, "bench": os.getpid()}
                 if self.redis is not None:
                     pids["redis"] = self.redis.proc.pid
@@ -864,7 +831,7 @@ class Bench:
                         changed.clear()
                         await changed.wait()
                 publish = await self.publisher(agent, tag, http)
-                result.quiet = await settle(args.settle)
+                result.quiet = await common.settle(args.settle)
                 pids = {"agent": agent.proc.pid, "cluster": cluster.proc.pid, "bench": os.getpid()}
                 if self.redis is not None:
                     pids["redis"] = self.redis.proc.pid

@@ -479,26 +479,6 @@ def log_summary(path: Path) -> str:
     return "; ".join(f"{n} x {message}" for message, n in counts.most_common(4)) or "none"
 
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> float:
-    """CPU seconds spent by all processes on the machine (all CPUs), from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return (user + nice + system + irq + softirq + steal) / TICK
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds of one process, all its threads (utime + stime)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    fields = text.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
 def own_cpu() -> float:
     """This process and its reaped children (wrk): user + system CPU seconds."""
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -532,35 +512,17 @@ class Meter:
     def __init__(self, children: dict[str, int]) -> None:
         self.children = children
         self.wall = time.perf_counter()
-        self.busy = machine_busy()
-        self.servers = {name: process_cpu(pid) for name, pid in children.items()}
+        self.busy = common.machine_busy()
+        self.servers = {name: common.process_cpu(pid) for name, pid in children.items()}
         self.generator = own_cpu()
 
     def stop(self) -> Cpu:
         return Cpu(
             wall=time.perf_counter() - self.wall,
-            busy=machine_busy() - self.busy,
-            servers={name: process_cpu(pid) - self.servers[name] for name, pid in self.children.items()},
+            busy=common.machine_busy() - self.busy,
+            servers={name: common.process_cpu(pid) - self.servers[name] for name, pid in self.children.items()},
             generator=own_cpu() - self.generator,
         )
-
-
-QUIET_CORES = 0.15  # a machine busier than this (cores) is not quiet enough to start a measurement on
-
-
-async def settle(limit: float, threshold: float = QUIET_CORES) -> float:
-    """
-    Wait (at most ``limit`` seconds) until the machine is quiet: under ``threshold`` cores busy over half a
-    second. Other sessions may share the machine; this keeps their bursts out of a measurement when it can.
-    Returns the cores busy in the last half second.
-    """
-    deadline = time.monotonic() + limit
-    while True:
-        before, start = machine_busy(), time.monotonic()
-        await asyncio.sleep(0.5)
-        busy = (machine_busy() - before) / (time.monotonic() - start)
-        if busy < threshold or time.monotonic() >= deadline:
-            return busy
 
 
 # ---------------------------------------------------------------------------------------------- orchestration
@@ -649,7 +611,7 @@ class Bench:
         server = children[-1]
         sampler: asyncio.Task[None] | None = None
         try:
-            result.quiet = await settle(self.args.settle)
+            result.quiet = await common.settle(self.args.settle)
             if target == "agent" and self.args.sample > 0:
                 sampler = asyncio.create_task(sample_backlog(server.url, result.backlog, every=self.args.sample))
             meter = Meter({c.role: c.proc.pid for c in children})
@@ -982,10 +944,10 @@ def report(phases: list[Phase], args: argparse.Namespace, targets: list[str]) ->
 
         worker_checks += report_worker(w, agent_phases, args)
 
-    busy = [p for p in phases if p.quiet >= QUIET_CORES]
+    busy = [p for p in phases if p.quiet >= common.QUIET_CORES]
     if busy:
         w(f"\nCaution: {len(busy)} of {len(phases)} measurements started on a busy machine (--settle ran out with ")
-        w(f"≥ {QUIET_CORES:g} cores busy): {', '.join(f'{p.target} {p.kind} r{p.round}' for p in busy)}.\n")
+        w(f"≥ {common.QUIET_CORES:g} cores busy): {', '.join(f'{p.target} {p.kind} r{p.round}' for p in busy)}.\n")
         w("Other work shared the CPU with them; their figures are suspect, and so is any comparison using them.\n")
 
     w("\nTargets:\n")
