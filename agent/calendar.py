@@ -207,6 +207,7 @@ class DaysOff:
         *,
         country: str | None = None,
         subdivision: str | None = None,
+        language: str = "en_US",
         dates: Iterable[date] = (),
         ical: Path | None = None,
     ) -> None:
@@ -214,7 +215,9 @@ class DaysOff:
         self._holidays: holidays.HolidayBase | None = None
         if country is not None:
             try:
-                self._holidays = holidays.country_holidays(country, subdiv=subdivision)
+                # The language is explicit: left to the package, the names followed the process's locale (German in
+                # a pod with no LANG, English in a shell with LANG=C.UTF-8), and so did every decision naming them.
+                self._holidays = holidays.country_holidays(country, subdiv=subdivision, language=language)
             except NotImplementedError as exc:  # unknown country or subdivision: the package says which
                 raise ValueError(str(exc)) from None
         if ical is not None:

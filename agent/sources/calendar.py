@@ -69,10 +69,14 @@ NEW_POD_SLACK = timedelta(seconds=5)  # a pod created this long before the windo
 
 
 class HolidaysConfig(Model):
-    """A country's public holidays (ISO 3166 code, e.g. ``DE``), or a region's (``subdivision``: ``BE``)."""
+    """
+    A country's public holidays (ISO 3166 code, e.g. ``DE``), or a region's (``subdivision``: ``BE``), named in
+    ``language`` (the package's code, e.g. ``de``; a language it lacks for the country gives its own names).
+    """
 
     country: str
     subdivision: str | None = None
+    language: str = "en_US"
 
 
 class SkipConfig(Model):
@@ -168,6 +172,7 @@ class ScheduleConfig(Model):
         off = DaysOff(
             country=holidays.country if holidays else None,
             subdivision=holidays.subdivision if holidays else None,
+            language=holidays.language if holidays else "en_US",
             dates=self.skip.dates,
             ical=self.skip.ical,
         )
