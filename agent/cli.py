@@ -1,5 +1,5 @@
 """
-``scaling-agent``: run the agent, check a config file, run the demo, list decisions, show the calendar.
+``scaling-agent``: run the agent, check a config file, run the demo, list decisions, report, show the calendar.
 
 Exit codes: 0 success; 1 a config error (every problem printed, one per line,
 as ``FILE: field.path: message``); 2 a usage error.
@@ -159,6 +159,61 @@ def cmd_decisions(args: argparse.Namespace) -> int:
             print(f"decisions: --since: {exc}", file=sys.stderr)
             return 2
     return asyncio.run(_decisions(args, ledger_config))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``report``: the plot's suffix and matplotlib are checked first, before a config or a ledger is read."""
+    from agent.ledger import LedgerUnavailable
+    from agent.report import PlotUnavailable, check_plot, render_csv, render_json, render_table, report_from_ledger
+
+    if args.plot:
+        try:
+            check_plot(args.plot)
+        except PlotUnavailable as exc:
+            print(f"report: --plot {exc}", file=sys.stderr)
+            return 2
+    durations = {}
+    for name in ("since", "lookback"):
+        try:
+            durations[name] = parse_duration(getattr(args, name))
+        except ValueError as exc:
+            print(f"report: --{name}: {exc}", file=sys.stderr)
+            return 2
+    if args.ledger:
+        try:
+            ledger_config = LedgerConfig(url=args.ledger)
+        except ValidationError as exc:
+            print(f"report: --ledger {args.ledger}: {format_errors(exc)[0].partition(': ')[2]}", file=sys.stderr)
+            return 2
+    elif args.config:
+        try:
+            ledger_config = load_config(args.config).ledger
+        except ConfigError as exc:
+            return _print_config_error(exc)
+    else:
+        print(f"report: give --config FILE or --ledger URL (or set {CONFIG_ENV})", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(
+            report_from_ledger(
+                ledger_config, since=durations["since"], namespace=args.namespace, lookback=durations["lookback"]
+            )
+        )
+    except LedgerUnavailable as exc:  # read-only: a missing ledger is an error, never created
+        print(f"report: {exc}", file=sys.stderr)
+        return 1
+    render = {"table": render_table, "json": render_json, "csv": render_csv}[args.format]
+    print(render(report), end="")
+    if args.plot:
+        from agent.report import write_plot
+
+        try:
+            write_plot(report, args.plot)
+        except OSError as exc:
+            print(f"report: --plot {args.plot}: {exc}", file=sys.stderr)
+            return 1
+        print(f"report: plot written to {args.plot}", file=sys.stderr)
+    return 0
 
 
 def _when(text: str) -> datetime:
@@ -330,6 +385,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decisions.add_argument("--json", action="store_true", help="one JSON object per line")
     decisions.set_defaults(func=cmd_decisions)
+
+    report = sub.add_parser(
+        "report", help="what the agent changed over a window, the replica-hours and the cost, from the ledger"
+    )
+    report.add_argument(
+        "--config", default=os.environ.get(CONFIG_ENV), help=f"config file whose ledger to read; default: ${CONFIG_ENV}"
+    )
+    report.add_argument("--ledger", help="ledger URL instead of a config file (sqlite:///… or redis://…)")
+    report.add_argument("--since", default="7d", help="the window: the last 7d (default), 24h, 30m, …")
+    report.add_argument(
+        "--lookback", default="30d", help="how far before the window to read changes still held at its start (30d)"
+    )
+    report.add_argument("--namespace", help="only decisions about objects in this namespace")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output (default table)")
+    report.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw cost and replicas over time to FILE.png or FILE.svg (needs matplotlib)",
+    )
+    report.set_defaults(func=cmd_report)
 
     schedule = sub.add_parser(
         "schedule", help="which calendar windows are open at a time, the next edges, and what they hold"
