@@ -20,7 +20,10 @@ import structlog
 from aiohttp import web
 from kubernetes_asyncio import client
 
+from agent.advice import Advisor
+from agent.capping import Capper
 from agent.configfile import Config
+from agent.cost import Pricer
 from agent.decisions import DecisionRecorder
 from agent.evacuation import Evacuator
 from agent.executor import Executor
@@ -70,15 +73,24 @@ class Agent:
             slack=config.slack, kubernetes=config.kubernetes, api=api, metrics=self.metrics, console=console
         )
         self.recorder = DecisionRecorder(ledger=self.ledger, sinks=self.sinks, metrics=self.metrics)
-        self.guard = Guard(config.guard, kubernetes=config.kubernetes, ledger=self.ledger, dry_run=dry_run)
+        self.pricer = Pricer(config.cost, api=api, namespaces=config.kubernetes.namespaces)
+        self.guard = Guard(
+            config.guard,
+            kubernetes=config.kubernetes,
+            ledger=self.ledger,
+            dry_run=dry_run,
+            costs=config.cost,
+            pricer=self.pricer,
+        )
         self.executor = Executor(
             targets=self.targets,
             guard=self.guard,
             recorder=self.recorder,
             metrics=self.metrics,
             kubernetes=config.kubernetes,
+            pricer=self.pricer,
         )
-        self.rules = Rules(self.all_rules, targets=self.targets)
+        self.rules = Rules(self.all_rules, targets=self.targets, pricer=self.pricer)
         self.worker = Worker(
             ledger=self.ledger,
             rules=self.rules,
@@ -102,10 +114,12 @@ class Agent:
             guard=config.guard,
         )
         self.intents = IntentScheduler(intake=self.intake)
+        self.capper = Capper(rules=self.rules, executor=self.executor)
         self.worker.followers = [
             *(s.decided for s in self.sources if isinstance(s, FollowsDecisions)),
             self.evacuator.decided,
             self.intents.decided,
+            self.capper.decided,
         ]
         self.reconciler = Reconciler(
             targets=self.targets,
@@ -115,6 +129,15 @@ class Agent:
             kubernetes=config.kubernetes,
             retired=retired_by(settings),
         )
+        self.advisor = Advisor(
+            config=config.cost.advice,
+            pricer=self.pricer,
+            targets=self.targets,
+            kubernetes=config.kubernetes,
+            ledger=self.ledger,
+            recorder=self.recorder,
+        )
+        self._advising: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self.port: int | None = None
@@ -143,6 +166,8 @@ class Agent:
         await self.worker.resume_pending()
         await self._resume_evacuations()
         self._housekeeping = self.supervisor.spawn("ledger-housekeeping", self._prune_inbox_hourly)
+        if self.config.cost.advice.enabled and self.config.cost.prometheus is not None:
+            self._advising = self.supervisor.spawn("cost-advice", self.advisor.run)
         for source in self.sources:
             source.start(self.supervisor)
         # Put what start-up made (modules, config, clients: ~120,000 objects) out of the cyclic collector's
@@ -176,14 +201,15 @@ class Agent:
 
     async def _resume_evacuations(self) -> None:
         """
-        What a stop cut short: evacuations (their cordons recorded, their drains not) still in time, and the timers
-        of scale intents scheduled for later. One read of the ledger serves both (an evacuation's own deadline,
-        minutes at most, says whether it is still in time).
+        What a stop cut short: evacuations (their cordons recorded, their drains not) still in time, the timers
+        of scale intents scheduled for later, and the cappings of cost alerts still firing. One read of the ledger
+        serves them all (an evacuation's own deadline, minutes at most, says whether it is still in time).
         """
         try:
             recent = await self.ledger.decisions(since=utcnow() - RESUME_WITHIN)
             resumed = await self.evacuator.resume(recent)
             resumed += await self.intents.resume(recent)
+            resumed += await self.capper.resume(recent)
         except Exception as exc:  # the start goes on: a Node left cordoned is safe, only not drained by us
             log.warning("could not look for evacuations to resume", error=str(exc))
             return
@@ -230,15 +256,19 @@ class Agent:
             await source.stop()
         await self.supervisor.cancel(self._housekeeping)
         self._housekeeping = None
+        await self.supervisor.cancel(self._advising)
+        self._advising = None
         await self.reconciler.stop()
         await self.evacuator.stop()  # an evacuation cut short: its Node stays cordoned; the notice is in the ledger
         await self.intents.stop()  # a scheduled intent's timer: set again at the next start
+        await self.capper.stop()  # a capping's timer: started again at the next start, while its alert fires
         await self.worker.stop()  # unprocessed events stay in the ledger for the next start
         for kind in self.targets.values():
             await kind.stop()
         for sink in self.sinks:
             await sink.stop()
         await self.ledger.close()
+        self.pricer.close()
         log.info("agent stopped")
 
     async def run_until(self, stop: asyncio.Event) -> None:

@@ -93,6 +93,7 @@ class Claim:
     since: datetime
     until: datetime | None = None  # expiry or window end; None: until released
     ends_on_resolve: bool = False
+    replicas: int | None = None  # the replicas it implied when taken (signed): its give-back is priced as the opposite
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +107,7 @@ class Claim:
             "since": _iso(self.since),
             "until": _iso(self.until),
             "endsOnResolve": self.ends_on_resolve,
+            **({"replicas": self.replicas} if self.replicas is not None else {}),
         }
 
     @classmethod
@@ -123,6 +125,7 @@ class Claim:
             since=since,
             until=_from_iso(data.get("until")),
             ends_on_resolve=bool(data.get("endsOnResolve", False)),
+            replicas=data.get("replicas"),
         )
 
 

@@ -203,6 +203,120 @@ class GuardConfig(Model):
         return self
 
 
+class UnitPrices(Model):
+    """One resource's price for an hour, on-demand and spot."""
+
+    on_demand: float = Field(ge=0)
+    spot: float | None = Field(default=None, ge=0, description="default: the on-demand price")
+
+
+class InstancePrice(Model):
+    """An instance type's price for an hour, and its size (to split the price between vCPUs and memory)."""
+
+    on_demand: float = Field(ge=0)
+    spot: float | None = Field(default=None, ge=0)
+    cpus: float = Field(gt=0)
+    memory_gib: float = Field(gt=0)
+
+
+class PricingTable(Model):
+    """
+    The prices used when Prometheus cannot give them (down, or no OpenCost series). The defaults are OpenCost's
+    own default prices for a cluster without a cloud price list (per vCPU-hour and per GiB-hour).
+    """
+
+    cpu_hour: UnitPrices = UnitPrices(on_demand=0.031611, spot=0.006655)
+    gib_hour: UnitPrices = UnitPrices(on_demand=0.004237, spot=0.000892)
+    instance_types: dict[str, InstancePrice] = {}
+
+
+class PrometheusPricing(Model):
+    """Where OpenCost's node prices and kube-state-metrics' requests are read (prometheus-api-client)."""
+
+    url: str
+    timeout: Duration = timedelta(seconds=2)
+    token: SecretRef | None = None  # sent as a bearer token, when Prometheus sits behind an auth proxy
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url.rstrip("/")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be more than 0s")
+        return value
+
+
+HOURS_PER_MONTH = 730
+
+
+class Budget(Model):
+    """A spending limit; monthly is hourly x 730 (OpenCost's convention). Give one or both: the lower holds."""
+
+    hourly: float | None = Field(default=None, gt=0)
+    monthly: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_given(self) -> Budget:
+        if self.hourly is None and self.monthly is None:
+            raise ValueError("give hourly, monthly, or both")
+        return self
+
+    @property
+    def per_hour(self) -> float:
+        limits = [v for v in (self.hourly, None if self.monthly is None else self.monthly / HOURS_PER_MONTH) if v]
+        return min(limits)
+
+
+class Budgets(Model):
+    overall: Budget | None = None  # every namespace the agent may touch, together
+    namespaces: dict[str, Budget] = {}
+
+
+class AdviceConfig(Model):
+    """Advice without action: recorded ``notify`` decisions, never a change."""
+
+    enabled: bool = True
+    every: Duration = timedelta(hours=6)
+    repeat: Duration = timedelta(days=7)  # the same advice about the same target at most this often
+    idle_for: Duration = timedelta(days=3)  # no MCP request for this long: a scale-to-zero candidate
+    spot_tolerations: list[str] = [
+        "node.kubernetes.io/spot",
+        "cloud.google.com/gke-spot",
+        "kubernetes.azure.com/scalesetpriority",
+        "karpenter.sh/capacity-type",
+        "eks.amazonaws.com/capacityType",
+    ]
+
+    @field_validator("every", "repeat", "idle_for")
+    @classmethod
+    def _at_least_a_minute(cls, value: timedelta) -> timedelta:
+        if value < timedelta(minutes=1):
+            raise ValueError("must be at least 1m")
+        return value
+
+
+class CostConfig(Model):
+    """Pricing, budgets and advice (agent/cost.py). Without a ``prometheus`` URL, every price is the table's."""
+
+    prometheus: PrometheusPricing | None = None
+    cache: Duration = timedelta(minutes=5)  # how long a price (and a namespace's spend) is reused
+    table: PricingTable = PricingTable()
+    budgets: Budgets = Budgets()
+    on_unknown_price: Literal["allow", "refuse"] = "allow"  # a scale-up with no price, under a budget
+    advice: AdviceConfig = AdviceConfig()
+
+    @field_validator("cache")
+    @classmethod
+    def _cache_not_negative(cls, value: timedelta) -> timedelta:
+        return _not_negative(value)
+
+
 class LogConfig(Model):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"

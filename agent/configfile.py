@@ -25,6 +25,7 @@ from agent.config import (
     BasicAuth,
     BearerAuth,
     ConfigError,
+    CostConfig,
     GuardConfig,
     KubernetesConfig,
     LedgerConfig,
@@ -134,11 +135,17 @@ class RuleConfig(Model):
     matchers: list[Matcher] = []
     action: ActionSpec
     target: TargetSpec = TargetSpec()
+    # A critical rule's scale-ups go past a cost budget (the decision says so); the others are refused there.
+    critical: bool = False
 
     @model_validator(mode="after")
     def _matches_something(self) -> RuleConfig:
         if self.alertname is None and not self.matchers:
             raise ValueError("give alertname, matchers, or both: a rule matching every event is a mistake")
+        if self.action.type == "cap" and self.target.kind not in ("ScaledObject", "HorizontalPodAutoscaler"):
+            raise ValueError(
+                "the cap action lowers max-replicas: target.kind must be ScaledObject or HorizontalPodAutoscaler"
+            )
         if self.action.type == "window" and self.kind != "schedule":
             raise ValueError("the window action answers a schedule's edges: write a schedule (sources.calendar)")
         return self
@@ -150,6 +157,7 @@ class Config(Model):
     slack: SlackConfig | None = None
     ledger: LedgerConfig = LedgerConfig()
     guard: GuardConfig = GuardConfig()
+    cost: CostConfig = CostConfig()
     log: LogConfig = LogConfig()
     # Each lane waits on the ledger for every decision; 8 keep up with 1,000 alerts/s (bench/README.md).
     workers: int = Field(default=8, ge=1, le=64)
@@ -232,6 +240,8 @@ def check_secrets(config: Config, *, source: str) -> None:
         refs.append(("webhook.auth.token", auth.token))
     elif isinstance(auth, BasicAuth):
         refs.append(("webhook.auth.password", auth.password))
+    if config.cost.prometheus is not None:
+        refs.append(("cost.prometheus.token", config.cost.prometheus.token))
     if config.slack is not None:
         refs.append(("slack.token", config.slack.token))
         refs.append(("slack.webhook_url", config.slack.webhook_url))

@@ -274,6 +274,8 @@ class Evacuator:
                 target=refs[0],
                 reason=f"pre-scale before evicting {here} pod(s) of {kind} {name} on {cordon.target}: {how}",
                 follows=cordon.id,
+                # Replacements for pods the notice takes away: a budget never stops them (the decision says so).
+                critical=True,
             )
             decision = await self.executor.execute(plan)  # recorded by the executor
             decisions.append(decision)

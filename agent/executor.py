@@ -38,14 +38,15 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from agent.actions import ACTIONS, Hold, Intent, Release, Skip, holder_of
-from agent.claims import Claim, Claims, TooManyClaims, Value, Want, resolve
+from agent.claims import COUNTS, Claim, Claims, TooManyClaims, Value, Want, resolve
 from agent.config import KubernetesConfig
+from agent.cost import Pricer, replicas_delta
 from agent.decisions import DecisionRecorder
 from agent.errors import Conflict, KubernetesError, NotFound, Unavailable
 from agent.guard import Guard, Refused
 from agent.ledger import LedgerUnavailable
 from agent.metrics import Metrics
-from agent.structs import Decision, Outcome, Plan, TargetRef, Trigger, new_id, utcnow
+from agent.structs import Costing, Decision, Outcome, Plan, PriceSource, TargetRef, Trigger, new_id, utcnow
 from agent.targets.base import TargetKind, TargetState, describe_manager
 
 log = structlog.get_logger("agent.executor")
@@ -70,8 +71,10 @@ class Executor:
         recorder: DecisionRecorder,
         metrics: Metrics,
         kubernetes: KubernetesConfig,
+        pricer: Pricer | None = None,
     ) -> None:
         self.targets = targets
+        self.pricer = pricer
         self.guard = guard
         self.recorder = recorder
         self.metrics = metrics
@@ -121,7 +124,9 @@ class Executor:
 
             # An event with a deadline (a preemption notice) is never refused for the changes already in flight.
             urgent = plan.event.deadline is not None
-            decision = await self._on_target(draft, plan.target, decide, holder=holder, urgent=urgent)
+            decision = await self._on_target(
+                draft, plan.target, decide, holder=holder, urgent=urgent, critical=plan.critical
+            )
         await self.recorder.record(decision)
         return decision
 
@@ -166,6 +171,7 @@ class Executor:
         *,
         holder: str,
         urgent: bool = False,
+        critical: bool = False,
     ) -> Decision:
         kind = self.targets[ref.kind]
         try:
@@ -176,7 +182,9 @@ class Executor:
             try:
                 for _ in range(CONFLICT_ATTEMPTS):
                     try:
-                        return await self._attempt(draft, kind, ref, decide, holder=holder, urgent=urgent)
+                        return await self._attempt(
+                            draft, kind, ref, decide, holder=holder, urgent=urgent, critical=critical
+                        )
                     except Conflict:
                         log.info("conflict on patch; reading again", target=str(ref))
                         kind.invalidate(ref.namespace, ref.name)  # the cached copy is stale: read the API
@@ -202,6 +210,7 @@ class Executor:
         *,
         holder: str,
         urgent: bool = False,
+        critical: bool = False,
     ) -> Decision:
         now = draft.at
         state = await self._call("get", kind.get, ref.namespace, ref.name)
@@ -246,6 +255,7 @@ class Executor:
                 return _finish(draft, Outcome.NOOP, reason)
             reason = intent.reason
         else:
+            dropped: tuple[Claim, ...]
             claims, dropped = claims.release(intent.ends)
             if not dropped and not notes:
                 return _finish(draft, Outcome.NOOP, intent.nothing)
@@ -269,6 +279,20 @@ class Executor:
             except Refused as refusal:
                 before = {name: state.values.get(name) for name in values}
                 return _finish(draft, Outcome.REFUSED, refusal.reason, before=before, after=values)
+        costing = await self._price(state, values, dropped=None if isinstance(intent, Hold) else dropped, urgent=urgent)
+        if costing is not None:
+            if isinstance(intent, Hold):
+                try:
+                    budget = await self.guard.check_budget(ref, costing, critical=critical, rule=draft.rule)
+                except Refused as refusal:
+                    before = {name: state.values.get(name) for name in values}
+                    refused = replace(draft, cost=costing)
+                    return _finish(refused, Outcome.REFUSED, refusal.reason, before=before, after=values)
+                if budget:
+                    costing = replace(costing, budget=budget)
+                    notes.append(budget)
+                claims = _with_replicas(claims, draft.id, costing.replicas_delta, previous=state.claims)
+            draft = replace(draft, cost=costing)
         still = [name for name in fields if name not in values and claims.on(name)]
         if still:
             held = ", ".join(f"{name} stays {state.values.get(name)}" for name in still)
@@ -306,6 +330,33 @@ class Executor:
         except Refused as refusal:
             return _finish(draft, Outcome.REFUSED, refusal.reason, before=before, after=after)
         return _finish(draft, Outcome.APPLIED, reason, before=before, after=after)
+
+    async def _price(
+        self, state: TargetState, values: Mapping[str, Value], *, dropped: tuple[Claim, ...] | None, urgent: bool
+    ) -> Costing | None:
+        """
+        What the change costs per hour (agent/cost.py): the replicas it implies at the count seen, or for a
+        give-back the opposite of what the claims it ends had implied. None for a kind without replica counts.
+        """
+        if self.pricer is None or not any(name in COUNTS for name in state.values):
+            return None
+        delta = replicas_delta(state.values, {**state.values, **values}, state.replicas)
+        if dropped:
+            taken = {c.decision: c.replicas for c in dropped if c.replicas is not None}
+            if taken:
+                delta = -sum(v for v in taken.values() if v is not None)
+        price = await self.pricer.price(state, urgent=urgent)
+        per_hour = None if price.per_hour is None or delta is None else round(delta * price.per_hour, 6)
+        source = price.source if delta is not None else PriceSource.UNKNOWN
+        note = price.note if delta is not None else f"replica count unknown; {price.note}"
+        return Costing(
+            replicas=state.replicas,
+            replicas_delta=delta,
+            per_replica_hour=price.per_hour,
+            delta_per_hour=per_hour,
+            source=source,
+            note=note,
+        )
 
     async def _call(self, operation: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """
@@ -367,6 +418,22 @@ def _take(
             raise Refused(str(exc)) from None
         taken = True
     return claims, taken
+
+
+def _with_replicas(claims: Claims, decision: str, delta: int | None, *, previous: Claims) -> Claims:
+    """
+    Mark the claims this decision takes with the replicas they imply: a holder's renewed claim adds to what its
+    earlier one implied, so that the give-back undoes both.
+    """
+    if delta is None:
+        return claims
+    marked = []
+    for claim in claims.claims:
+        if claim.decision == decision:
+            earlier = previous.held_by(claim.holder, claim.field)
+            claim = replace(claim, replicas=delta + ((earlier.replicas or 0) if earlier is not None else 0))
+        marked.append(claim)
+    return replace(claims, claims=tuple(marked))
 
 
 def _already(want: Want, value: int | None, before: Value) -> bool:

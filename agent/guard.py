@@ -37,9 +37,10 @@ from datetime import datetime
 from agent.actions import FORWARD_ACTIONS, Hold
 from agent.actions.base import Limits
 from agent.claims import MAX_REPLICAS, MIN_REPLICAS, Value, Want
-from agent.config import GuardConfig, KubernetesConfig
+from agent.config import HOURS_PER_MONTH, Budget, CostConfig, GuardConfig, KubernetesConfig
+from agent.cost import Pricer
 from agent.ledger import Ledger
-from agent.structs import EventKind, Outcome, Plan, TargetRef
+from agent.structs import Costing, EventKind, Outcome, Plan, TargetRef
 from agent.targets.base import OPT_OUT_ANNOTATION, PauseOwner, TargetKind, TargetState
 
 # Claims that stop motion: a cooldown never refuses them.
@@ -54,9 +55,18 @@ class Refused(Exception):
 
 class Guard:
     def __init__(
-        self, config: GuardConfig, *, kubernetes: KubernetesConfig, ledger: Ledger, dry_run: bool = False
+        self,
+        config: GuardConfig,
+        *,
+        kubernetes: KubernetesConfig,
+        ledger: Ledger,
+        dry_run: bool = False,
+        costs: CostConfig | None = None,
+        pricer: Pricer | None = None,
     ) -> None:
         self.config = config
+        self.costs = costs or CostConfig()
+        self.pricer = pricer
         self.kubernetes = kubernetes
         self.ledger = ledger
         self.dry_run = dry_run or config.dry_run
@@ -165,6 +175,48 @@ class Guard:
                 f"cooldown: {moved} last changed {age}s ago (decision {last.id}); "
                 f"cooldown is {int(cooldown.total_seconds())}s"
             )
+
+    async def check_budget(self, ref: TargetRef, costing: Costing, *, critical: bool, rule: str | None) -> str:
+        """
+        A scale-up (priced, replicas added) that would push the projected spend of its namespace, or of every
+        namespace together, past a budget is refused with the numbers; a critical rule's is applied and flagged.
+        With no price (or no spend) known, ``cost.on_unknown_price`` decides. Returns what the decision should say
+        ("" when nothing); raises :class:`Refused`.
+        """
+        budgets = self.costs.budgets
+        scopes: list[tuple[str, str | None, Budget]] = []
+        if budgets.overall is not None:
+            scopes.append(("overall budget", None, budgets.overall))
+        if ref.namespace in budgets.namespaces:
+            scopes.insert(0, (f"namespace {ref.namespace}'s budget", ref.namespace, budgets.namespaces[ref.namespace]))
+        if not scopes or not costing.replicas_delta or costing.replicas_delta <= 0:
+            return ""
+        refuse = self.costs.on_unknown_price == "refuse"
+        if costing.delta_per_hour is None or self.pricer is None:
+            if refuse:
+                raise Refused("budget: the change has no price and cost.on_unknown_price is refuse")
+            return "budget: no price, allowed (cost.on_unknown_price: allow)"
+        notes = []
+        for label, namespace, budget in scopes:
+            spend = await self.pricer.spend(namespace)
+            if spend.per_hour is None:
+                if refuse:
+                    raise Refused(f"budget: {label} cannot be checked ({spend.note}); cost.on_unknown_price is refuse")
+                notes.append(f"{label} not checked ({spend.note}): allowed (cost.on_unknown_price: allow)")
+                continue
+            projected = spend.per_hour + costing.delta_per_hour
+            if projected <= budget.per_hour:
+                continue
+            seen = f"; {spend.note}" if spend.note else ""
+            text = (
+                f"{label} is ${budget.per_hour:.2f}/h (${budget.per_hour * HOURS_PER_MONTH:,.0f}/month): spend now"
+                f" ${spend.per_hour:.2f}/h, {costing.delta_per_hour:+.4f}/h for {costing.replicas_delta:+d}"
+                f" replicas would make it ${projected:.2f}/h{seen}"
+            )
+            if not critical:
+                raise Refused(f"over budget: {text}")
+            notes.append(f"over budget, applied because rule {rule} is critical: {text}")
+        return "; ".join(notes)
 
     @contextlib.asynccontextmanager
     async def slot(self, *, urgent: bool = False) -> AsyncIterator[None]:

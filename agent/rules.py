@@ -10,6 +10,11 @@ changed through whichever kind scales it: its ScaledObject (KEDA owns the HPA
 behind it), else its plain HPA, else its own replicas. When nothing resolves,
 the plan carries no target and becomes a recorded ``no-op: no target``, never
 a guess.
+
+A ``cap`` rule (HighMCPCost) picks its targets by price instead: the most
+expensive objects of its kind in the alert's namespace whose ceiling can still
+go lower, and at the resolve every object the alert holds a cap on
+(:meth:`Rules.most_expensive`).
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ from collections.abc import Mapping, Sequence
 
 import structlog
 
-from agent.actions import ACTIONS
+from agent.actions import ACTIONS, holder_of
+from agent.actions.cap import CapSpec, cap_limit
+from agent.claims import MAX_REPLICAS, MIN_REPLICAS
 from agent.configfile import RuleConfig, TargetSpec
+from agent.cost import Pricer
 from agent.errors import KubernetesError
 from agent.structs import Event, Outcome, Plan, TargetRef
 from agent.targets import AUTO, AUTO_KINDS
-from agent.targets.base import TargetKind
+from agent.targets.base import TargetKind, TargetState
 
 # Which kind of workload an alert label names (kube-state-metrics labels).
 WORKLOAD_OF_LABEL = {"deployment": "Deployment", "statefulset": "StatefulSet"}
@@ -53,9 +61,12 @@ class TargetLookupFailed(Exception):
 
 
 class Rules:
-    def __init__(self, rules: Sequence[RuleConfig], *, targets: Mapping[str, TargetKind]) -> None:
+    def __init__(
+        self, rules: Sequence[RuleConfig], *, targets: Mapping[str, TargetKind], pricer: Pricer | None = None
+    ) -> None:
         self._rules = list(rules)
         self._targets = targets
+        self.pricer = pricer
 
     def named(self, name: str | None) -> RuleConfig | None:
         """The rule of that name (a decision names the rule it came from), if there is one."""
@@ -70,7 +81,10 @@ class Rules:
             action = ACTIONS[rule.action.type]
             verdict: Outcome | None
             try:
-                refs, reason = await self.resolve(rule.target, event.labels, namespace=event.namespace)
+                if isinstance(rule.action, CapSpec):
+                    refs, reason = await self.most_expensive(rule, rule.action, event)
+                else:
+                    refs, reason = await self.resolve(rule.target, event.labels, namespace=event.namespace)
             except TargetLookupFailed as exc:
                 refs, reason, verdict = [], str(exc), Outcome.FAILED
             else:
@@ -85,6 +99,7 @@ class Rules:
                     target=target,
                     reason=reason,
                     verdict=verdict,
+                    critical=rule.critical,
                 )
                 for target in targets
             )
@@ -144,6 +159,54 @@ class Rules:
             raise TargetLookupFailed(f"target lookup failed: {exc}") from exc
         return [], "no target: the alert carries no target labels and the rule names none"
 
+    async def most_expensive(self, rule: RuleConfig, spec: CapSpec, event: Event) -> tuple[list[TargetRef], str]:
+        """
+        A cap's targets: while the alert fires, the ``targets`` objects of the rule's kind in the alert's namespace
+        that cost the most now (one replica's price times the replicas they run) among those whose ceiling can still
+        go lower; at its resolve, every object holding a cap of this alert's, wherever the prices stand.
+        """
+        namespace = event.labels.get("namespace") or event.namespace or rule.target.namespace
+        if not namespace:
+            return [], "no target: the alert carries no namespace label and the rule names none"
+        kind = self._targets[rule.target.kind]
+        holder = holder_of(rule.name, event)
+        try:
+            listed = await kind.list(namespace)
+            states = [await kind.get(namespace, s.ref.name) for s in listed if carries_all(s.labels, rule.target)]
+        except KubernetesError as exc:
+            log.warning("target lookup failed", error=str(exc))
+            raise TargetLookupFailed(f"target lookup failed: {exc}") from exc
+        if event.status == "resolved":
+            held = [s.ref for s in states if any(c.holder == holder for c in s.claims.claims)]
+            if held:
+                return held, f"the {rule.target.kind}s this alert capped in {namespace}"
+            return [], f"no target: nothing in {namespace} holds a cap of this alert's"
+        priced: list[tuple[float, int, TargetState, str]] = []
+        stopped: list[str] = []  # the objects this alert capped that cannot go lower: why not
+        for state in states:
+            current = state.values.get(MAX_REPLICAS)
+            if not isinstance(current, int) or current <= cap_limit(state, spec):
+                if isinstance(current, int) and any(c.holder == holder for c in state.claims.claims):
+                    floors = sorted({c.holder for c in state.claims.on(MIN_REPLICAS)})
+                    by = f", held by {', '.join(floors)}" if floors else ""
+                    stopped.append(f"{state.ref.name}: max-replicas {current} at its floor{by}")
+                continue
+            replicas = state.replicas or 0
+            price = await self.pricer.price(state) if self.pricer is not None else None
+            if price is not None and price.per_hour is not None:
+                cost = price.per_hour * replicas
+                shown = f"{state.ref.name} ${cost:.2f}/h ({replicas} x ${price.per_hour:.4f}, {price.source})"
+            else:
+                cost, shown = 0.0, f"{state.ref.name} unpriced ({replicas} replicas)"
+            priced.append((cost, replicas, state, shown))
+        if not priced:
+            why = f" ({'; '.join(stopped)}: a cap never goes below a floor)" if stopped else ""
+            return [], f"no target: no {rule.target.kind} in {namespace} has a ceiling above its floor to cap{why}"
+        priced.sort(key=lambda p: (-p[0], -p[1], p[2].ref.name))
+        chosen = priced[: spec.params.targets]
+        shown = ", ".join(p[3] for p in chosen)
+        return [p[2].ref for p in chosen], f"the most expensive in {namespace}: {shown}"
+
     async def scaler_of(self, namespace: str, workload: str, name: str) -> tuple[list[TargetRef], str]:
         """The object to change for a workload: whichever kind scales it, in the order of :data:`AUTO_KINDS`."""
         for kind_name in AUTO_KINDS:
@@ -156,3 +219,8 @@ class Rules:
                     return refs, f"{workload} {name} itself: nothing autoscales it"
                 return refs, f"the {kind_name} scaling {workload} {name}"
         return [], f"no target: no {workload} {name} in {namespace}"
+
+
+def carries_all(labels: Mapping[str, str], spec: TargetSpec) -> bool:
+    """The object's labels hold every pair of the rule's selector (no selector: every object)."""
+    return all(labels.get(key) == value for key, value in (spec.selector or {}).items())

@@ -215,6 +215,7 @@ class Plan:
     reason: str  # how the target was found, or why none was
     verdict: Outcome | None = None  # decided before execution (a failed lookup, a refused blast radius)
     follows: str | None = None  # the decision this one is a step of (an evacuation's pre-scale follows its cordon)
+    critical: bool = False  # the rule is critical: its scale-ups go past a cost budget, flagged
 
 
 @dataclass(frozen=True)
@@ -278,6 +279,68 @@ class Ownership:
         )
 
 
+class PriceSource(enum.StrEnum):
+    """Where a decision's price came from (agent/cost.py)."""
+
+    PROMETHEUS = "prometheus"  # OpenCost's node prices (or the cost recording rules) in Prometheus
+    TABLE = "table"  # the config's pricing table: Prometheus down, or the series missing
+    UNKNOWN = "unknown"  # neither: the change is not priced (``cost.on_unknown_price`` decides)
+
+
+@dataclass(frozen=True)
+class Costing:
+    """
+    What a decision's change costs per hour, priced before it was made: the replicas it implies at the count it
+    saw (a floor of 5 on a workload running 3 adds 2), times the price of one replica. The report counts
+    replica-hours and cost from these fields alone (``scaling-agent report``).
+    """
+
+    replicas: int | None  # the replica count the decision saw
+    replicas_delta: int | None  # replicas the change implies at that count: + added, - removed
+    per_replica_hour: float | None  # the price of one replica for an hour
+    delta_per_hour: float | None  # replicas_delta * per_replica_hour; None when either is unknown
+    source: PriceSource
+    note: str = ""  # how it was priced: the requests, the unit prices, from where
+    budget: str = ""  # what the budget check said, when it had something to say (an override, an unknown price)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cost_delta_per_hour": self.delta_per_hour,
+            "price_source": str(self.source),
+            "replicas": self.replicas,
+            "replicas_delta": self.replicas_delta,
+            "price_per_replica_hour": self.per_replica_hour,
+            **({"price_note": self.note} if self.note else {}),
+            **({"budget": self.budget} if self.budget else {}),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Costing | None:
+        if "price_source" not in data:
+            return None
+        return cls(
+            replicas=data.get("replicas"),
+            replicas_delta=data.get("replicas_delta"),
+            per_replica_hour=data.get("price_per_replica_hour"),
+            delta_per_hour=data.get("cost_delta_per_hour"),
+            source=PriceSource(data["price_source"]),
+            note=data.get("price_note", ""),
+            budget=data.get("budget", ""),
+        )
+
+    def text(self) -> str:
+        """``+2 replicas, +$0.0708/h (prometheus)``; the replicas part only when the change moves any."""
+        parts = []
+        if self.replicas_delta:
+            parts.append(f"{self.replicas_delta:+d} replica{'s' if abs(self.replicas_delta) != 1 else ''}")
+        if self.delta_per_hour is not None:
+            sign = "-" if self.delta_per_hour < 0 else "+"
+            parts.append(f"{sign}${abs(self.delta_per_hour):.4f}/h ({self.source})")
+        else:
+            parts.append(f"price {self.source}")
+        return ", ".join(parts)
+
+
 @dataclass(frozen=True)
 class Decision:
     """
@@ -300,6 +363,7 @@ class Decision:
     outcome: Outcome
     error: str | None = None
     follows: str | None = None  # the decision this one follows up (a window's warm-up follows its opening)
+    cost: Costing | None = None  # what the change costs per hour (changes to replicas; None for the rest)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -323,6 +387,7 @@ class Decision:
             "outcome": str(self.outcome),
             "error": self.error,
             **({"follows": self.follows} if self.follows else {}),
+            **(self.cost.to_dict() if self.cost is not None else {}),
         }
 
     @classmethod
@@ -349,6 +414,7 @@ class Decision:
             outcome=Outcome(data["outcome"]),
             error=data.get("error"),
             follows=data.get("follows"),
+            cost=Costing.from_dict(data),
         )
 
     def change(self) -> str:
@@ -364,7 +430,8 @@ class Decision:
         change = f" {self.change()}" if self.before or self.after else ""
         error = f" error: {self.error}" if self.error else ""
         dry = " [dry-run]" if self.dry_run and self.outcome != Outcome.DRY_RUN else ""
+        cost = f" [{self.cost.text()}]" if self.cost is not None else ""
         return (
-            f"[{self.outcome}]{dry} {self.action} {target}{change} — {self.reason}"
+            f"[{self.outcome}]{dry} {self.action} {target}{change}{cost} — {self.reason}"
             f" (alert {self.trigger.alertname} {self.trigger.status}, decision {self.id}){error}"
         )

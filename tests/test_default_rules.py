@@ -96,24 +96,51 @@ async def test_cold_start_slow_sets_a_warm_floor_via_selector(cluster: DevCluste
     assert scaledobject(cluster, "mcp-scale-to-zero")["spec"]["minReplicaCount"] == 0
 
 
-async def test_high_latency_and_cost_only_notify(cluster: DevCluster, start_agent: StartAgent) -> None:
+async def test_high_latency_only_notifies(cluster: DevCluster, start_agent: StartAgent) -> None:
     agent = await start_agent()
     await post(
         agent,
         payload(
-            alert("MCPHighLatencyDespiteScaling", {"server": "filesystem"}, annotations={"summary": "latency high"}),
-            alert("HighMCPCost", annotations={"summary": "MCP server costs exceeding budget"}),
+            alert("MCPHighLatencyDespiteScaling", {"server": "filesystem"}, annotations={"summary": "latency high"})
         ),
     )
     await settle(agent)
     decisions = await agent.ledger.decisions()
-    assert sorted((d.action, d.outcome, d.trigger.alertname) for d in decisions) == [
-        ("notify", Outcome.APPLIED, "HighMCPCost"),
+    assert [(d.action, d.outcome, d.trigger.alertname) for d in decisions] == [
         ("notify", Outcome.APPLIED, "MCPHighLatencyDespiteScaling"),
     ]
     assert sum(patches(cluster, name) for name in ("mcp-http-scaler", "mcp-filesystem-scaler")) == 0
     console = agent.sinks[0].stream  # type: ignore[attr-defined]
-    assert "MCP server costs exceeding budget" in console.text
+    assert "latency high" in console.text
+
+
+async def test_high_cost_caps_the_three_most_expensive_and_gives_them_back(
+    cluster: DevCluster, start_agent: StartAgent
+) -> None:
+    agent = await start_agent()
+    labels = {"namespace": NS}
+    await post(
+        agent, payload(alert("HighMCPCost", labels, annotations={"summary": "MCP server costs exceeding budget"}))
+    )
+    await settle(agent)
+    caps = await agent.ledger.decisions()
+    assert [(d.action, d.outcome) for d in caps] == [("cap", Outcome.APPLIED)] * 3
+    assert all(c.reason.startswith("HighMCPCost: cap max-replicas at ") for c in caps)
+    for cap in caps:
+        assert cap.target is not None
+        [(field, was)] = cap.before.items()
+        assert (field, cap.after[field]) == ("max-replicas", was - 1)  # one step of 1
+        assert scaledobject(cluster, cap.target.name)["spec"]["maxReplicaCount"] == was - 1
+        assert cap.cost is not None and cap.cost.source == "table"  # no Prometheus here: the table's price
+    await post(agent, payload(alert("HighMCPCost", labels, status="resolved")))
+    await settle(agent)
+    given_back = (await agent.ledger.decisions())[3:]
+    assert sorted((d.action, d.outcome, d.target) for d in given_back) == sorted(
+        ("revert", Outcome.APPLIED, c.target) for c in caps
+    )
+    for cap in caps:
+        assert cap.target is not None
+        assert scaledobject(cluster, cap.target.name)["spec"]["maxReplicaCount"] == cap.before["max-replicas"]
 
 
 async def test_alert_without_a_resolvable_target_is_a_recorded_noop(

@@ -362,11 +362,13 @@ async def test_a_workload_changed_behind_the_agent_is_read_from_the_cache(
     before = len(list(objects))
     floor = await step(agent, "Floor6", {"namespace": NS, "deployment": PLAIN})
     assert (dict(floor.before), dict(floor.after)) == ({"replicas": 3}, {"replicas": 6})
-    # The decision read the cache; the one GET is the write's own, after `scale`, for the count it left.
+    # The decision read the cache. Two GETs: the pricer's read of the pod template (its requests price the change,
+    # once per cost.cache), and the write's own, after `scale`, for the count it left.
     during = list(objects)[before:]
     read = [i for i, r in enumerate(during) if r in gets(objects, PLAIN)]
     scaled = [i for i, r in enumerate(during) if r.method.value == "PATCH" and r.subresource == "scale"]
-    assert len(read) == 1 and len(scaled) == 1 and read[0] > scaled[0]
+    assert len(read) == 2 and len(scaled) == 1 and read[0] < scaled[0] < read[1]
+    assert floor.cost is not None and floor.cost.replicas_delta == 3
     # What the write answered is in the cache: the next decision reads the new count without a GET.
     assert (await kind.get(NS, PLAIN)).values["replicas"] == 6
     assert len(gets(objects, PLAIN)) == len(read) + len(gets(list(objects)[:before], PLAIN))

@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import Field
 
 from agent.actions.base import Action, Hold, Intent, Release, Skip, holder_of
+from agent.actions.cap import Cap, CapSpec
 from agent.actions.cordon import Cordon, CordonSpec
 from agent.actions.evacuate import Evacuate, EvacuateSpec
 from agent.actions.intent import IntentAction, IntentSpec
@@ -33,6 +34,7 @@ _ALL: tuple[Action, ...] = (
     WindowAction(),
     Evacuate(),
     IntentAction(),
+    Cap(),
 )
 ACTIONS: dict[str, Action] = {action.name: action for action in _ALL}
 
@@ -46,7 +48,8 @@ ActionSpec = Annotated[
     | NotifySpec
     | WindowSpec
     | EvacuateSpec
-    | IntentSpec,
+    | IntentSpec
+    | CapSpec,
     Field(discriminator="type"),
 ]
 

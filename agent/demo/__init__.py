@@ -150,8 +150,10 @@ SCRIPT: list[tuple[str, dict[str, Any]]] = [
         payload(alert("MCPScaleToZeroStuck", {"namespace": NAMESPACE, "deployment": "mcp-cost-optimized-server"})),
     ),
     (
-        "HighMCPCost fires",
-        payload(alert("HighMCPCost", annotations={"summary": "MCP server costs exceeding budget"})),
+        "HighMCPCost fires for cortex-mcp: the 3 most expensive ScaledObjects there get a lower ceiling",
+        payload(
+            alert("HighMCPCost", {"namespace": NAMESPACE}, annotations={"summary": "MCP server costs exceeding budget"})
+        ),
     ),
     (
         "MCPFrequentScaling resolves",

@@ -40,6 +40,8 @@ def format_message(decision: Decision) -> str:
     lines = [f"{ICONS[decision.outcome]} *{decision.action}* {target} — *{decision.outcome}*"]
     if decision.before or decision.after:
         lines.append(decision.change())
+    if decision.cost is not None:
+        lines.append(f"cost: {decision.cost.text()}" + (f" — {decision.cost.budget}" if decision.cost.budget else ""))
     lines.append(decision.reason)
     if decision.error:
         lines.append(f"error: {decision.error}")

@@ -98,6 +98,7 @@ class TargetState:
     notes: tuple[str, ...] = ()  # anything odd found while reading (e.g. an unreadable annotation)
     changed_by: Mapping[str, str] = field(default_factory=dict)  # field → the manager that set it last, if not us
     scaled_by: str | None = None  # another object that sets these fields (KEDA's ScaledObject behind its HPA)
+    workload: tuple[str, str] | None = None  # the (kind, name) of the workload whose pods it scales: to price them
     private: Any = None  # what the kind keeps for itself between a read and its own follow-up
 
 
@@ -147,6 +148,12 @@ def patch_metadata(state: TargetState, claims: Claims) -> dict[str, Any]:
     if state.resource_version:
         metadata["resourceVersion"] = state.resource_version
     return metadata
+
+
+def scale_target(spec: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The workload a ScaledObject or HPA scales (``scaleTargetRef``; its kind defaults to Deployment)."""
+    target = spec.get("scaleTargetRef") or {}
+    return (str(target.get("kind") or "Deployment"), str(target["name"])) if target.get("name") else None
 
 
 def selector_text(selector: Mapping[str, str]) -> str:

@@ -45,6 +45,7 @@ from agent.targets.base import (
     last_manager,
     patch_metadata,
     read_claims,
+    scale_target,
     selector_text,
 )
 from agent.targets.cache import (
@@ -228,4 +229,5 @@ class HorizontalPodAutoscalerTarget(CachedReads):
             notes=notes,
             changed_by={name: m for name, m in changed_by.items() if m is not None and m != FIELD_MANAGER},
             scaled_by=keda_owner(obj),
+            workload=scale_target(spec),
         )

@@ -58,6 +58,7 @@ from agent.targets.base import (
     last_manager,
     patch_metadata,
     read_claims,
+    scale_target,
     selector_text,
 )
 from agent.targets.cache import CachedReads, ObjectCache, Projection, custom_lister
@@ -434,4 +435,5 @@ class ScaledObjectTarget(CachedReads):
             notes=notes,
             changed_by={name: m for name, m in changed_by.items() if m is not None and m != FIELD_MANAGER},
             private=KedaStatus(paused_condition=paused_condition, resumed=resumed),
+            workload=scale_target(spec),
         )

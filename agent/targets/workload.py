@@ -275,6 +275,7 @@ class _WorkloadTarget(CachedReads):
             notes=notes,
             changed_by={REPLICAS: manager} if manager is not None and manager != FIELD_MANAGER else {},
             scaled_by=autoscalers.get((ref.namespace, ref.name)),
+            workload=(self.kind, ref.name),
         )
 
 
