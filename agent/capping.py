@@ -47,7 +47,10 @@ class Capper:
             return
         firsts: dict[str, Decision] = {}
         for decision in decisions:
-            if decision.action == "cap" and decision.rule is not None:
+            if decision.rule is None or decision.action not in ("cap", "revert"):
+                continue
+            # A firing alert's timer starts when a cap took hold; a rule that found nothing to cap has no timer.
+            if event.status == "resolved" or decision.outcome in (Outcome.APPLIED, Outcome.DRY_RUN):
                 firsts.setdefault(decision.rule, decision)
         for rule, first in firsts.items():
             key = (rule, event.fingerprint)

@@ -444,6 +444,14 @@ def _aligned(rows: Sequence[Sequence[str]], *, left: int = 1) -> list[str]:
     ]
 
 
+def _shown(target: str, namespace: str | None) -> str:
+    """A target as the table shows it: without the namespace when the report is about one (its header says it)."""
+    if namespace is None:
+        return target
+    kind, _, rest = target.partition("/")
+    return f"{kind}/{rest.removeprefix(namespace + '/')}"
+
+
 def render_table(report: Report) -> str:
     """The report for a person: totals, the decisions by action and outcome, the top targets, the refusals."""
     total = report.total
@@ -489,7 +497,7 @@ def render_table(report: Report) -> str:
         for f in report.targets[:TOP_TARGETS]:
             rows.append(
                 [
-                    f.target,
+                    _shown(f.target, report.namespace),
                     str(f.decisions),
                     str(f.applied),
                     str(f.refused),

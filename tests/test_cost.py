@@ -359,3 +359,59 @@ async def test_advice_is_recorded_once_and_changes_nothing(
     assert all(d.cost is None for d in [*spot, idle])  # no change, nothing for the report to count
     assert await agent.advisor.look() == []  # said once per cost.advice.repeat
     assert sum(1 for request in cluster if request.method.value == "PATCH") == patched  # advice changes nothing
+
+
+# --- the arithmetic, and bad config --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "replicas", "delta"),
+    [
+        ({"min-replicas": 0, "max-replicas": 10}, {"min-replicas": 5}, 3, 2),  # a floor of 5 on 3 adds 2
+        ({"min-replicas": 5, "max-replicas": 10}, {"min-replicas": 2}, 5, 0),  # a lower floor moves nothing now
+        ({"min-replicas": 0, "max-replicas": 10}, {"max-replicas": 6}, 8, -2),  # a ceiling of 6 on 8 removes 2
+        ({"min-replicas": 0, "max-replicas": 10}, {"max-replicas": 15}, 10, 5),  # pinned at the old ceiling: filled
+        ({"min-replicas": 0, "max-replicas": 10}, {"max-replicas": 15}, 4, 0),  # not pinned: room, unused now
+        ({"paused-replicas": None, "min-replicas": 0, "max-replicas": 10}, {"paused-replicas": 2}, 5, -3),
+        ({"replicas": 3}, {"replicas": 6}, 3, 3),  # a workload nothing autoscales
+        ({"min-replicas": 0, "max-replicas": 10}, {"min-replicas": 5}, None, None),  # count unknown
+    ],
+)
+def test_the_replicas_a_change_implies_at_the_current_count(
+    before: dict[str, int | None], after: dict[str, int | None], replicas: int | None, delta: int | None
+) -> None:
+    from agent.cost import replicas_delta
+
+    assert replicas_delta(before, {**before, **after}, replicas) == delta
+
+
+def test_the_table_prices_an_instance_type_split_like_opencost() -> None:
+    from agent.cost import Requests, table_price
+
+    table = CostConfig.model_validate(
+        {"table": {"instance_types": {"m5.large": {"on_demand": 0.096, "spot": 0.035, "cpus": 2, "memory_gib": 8}}}}
+    ).table
+    # m5.large on demand: 0.096 over 2 x 0.031611 + 8 x 0.004237 = 0.099118, so each unit price x 0.968539.
+    per_hour, how = table_price(Requests(cpu=0.5, memory_gib=1.0), table, spot=False, instance_type="m5.large")
+    share = 0.096 / (2 * 0.031611 + 8 * 0.004237)
+    assert per_hour == pytest.approx(0.5 * 0.031611 * share + 1.0 * 0.004237 * share)
+    assert "m5.large on-demand" in how
+    spot, _ = table_price(Requests(cpu=0.5, memory_gib=1.0), table, spot=True, instance_type=None)
+    assert spot == pytest.approx(0.5 * 0.006655 + 1.0 * 0.000892)  # OpenCost's default spot prices
+
+
+def test_bad_cost_config_names_the_field(base_config: dict[str, Any]) -> None:
+    from agent.config import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        build_config(
+            base_config,
+            cost={"budgets": {"namespaces": {NS: {}}}, "prometheus": {"url": "prometheus:9090"}},
+            rules=[
+                {"name": "c", "alertname": "HighMCPCost", "action": {"type": "cap"}, "target": {"kind": "Deployment"}}
+            ],
+        )
+    errors = "\n".join(caught.value.errors)
+    assert f"cost.budgets.namespaces.{NS}: give hourly, monthly, or both" in errors
+    assert "cost.prometheus.url: must start with http:// or https://" in errors
+    assert "rules[0]: the cap action lowers max-replicas: target.kind must be ScaledObject or" in errors

@@ -724,7 +724,8 @@ async def test_rbac_grants_exactly_the_calls_the_agent_makes(
         payload(alert("MCPAtMaximumScale", workload)),  # raise_max via the `deployment` label: list by workload
         payload(alert("MCPFrequentScaling", {"namespace": NS, "scaledObject": "mcp-filesystem-scaler"})),
         payload(alert("MCPScaleToZeroStuck", {"namespace": NS, "deployment": "mcp-filesystem-server"})),  # resume
-        payload(alert("HighMCPCost")),  # notify: no API call
+        # cap: list the namespace's ScaledObjects, read their Deployments' pod templates (their price), patch
+        payload(alert("HighMCPCost", {"namespace": NS})),
     ]
     for body in steps:
         assert (await post(agent, body)).status == 200

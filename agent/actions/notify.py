@@ -1,5 +1,5 @@
 """
-``notify``: record and post only (MCPHighLatencyDespiteScaling; HighMCPCost until costing lands).
+``notify``: record and post only (MCPHighLatencyDespiteScaling; the cost advice, agent/advice.py).
 
 No target is needed; when the alert names one it is shown in the decision all the same.
 """

@@ -292,7 +292,31 @@ async def run_demo(*, examples: str | None = None, pace: float = 0.3) -> int:
             _print_state(cluster, touched, reconcile_every=config.kubernetes.reconcile_interval)
             print(f"\n{len(printed)} decisions recorded. Every one is in the ledger; in a real run, list them with")
             print("  scaling-agent decisions --config config/agent.yaml --since 1h")
+            await _print_report(config)
     return 0
+
+
+async def _print_report(config: Any) -> None:
+    """The demo ends with the report of its own ledger (``scaling-agent report``), its lines clipped to WIDTH."""
+    from agent.report import render_table, report_from_ledger
+
+    report = await report_from_ledger(config.ledger, since=timedelta(hours=1), namespace=NAMESPACE)
+    print("\nWhat the decisions cost and saved (scaling-agent report --since 1h --namespace cortex-mcp):\n")
+    table = render_table(report).splitlines()
+    # The full table's target rows are wider than the demo's lines; they are shown per target, more narrowly.
+    top = next((i for i, line in enumerate(table) if line.startswith("Top targets")), len(table))
+    rest = next((i for i, line in enumerate(table) if line.startswith("Refusals")), len(table))
+    for line in table[:top]:
+        print(line)
+    print("Top targets: replica-hours added/removed, cost added/saved, and what the agent holds at the end")
+    for f in report.targets[:8]:
+        name = f.target.rpartition("/")[2]
+        print(
+            f"  {name:<24} {f.replica_hours_added:5.1f}/{f.replica_hours_removed:<5.1f}"
+            f" ${f.cost_added:.2f}/${f.cost_saved:.2f}  {f.replicas_held:+d} replicas, {f.cost_held_per_hour:+.4f} $/h"
+        )
+    for line in table[rest - 1 if rest < len(table) else rest :]:
+        print(line if len(line) <= WIDTH else line[: WIDTH - 1] + "…")
 
 
 def _demo_schedule(*, port: int) -> dict[str, Any]:
