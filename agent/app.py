@@ -121,6 +121,7 @@ class Agent:
             self.intents.decided,
             self.capper.decided,
         ]
+        self.worker.heralds = [self.capper.arriving]
         self.reconciler = Reconciler(
             targets=self.targets,
             executor=self.executor,

@@ -11,6 +11,9 @@ that ``follows`` the alert's first cap decision, so ``scaling-agent decisions --
 capping. A tick that lowers nothing (every target at its floor or minimum) stops the timer: the caps hold until
 the resolve or their expiry.
 
+The resolve stops the timer *before* it is decided (:meth:`Capper.arriving`, a worker herald): a step running
+while the resolve gives the caps back could otherwise take one again right after, to hold until its expiry.
+
 After a restart, :meth:`Capper.resume` finds the alerts whose caps were stepping (a ``cap`` decision on a firing
 alert, and no resolve recorded since) and starts their timers again, from the last step's time.
 """
@@ -40,6 +43,14 @@ class Capper:
         self.rules = rules
         self.executor = executor
         self._running: dict[Key, asyncio.Task[None]] = {}
+
+    def arriving(self, event: Event) -> None:
+        """The worker's call before it decides an event: a resolve stops its alert's timers first."""
+        if event.kind != EventKind.ALERT or event.status != "resolved":
+            return
+        for key in [key for key in self._running if key[1] == event.fingerprint]:
+            self._running.pop(key).cancel()
+            log.info("capping stopped: the alert resolved", rule=key[0], alertname=event.alertname)
 
     def decided(self, event: Event, decisions: Sequence[Decision]) -> None:
         """The worker's call after each event: start (or stop) the timer of each cap rule that decided on it."""

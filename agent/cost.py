@@ -303,6 +303,7 @@ class Pricer:
             pods.setdefault(pod, {})[resource] = float(row["value"][1])
             if labels.get("node"):
                 nodes[pod] = labels["node"]
+        pods = {pod: requests for pod, requests in pods.items() if pod in nodes}  # a pending pod costs nothing yet
         if not pods:
             return await self._template_at_average(namespace, kind, name)
         cpu = sum(p.get("cpu", 0.0) for p in pods.values()) / len(pods)

@@ -209,9 +209,9 @@ class Guard:
                 continue
             seen = f"; {spend.note}" if spend.note else ""
             text = (
-                f"{label} is ${budget.per_hour:.2f}/h (${budget.per_hour * HOURS_PER_MONTH:,.0f}/month): spend now"
-                f" ${spend.per_hour:.2f}/h, {costing.delta_per_hour:+.4f}/h for {costing.replicas_delta:+d}"
-                f" replicas would make it ${projected:.2f}/h{seen}"
+                f"{label} is {dollars(budget.per_hour)}/h (${budget.per_hour * HOURS_PER_MONTH:,.0f}/month): spend"
+                f" now {dollars(spend.per_hour)}/h, {costing.delta_per_hour:+.4f}/h for {costing.replicas_delta:+d}"
+                f" replicas would make it {dollars(projected)}/h{seen}"
             )
             if not critical:
                 raise Refused(f"over budget: {text}")
@@ -232,3 +232,8 @@ class Guard:
             yield
         finally:
             self._in_flight -= 1
+
+
+def dollars(amount: float) -> str:
+    """``$12.50``; cents and below with four decimals (``$0.1040``), so that a small overrun still shows."""
+    return f"${amount:,.2f}" if abs(amount) >= 10 else f"${amount:.4f}"

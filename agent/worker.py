@@ -50,6 +50,7 @@ log = structlog.get_logger("agent.worker")
 
 Decoder = Callable[[Delivery], list[Event]]  # a source's: the events of one of its deliveries
 Follower = Callable[[Event, Sequence[Decision]], None]  # a source's: hears what became of its events
+Herald = Callable[[Event], None]  # told of an event before it is decided (a timer that must stop first)
 
 GIVE_WAY_SECONDS = 0.005
 STORM_TURN_SECONDS = 0.02  # in a storm the worker takes one unit of work per 20 ms at most: ~50 events/s
@@ -208,6 +209,7 @@ class Worker:
         self.ledger = ledger
         self.decoders: Mapping[str, Decoder] = decoders or {}  # the sources' (set once they are built)
         self.followers: list[Follower] = []  # told what became of every event (the calendar, the evacuations)
+        self.heralds: list[Herald] = []  # told of every event before it is decided (the capping timers)
         self.rules = rules
         self.executor = executor
         self.recorder = recorder
@@ -402,6 +404,11 @@ class Worker:
             reason = f"redelivery of event #{entry.duplicate_of} (same alert, status and start)"
             decisions.append(await self._note(Trigger.of(event), "redelivery", reason))
         else:
+            for herald in self.heralds:
+                try:
+                    herald(event)
+                except Exception:  # the event is decided all the same
+                    log.exception("a herald failed", source=event.source, entry=entry.id)
             try:
                 plans = await self.rules.plan(event)
                 if not plans:

@@ -229,8 +229,8 @@ async def test_the_budget_refuses_a_scale_up_past_it_and_a_critical_rule_goes_pa
     refused = await decide(agent, "Floor5")
     assert refused.outcome == Outcome.REFUSED
     assert refused.reason == (
-        f"over budget: namespace {NS}'s budget is $0.10/h ($73/month): spend now $0.07/h,"
-        " +0.0320/h for +2 replicas would make it $0.10/h"
+        f"over budget: namespace {NS}'s budget is $0.1000/h ($73/month): spend now $0.0720/h,"
+        " +0.0320/h for +2 replicas would make it $0.1040/h"
     )
     assert refused.cost is not None and refused.cost.delta_per_hour == pytest.approx(0.032)
     assert scaledobject(cluster, TARGET)["spec"]["minReplicaCount"] == 0
@@ -415,3 +415,58 @@ def test_bad_cost_config_names_the_field(base_config: dict[str, Any]) -> None:
     assert f"cost.budgets.namespaces.{NS}: give hourly, monthly, or both" in errors
     assert "cost.prometheus.url: must start with http:// or https://" in errors
     assert "rules[0]: the cap action lowers max-replicas: target.kind must be ScaledObject or" in errors
+
+
+async def test_a_resolve_stops_the_steps_and_gives_every_cap_back(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    cap = {
+        "name": "cap-high-cost",
+        "alertname": "HighMCPCost",
+        "action": {"type": "cap", "params": {"step": 1, "every": "1s", "targets": 2}},
+    }
+    agent = await start_agent(build_config(base_config, rules=[cap]))
+    labels = {"namespace": NS}
+    await post(agent, payload(alert("HighMCPCost", labels)))
+    await settle(agent)
+
+    async def steps() -> list[Decision]:
+        return [d for d in await agent.ledger.decisions() if d.action == "cap"]
+
+    async def stepped_twice() -> bool:
+        return len(await steps()) >= 4  # two targets, two steps each
+
+    await until(stepped_twice, "two steps of the cap on its own timer")
+    first = (await steps())[:2]
+    assert [d.follows for d in first] == [None, None]
+    targets = {d.target for d in first}
+    assert len(targets) == 2
+    original = {d.target: d.before["max-replicas"] for d in first}
+    await post(agent, payload(alert("HighMCPCost", labels, status="resolved")))
+    await settle(agent)
+    await asyncio.sleep(2.5)  # two more ticks, had the timer not stopped
+    decisions = await agent.ledger.decisions()
+    reverts = [i for i, d in enumerate(decisions) if d.action == "revert"]
+    assert len(reverts) == 2 and {decisions[i].target for i in reverts} == targets
+    assert all(d.action != "cap" for d in decisions[reverts[-1] :])  # no step after the give-back
+    for target, maximum in original.items():
+        assert target is not None
+        assert scaledobject(cluster, target.name)["spec"]["maxReplicaCount"] == maximum
+        assert "scaling-agent.cortex.io/claims" not in (
+            cluster.get("scaledobjects", NS, target.name)["metadata"].get("annotations") or {}
+        )
+
+
+async def test_a_workload_with_no_pod_is_priced_from_its_template_at_the_average_prices(
+    api: Any, prometheus: Prom
+) -> None:
+    # mcp-cost-optimized-server has no pod in kube-state-metrics' series; its template asks 250m and 256Mi.
+    # The cluster's average OpenCost prices: (0.04 + 0.01) / 2 = 0.025 per vCPU-h, (0.005 + 0.002) / 2 = 0.0035.
+    pricer = Pricer(CostConfig.model_validate({"prometheus": {"url": prometheus.url}}), api=api)
+    try:
+        price = await pricer.price(state(workload="mcp-cost-optimized-server", replicas=0))
+    finally:
+        pricer.close()
+    assert price.source == PriceSource.PROMETHEUS
+    assert price.per_hour == pytest.approx(0.25 * 0.025 + 0.25 * 0.0035)
+    assert "from the pod template (no pod runs), at the cluster's average OpenCost prices" in price.note

@@ -578,7 +578,14 @@ def test_service_pdb_and_network_policy() -> None:
     ingress_ports = {(port["port"], port["protocol"]) for rule in policy["spec"]["ingress"] for port in rule["ports"]}
     assert ingress_ports == {(8080, "TCP")}  # the webhook and /metrics, nothing else
     egress_ports = {(port["port"], port["protocol"]) for rule in policy["spec"]["egress"] for port in rule["ports"]}
-    assert egress_ports == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP")}
+    assert egress_ports == {(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP"), (9090, "TCP")}
+    # Prometheus (prices, cost.prometheus) only in the namespace monitoring, where agent.yaml points.
+    [to_prometheus] = [rule for rule in policy["spec"]["egress"] if any(p["port"] == 9090 for p in rule["ports"])]
+    assert to_prometheus["to"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    shipped = yaml.safe_load((DEPLOY / "base" / "agent.yaml").read_text())
+    assert shipped["cost"]["prometheus"]["url"] == "http://prometheus-server.monitoring:9090"
 
 
 # --- RBAC: no call without a rule, no rule without a call -------------------------------------------------
