@@ -284,7 +284,8 @@ class Pricer:
             return cached[1]
         try:
             if urgent or self._prometheus is None:
-                raise PrometheusUnavailable("not asked" if urgent else "no cost.prometheus.url configured")
+                why = "not asked, the change has a deadline" if urgent else "no cost.prometheus.url configured"
+                raise PrometheusUnavailable(why)
             price = await self._from_prometheus(state.ref.namespace, kind, name)
         except PrometheusUnavailable as exc:
             price = await self._from_table(state.ref.namespace, kind, name, why=str(exc))

@@ -470,3 +470,12 @@ async def test_a_workload_with_no_pod_is_priced_from_its_template_at_the_average
     assert price.source == PriceSource.PROMETHEUS
     assert price.per_hour == pytest.approx(0.25 * 0.025 + 0.25 * 0.0035)
     assert "from the pod template (no pod runs), at the cluster's average OpenCost prices" in price.note
+
+
+def test_a_cap_every_below_a_second_is_a_config_error(base_config: dict[str, Any]) -> None:
+    from agent.config import ConfigError
+
+    rule = {"name": "c", "alertname": "HighMCPCost", "action": {"type": "cap", "params": {"every": "100ms"}}}
+    with pytest.raises(ConfigError) as caught:
+        build_config(base_config, rules=[rule])
+    assert caught.value.errors == ["rules[0].action.params.every: must be at least 1s"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from agent.actions.base import Hold, Intent, Limits, Params, Skip, Spec, release_on_resolved
 from agent.claims import MAX_REPLICAS, MIN_REPLICAS, Want
@@ -32,9 +32,12 @@ class CapParams(Params):
     minimum: int = Field(default=1, ge=0, description="the lowest ceiling a cap sets")
     for_: Duration = Field(default=timedelta(hours=6), alias="for")
 
-    def model_post_init(self, context: object) -> None:
-        if self.every < timedelta(seconds=1):
-            raise ValueError("every: must be at least 1s")
+    @field_validator("every")
+    @classmethod
+    def _at_least_a_second(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
 
 
 class CapSpec(Spec):
