@@ -106,6 +106,7 @@ class Spend:
     per_hour: float | None
     source: PriceSource
     note: str = ""
+    read_at: float = 0.0  # when Prometheus said so (the pricer's clock): changes made since are not in it
 
 
 def pod_pattern(kind: str, name: str) -> str:
@@ -387,6 +388,9 @@ class Pricer:
         self._templates[key] = (now + self.config.cache.total_seconds(), template)
         return template
 
+    def now(self) -> float:
+        return self._clock()
+
     # --- spend -----------------------------------------------------------------------------------------------
 
     async def spend(self, namespace: str | None) -> Spend:
@@ -404,7 +408,7 @@ class Pricer:
         assert self._spends is not None
         by_namespace = self._spends[1]
         if namespace is not None:
-            return Spend(by_namespace.get(namespace, 0.0), PriceSource.PROMETHEUS, note)
+            return Spend(by_namespace.get(namespace, 0.0), PriceSource.PROMETHEUS, note, read_at=self._spends[0])
         everywhere = "*" in self.namespaces
         total = sum(v for ns, v in by_namespace.items() if everywhere or ns in self.namespaces)
-        return Spend(total, PriceSource.PROMETHEUS, note)
+        return Spend(total, PriceSource.PROMETHEUS, note, read_at=self._spends[0])

@@ -127,6 +127,8 @@ class Executor:
             decision = await self._on_target(
                 draft, plan.target, decide, holder=holder, urgent=urgent, critical=plan.critical
             )
+            if decision.outcome == Outcome.APPLIED:
+                self.guard.spent(plan.target.namespace, decision.cost)
         await self.recorder.record(decision)
         return decision
 
@@ -160,6 +162,8 @@ class Executor:
             )
 
         decision = await self._on_target(draft, ref, decide, holder="")
+        if decision.outcome == Outcome.APPLIED and decision.target is not None:
+            self.guard.spent(decision.target.namespace, decision.cost)
         await self.recorder.record(decision)
         return decision
 

@@ -30,6 +30,7 @@ restoring what was there before must always be possible.
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -42,6 +43,11 @@ from agent.cost import Pricer
 from agent.ledger import Ledger
 from agent.structs import Costing, EventKind, Outcome, Plan, TargetRef
 from agent.targets.base import OPT_OUT_ANNOTATION, PauseOwner, TargetKind, TargetState
+
+# A change shows in the spend Prometheus reports once its pods run and are scraped: the budget counts the agent's
+# own changes made since a spend was read, and this long before it, on top of that spend.
+NOT_YET_IN_SPEND_SECONDS = 180.0
+RECENT_CHANGES = 10_000  # the agent's own priced changes kept for that (a storm's worth)
 
 # Claims that stop motion: a cooldown never refuses them.
 STABILISING = (Want.PAUSE, Want.HOLD)
@@ -67,6 +73,7 @@ class Guard:
         self.config = config
         self.costs = costs or CostConfig()
         self.pricer = pricer
+        self._spent: deque[tuple[float, str, float]] = deque(maxlen=RECENT_CHANGES)  # (when, namespace, $/h)
         self.kubernetes = kubernetes
         self.ledger = ledger
         self.dry_run = dry_run or config.dry_run
@@ -204,10 +211,14 @@ class Guard:
                     raise Refused(f"budget: {label} cannot be checked ({spend.note}); cost.on_unknown_price is refuse")
                 notes.append(f"{label} not checked ({spend.note}): allowed (cost.on_unknown_price: allow)")
                 continue
-            projected = spend.per_hour + costing.delta_per_hour
+            since = spend.read_at - NOT_YET_IN_SPEND_SECONDS
+            ours = sum(d for at, ns, d in self._spent if at >= since and namespace in (None, ns))
+            projected = spend.per_hour + ours + costing.delta_per_hour
             if projected <= budget.per_hour:
                 continue
             seen = f"; {spend.note}" if spend.note else ""
+            if ours:
+                seen += f"; with {ours:+.4f}/h of the agent's own changes not yet in that spend"
             text = (
                 f"{label} is {dollars(budget.per_hour)}/h (${budget.per_hour * HOURS_PER_MONTH:,.0f}/month): spend"
                 f" now {dollars(spend.per_hour)}/h, {costing.delta_per_hour:+.4f}/h for {costing.replicas_delta:+d}"
@@ -217,6 +228,11 @@ class Guard:
                 raise Refused(f"over budget: {text}")
             notes.append(f"over budget, applied because rule {rule} is critical: {text}")
         return "; ".join(notes)
+
+    def spent(self, namespace: str, costing: Costing | None) -> None:
+        """A priced change was applied: the budget counts it until the spend Prometheus reports can hold it."""
+        if self.pricer is not None and costing is not None and costing.delta_per_hour:
+            self._spent.append((self.pricer.now(), namespace, costing.delta_per_hour))
 
     @contextlib.asynccontextmanager
     async def slot(self, *, urgent: bool = False) -> AsyncIterator[None]:

@@ -479,3 +479,22 @@ def test_a_cap_every_below_a_second_is_a_config_error(base_config: dict[str, Any
     with pytest.raises(ConfigError) as caught:
         build_config(base_config, rules=[rule])
     assert caught.value.errors == ["rules[0].action.params.every: must be at least 1s"]
+
+
+async def test_the_budget_counts_the_agents_own_changes_not_yet_in_the_spend(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any], prometheus: Prom
+) -> None:
+    # Spend 0.072/h (the exporter's pods do not change). A floor of 5 adds 0.032/h: 0.104, within 0.12. A floor of 7
+    # adds 0.032/h more, which Prometheus cannot show yet: 0.072 + 0.032 + 0.032 = 0.136, past 0.12.
+    budgets = {"namespaces": {NS: {"hourly": 0.12}}}
+    config = build_config(
+        base_config, cost=cost_config(prometheus, budgets=budgets), rules=FLOOR_RULES, guard={"cooldown": "0s"}
+    )
+    agent = await start_agent(config)
+    assert (await decide(agent, "Floor5")).outcome == Outcome.APPLIED
+    refused = await decide(agent, "Floor7")
+    assert refused.outcome == Outcome.REFUSED
+    assert refused.reason == (
+        f"over budget: namespace {NS}'s budget is $0.1200/h ($88/month): spend now $0.0720/h, +0.0320/h for +2"
+        " replicas would make it $0.1360/h; with +0.0320/h of the agent's own changes not yet in that spend"
+    )
