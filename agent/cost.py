@@ -6,7 +6,9 @@ price is its requests times its nodes' unit prices:
 
 - **Prometheus first** (prometheus-api-client): the pods' requests from kube-state-metrics
   (``kube_pod_container_resource_requests``), each pod's node's price per vCPU-hour and per GiB-hour from
-  OpenCost (``node_cpu_hourly_cost``, ``node_ram_hourly_cost``), averaged over the pods. A workload with no pod
+  OpenCost (``node_cpu_hourly_cost``, ``node_ram_hourly_cost``), averaged over the pods. Nodes OpenCost does not
+  price: the cost recording rule's ``mcp:cost:hourly_pod_cost`` of the pods instead (the shipped one, or a cost
+  model of your own under that name, on the seed's ``node_cost_hourly`` say). A workload with no pod
   running (scaled to zero) is priced from its pod template's requests at the cluster's average unit prices.
 - **The table** (``cost.table``) when Prometheus is down or the series are missing: the requests last seen in
   Prometheus, else the pod template's (read from Kubernetes), at the table's prices: an instance type's
@@ -70,6 +72,8 @@ POD_COST = (
     f" or {_MEMORY} / 1073741824 * on (node) group_left () avg by (node) (node_ram_hourly_cost))"
 )
 SPEND = f"sum by (namespace) ({POD_COST})"
+RECORDED_POD_COST = "mcp:cost:hourly_pod_cost"  # deploy/base/prometheusrule.yaml's, or a cost model of your own
+RECORDED_SPEND = "sum by (namespace) (mcp:cost:hourly_pod_cost)"
 REQUESTS = "sum by (pod, node, resource) (" + KSM_REQUESTS + ")"
 NODE_PRICES = 'avg by (node, __name__) ({{__name__=~"node_cpu_hourly_cost|node_ram_hourly_cost", node=~`{nodes}`}})'
 AVERAGE_PRICES = 'avg by (__name__) ({__name__=~"node_cpu_hourly_cost|node_ram_hourly_cost"})'
@@ -322,7 +326,7 @@ class Pricer:
         priced = [pod for pod in pods if len(unit.get(nodes.get(pod, ""), {})) == 2]
         if len(priced) < len(pods):
             missing = sorted({nodes.get(p, "?") for p in pods if p not in priced})
-            raise PrometheusUnavailable(f"no OpenCost node prices for {', '.join(missing)}")
+            return await self._from_recording_rule(namespace, kind, name, pods, why=", ".join(missing))
         total = 0.0
         for pod in pods:
             prices = unit[nodes[pod]]
@@ -330,6 +334,22 @@ class Pricer:
             total += pods[pod].get("memory", 0.0) / GIB * prices["node_ram_hourly_cost"]
         per_hour = total / len(pods)
         note = f"{requests.text()} per replica ({len(pods)} pods on {', '.join(names)}), OpenCost's node prices"
+        return ReplicaPrice(round(per_hour, 6), PriceSource.PROMETHEUS, note)
+
+    async def _from_recording_rule(
+        self, namespace: str, kind: str, name: str, pods: Mapping[str, Any], *, why: str
+    ) -> ReplicaPrice:
+        """
+        No OpenCost prices for some of the pods' nodes: the cost recording rule (the shipped PrometheusRule's, or
+        your own cost model under the same name, e.g. on the seed's ``node_cost_hourly``), else the table.
+        """
+        match = f'namespace="{namespace}", pod=~`{pod_pattern(kind, name)}`'
+        rows = await self.query(f"max by (pod) ({RECORDED_POD_COST}{{{match}}})")
+        costs = {row.get("metric", {}).get("pod", ""): float(row["value"][1]) for row in rows}
+        if not pods or any(pod not in costs for pod in pods):
+            raise PrometheusUnavailable(f"no OpenCost node prices for {why}, nor {RECORDED_POD_COST} for its pods")
+        per_hour = sum(costs[pod] for pod in pods) / len(pods)
+        note = f"{RECORDED_POD_COST} of its {len(pods)} pods (no OpenCost node prices for {why})"
         return ReplicaPrice(round(per_hour, 6), PriceSource.PROMETHEUS, note)
 
     async def _template_at_average(self, namespace: str, kind: str, name: str) -> ReplicaPrice:
@@ -399,7 +419,7 @@ class Pricer:
         note = ""
         if self._spends is None or self._spends[0] + self.config.cache.total_seconds() <= now:
             try:
-                rows = await self.query(SPEND)
+                rows = await self.query(SPEND) or await self.query(RECORDED_SPEND)  # no OpenCost: the rule's
                 self._spends = (now, {r.get("metric", {}).get("namespace", ""): float(r["value"][1]) for r in rows})
             except PrometheusUnavailable as exc:
                 if self._spends is None or self._spends[0] + SPEND_STALE_SECONDS <= now:

@@ -156,6 +156,20 @@ async def test_prices_a_replica_and_a_spend_from_opencost_and_kube_state_metrics
                 fresh.close()
 
         await until(unpriced, "a pod on a node OpenCost does not price to fall back to the table")
+        # The cost recording rule (a cost model of one's own, under the shipped rule's name) prices it instead.
+        prometheus.exporter.set(
+            "mcp:cost:hourly_pod_cost", {"namespace": NS, "pod": "mcp-queue-processor-1a2b3c-eeeee"}, 0.05
+        )
+
+        async def recorded() -> bool:
+            fresh = Pricer(config, api=None)
+            try:
+                price = await fresh.price(state(workload="mcp-queue-processor"))
+            finally:
+                fresh.close()
+            return price.source == PriceSource.PROMETHEUS and price.per_hour == pytest.approx(0.05)
+
+        await until(recorded, "the recording rule's price of the pod on the node OpenCost does not price")
     finally:
         pricer.close()
 
