@@ -69,6 +69,8 @@ class Advisor:
                 log.info("no cost advice this time: Prometheus cannot be read", error=str(exc))
             except KubernetesError as exc:
                 log.warning("no cost advice this time: the objects cannot be read", error=str(exc))
+            except Exception:  # advice is a nicety: a bug in it must not make the pod unhealthy (the supervisor)
+                log.exception("cost advice failed; it tries again at the next look")
             await asyncio.sleep(self.config.every.total_seconds())
 
     async def look(self) -> list[Decision]:
