@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import os
 import signal
 import sys
@@ -191,6 +192,8 @@ async def test_prometheus_and_alertmanager_drive_the_agent(
     token_file.write_text(TOKEN)
 
     config = {**base_config, "webhook": {**base_config["webhook"], "port": agent_port}, "log": {"format": "json"}}
+    # Prices from this Prometheus: OpenCost's node prices and kube-state-metrics' requests, from the exporter.
+    config["cost"] = {"prometheus": {"url": f"http://127.0.0.1:{prom_port}"}, "cache": "0s"}
     (tmp_path / "agent.yaml").write_text(yaml.safe_dump(config))
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig_for(str(cluster.url).rstrip("/"))))
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_groups(for_="1s")))
@@ -291,6 +294,34 @@ async def test_prometheus_and_alertmanager_drive_the_agent(
             assert count(rows, "set_min", "applied") == 1
             assert count(rows, "revert", "applied") == 2
             assert "scaling-agent.cortex.io/claims" not in annotations(cluster, "mcp-scale-to-zero")
+
+            # HighMCPCost: at OpenCost's prices, one pod of mcp-filesystem-server (3 vCPU at $40/vCPU-h) takes
+            # cortex-mcp past $100/h. The alert carries the namespace; the agent prices the ScaledObjects there
+            # from this Prometheus and caps the most expensive (one replica off its ceiling), and gives the cap
+            # back when cheaper prices resolve the alert.
+            node = {"node": "node-a", "instance_type": "m5.24xlarge", "region": "eu-central-1"}
+            exporter.set("node_cpu_hourly_cost", node, 40.0)
+            exporter.set("node_ram_hourly_cost", node, 1.0)
+            expensive = {"namespace": NS, "pod": "mcp-filesystem-server-7d9f8c-aaaaa", "container": "mcp-server"}
+            requests = {**expensive, "node": "node-a", "resource": "cpu", "unit": "core"}
+            exporter.set("kube_pod_container_resource_requests", requests, 3.0)
+            ceiling = scaledobject(cluster, "mcp-filesystem-scaler")["spec"]["maxReplicaCount"]
+            await until(
+                lambda: scaledobject(cluster, "mcp-filesystem-scaler")["spec"]["maxReplicaCount"] == ceiling - 1,
+                "HighMCPCost to cap the most expensive ScaledObject of cortex-mcp",
+            )
+            [cap] = claims_on(cluster, "mcp-filesystem-scaler").claims
+            assert cap.holder.startswith("rule:cap-high-cost:") and cap.value == ceiling - 1
+            assert count(await decisions(agent_url), "cap", "applied") == 3  # the three most expensive
+            logged = [json.loads(line) for line in (tmp_path / "agent.log").read_text().splitlines() if '"cap"' in line]
+            [capped] = [d for d in logged if d.get("target") == f"ScaledObject/{NS}/mcp-filesystem-scaler"]
+            # One replica: 3 vCPU x $40 (the one pod in Prometheus), priced from this Prometheus.
+            assert (capped["price_source"], capped["price_per_replica_hour"]) == ("prometheus", 120.0)
+            exporter.set("node_cpu_hourly_cost", node, 1.0)  # $3/h: the alert resolves
+            await until(
+                lambda: scaledobject(cluster, "mcp-filesystem-scaler")["spec"]["maxReplicaCount"] == ceiling,
+                "HighMCPCost's resolve to give the cap back",
+            )
 
 
 async def _scraped(prom_port: int) -> bool:
