@@ -512,3 +512,30 @@ async def test_the_budget_counts_the_agents_own_changes_not_yet_in_the_spend(
         f"over budget: namespace {NS}'s budget is $0.1200/h ($88/month): spend now $0.0720/h, +0.0320/h for +2"
         " replicas would make it $0.1360/h; with +0.0320/h of the agent's own changes not yet in that spend"
     )
+
+
+async def test_a_restart_resumes_the_capping_of_an_alert_still_firing(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    cap = {
+        "name": "cap-high-cost",
+        "alertname": "HighMCPCost",
+        "action": {"type": "cap", "params": {"step": 1, "every": "2s", "targets": 1}},
+    }
+    config = build_config(base_config, rules=[cap])
+    agent = await start_agent(config)
+    await post(agent, payload(alert("HighMCPCost", {"namespace": NS})))
+    await settle(agent)
+    [first] = [d for d in await agent.ledger.decisions() if d.action == "cap"]
+    assert first.outcome == Outcome.APPLIED and first.target is not None
+    await agent.stop()  # before the next step: the alert still fires, and nothing will send it again
+
+    again = await start_agent(config)
+
+    async def stepped() -> bool:
+        return any(d.follows == first.id for d in await again.ledger.decisions() if d.action == "cap")
+
+    await until(stepped, "the restarted agent to take the next step on its own timer")
+    [step] = [d for d in await again.ledger.decisions() if d.follows == first.id]
+    assert step.outcome == Outcome.APPLIED
+    assert step.after["max-replicas"] == first.after["max-replicas"] - 1
