@@ -316,7 +316,7 @@ async def _print_report(config: Any) -> None:
             f" ${f.cost_added:.2f}/${f.cost_saved:.2f}  {f.replicas_held:+d} replicas, {f.cost_held_per_hour:+.4f} $/h"
         )
     for line in table[rest - 1 if rest < len(table) else rest :]:
-        print(line if len(line) <= WIDTH else line[: WIDTH - 1] + "…")
+        print(line if len(line.encode()) <= WIDTH else line[: WIDTH - 3] + "…")  # "…" is 3 bytes
 
 
 def _demo_schedule(*, port: int) -> dict[str, Any]:

@@ -246,6 +246,10 @@ class SqliteLedger:
             try:
                 assert self._db is not None
                 await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    log.warning("WAL checkpoint failed", error=str(exc))
+                # A read on the same connection was in progress (SQLITE_LOCKED): the next pass copies it all.
             except Exception as exc:  # the next pass tries again; the WAL only grows meanwhile
                 log.warning("WAL checkpoint failed", error=str(exc))
 
