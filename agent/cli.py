@@ -132,21 +132,27 @@ async def _decisions(args: argparse.Namespace, ledger_config: LedgerConfig) -> i
     return 0
 
 
-def cmd_decisions(args: argparse.Namespace) -> int:
+def _ledger_config(args: argparse.Namespace, command: str) -> LedgerConfig | int:
+    """The ledger a reader command reads: ``--ledger URL``, else the config's; an exit code when neither works."""
     if args.ledger:
         try:
-            ledger_config = LedgerConfig(url=args.ledger)
+            return LedgerConfig(url=args.ledger)
         except ValidationError as exc:
-            print(f"decisions: --ledger {args.ledger}: {format_errors(exc)[0].partition(': ')[2]}", file=sys.stderr)
+            print(f"{command}: --ledger {args.ledger}: {format_errors(exc)[0].partition(': ')[2]}", file=sys.stderr)
             return 2
-    elif args.config:
+    if args.config:
         try:
-            ledger_config = load_config(args.config).ledger
+            return load_config(args.config).ledger
         except ConfigError as exc:
             return _print_config_error(exc)
-    else:
-        print(f"decisions: give --config FILE or --ledger URL (or set {CONFIG_ENV})", file=sys.stderr)
-        return 2
+    print(f"{command}: give --config FILE or --ledger URL (or set {CONFIG_ENV})", file=sys.stderr)
+    return 2
+
+
+def cmd_decisions(args: argparse.Namespace) -> int:
+    ledger_config = _ledger_config(args, "decisions")
+    if isinstance(ledger_config, int):
+        return ledger_config
     if args.target and "/" not in args.target and args.kind not in _cluster_scoped_kinds():
         print(
             "decisions: --target must be NAMESPACE/NAME (NAME alone for a cluster-scoped --kind: Node)", file=sys.stderr
@@ -179,20 +185,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"report: --{name}: {exc}", file=sys.stderr)
             return 2
-    if args.ledger:
-        try:
-            ledger_config = LedgerConfig(url=args.ledger)
-        except ValidationError as exc:
-            print(f"report: --ledger {args.ledger}: {format_errors(exc)[0].partition(': ')[2]}", file=sys.stderr)
-            return 2
-    elif args.config:
-        try:
-            ledger_config = load_config(args.config).ledger
-        except ConfigError as exc:
-            return _print_config_error(exc)
-    else:
-        print(f"report: give --config FILE or --ledger URL (or set {CONFIG_ENV})", file=sys.stderr)
-        return 2
+    ledger_config = _ledger_config(args, "report")
+    if isinstance(ledger_config, int):
+        return ledger_config
     try:
         report = asyncio.run(
             report_from_ledger(
