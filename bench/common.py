@@ -1,5 +1,6 @@
 """
-Process control shared by the bench scripts (``bench/webhook.py``, ``bench/watch.py``).
+Process control shared by the bench scripts (``bench/webhook.py``, ``bench/watch.py``, ``bench/preemption.py``,
+``bench/pricing.py``), and the small helpers they all use: a loopback port, a quantile.
 
 Each script starts copies of itself with ``--serve …`` as child processes: a child prints ``READY <what>`` on
 stdout once it is up, is pinned to a core of its own or to the shared one, and is stopped with SIGTERM (then
@@ -15,6 +16,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -158,3 +160,20 @@ async def settle(limit: float, threshold: float = QUIET_CORES) -> float:
         busy = (machine_busy() - before) / (time.monotonic() - start)
         if busy < threshold or time.monotonic() >= deadline:
             return busy
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile (0 < q < 1) by linear interpolation between the nearest ranks."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)

@@ -32,7 +32,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -46,6 +45,7 @@ from typing import Any
 import aiohttp
 import common
 import yaml
+from common import free_port, pct
 
 ROOT = Path(__file__).resolve().parents[1]
 SELF = Path(__file__).resolve()
@@ -284,12 +284,6 @@ class Child:
 
 
 # ---------------------------------------------------------------------------------------------- redis-server, wrk
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -911,17 +905,6 @@ class Bench:
 
 
 # ---------------------------------------------------------------------------------------------- report
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0 < q < 1) by linear interpolation between the nearest ranks."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def ms(value: float | None) -> str:

@@ -30,7 +30,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +41,7 @@ import aiohttp
 import common
 import yaml
 from aiohttp import web
+from common import free_port, pct
 
 from agent.config import CostConfig
 from agent.cost import GIB, NODE_PRICES, REQUESTS, Pricer, pod_pattern
@@ -171,12 +171,6 @@ class Exporter:
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None
         await self._runner.cleanup()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # ---------------------------------------------------------------------------------------------- Prometheus
@@ -521,17 +515,6 @@ async def run_measurements(
 
 
 # ---------------------------------------------------------------------------------------------- report
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0 < q < 1) by linear interpolation between the nearest ranks."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 def human(seconds: float) -> str:

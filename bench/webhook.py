@@ -44,6 +44,7 @@ import aiohttp
 import common
 import yaml
 from aiohttp import web
+from common import pct
 
 from agent.demo.alerts import alert, payload
 
@@ -673,17 +674,6 @@ class Bench:
 
 
 # ---------------------------------------------------------------------------------------------- report
-
-
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0 < q < 1) by linear interpolation between the nearest ranks."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 Bounded = list[tuple[float, bool]]  # (ms, censored): censored = undecided at the end, the value a lower bound
