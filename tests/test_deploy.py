@@ -45,6 +45,7 @@ from agent.sources.calendar import CalendarSettings
 from agent.structs import Outcome
 from tests.conftest import NS, ROOT, TOKEN, StartAgent, build_config, free_port, post, settle
 from tests.test_events import send
+from tests.test_kinds import hpa
 
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
@@ -819,19 +820,7 @@ async def test_rbac_with_the_components_grants_exactly_the_calls_of_the_other_ki
     assert config.kubernetes.post_events and TOKEN and base_config
 
     cluster.add(workload_object("Deployment", HPA_SCALED, 4))
-    cluster.add(
-        {
-            "apiVersion": "autoscaling/v2",
-            "kind": "HorizontalPodAutoscaler",
-            "metadata": {"name": "mcp-search", "namespace": NS},
-            "spec": {
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": HPA_SCALED},
-                "minReplicas": 2,
-                "maxReplicas": 10,
-            },
-            "status": {"currentReplicas": 4, "desiredReplicas": 4},
-        }
-    )
+    cluster.add(hpa("mcp-search", HPA_SCALED))
     cluster.add(workload_object("Deployment", UNSCALED, 2))
     cluster.add(workload_object("StatefulSet", STATEFUL, 3))
     cluster.add({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}, "spec": {}})
@@ -940,19 +929,7 @@ async def test_rbac_with_the_calendar_grants_exactly_the_calls_of_a_schedule_and
     apps = [SCHEDULED_WORKLOAD]
     if kinds:
         cluster.add(workload_object("Deployment", HPA_SCALED, 1))
-        cluster.add(
-            {
-                "apiVersion": "autoscaling/v2",
-                "kind": "HorizontalPodAutoscaler",
-                "metadata": {"name": "mcp-search", "namespace": NS},
-                "spec": {
-                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": HPA_SCALED},
-                    "minReplicas": 1,
-                    "maxReplicas": 10,
-                },
-                "status": {"currentReplicas": 1, "desiredReplicas": 1},
-            }
-        )
+        cluster.add(hpa("mcp-search", HPA_SCALED, min_replicas=1, replicas=1))
         cluster.add(workload_object("Deployment", UNSCALED, 1))
         cluster.add(workload_object("StatefulSet", STATEFUL, 1))
         targets += [
@@ -1174,19 +1151,7 @@ async def test_rbac_with_the_evacuation_grants_exactly_the_calls_of_an_evacuatio
     prescaled = {f"ScaledObject/{NS}/mcp-filesystem-scaler": {"min-replicas": 3 + 2}}
     if every_kind:
         cluster.add(workload_object("Deployment", HPA_SCALED, 4))
-        cluster.add(
-            {
-                "apiVersion": "autoscaling/v2",
-                "kind": "HorizontalPodAutoscaler",
-                "metadata": {"name": "mcp-search", "namespace": NS},
-                "spec": {
-                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": HPA_SCALED},
-                    "minReplicas": 2,
-                    "maxReplicas": 10,
-                },
-                "status": {"currentReplicas": 4, "desiredReplicas": 4},
-            }
-        )
+        cluster.add(hpa("mcp-search", HPA_SCALED))
         cluster.add(workload_object("Deployment", UNSCALED, 2))
         cluster.add(workload_object("StatefulSet", STATEFUL, 3))
         on_node += [

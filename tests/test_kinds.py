@@ -38,7 +38,10 @@ def deployment(name: str, replicas: int, kind: str = "Deployment") -> dict[str, 
     }
 
 
-def hpa(name: str, target: str, *, owner: str | None = None) -> dict[str, Any]:
+def hpa(
+    name: str, target: str, *, owner: str | None = None, min_replicas: int = 2, replicas: int = 4
+) -> dict[str, Any]:
+    """A plain HPA scaling the Deployment ``target`` (``owner``: the ScaledObject of KEDA's own HPA)."""
     meta: dict[str, Any] = {"name": name, "namespace": NS}
     if owner is not None:
         meta["ownerReferences"] = [{"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "name": owner}]
@@ -48,10 +51,10 @@ def hpa(name: str, target: str, *, owner: str | None = None) -> dict[str, Any]:
         "metadata": meta,
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
-            "minReplicas": 2,
+            "minReplicas": min_replicas,
             "maxReplicas": 10,
         },
-        "status": {"currentReplicas": 4, "desiredReplicas": 4},
+        "status": {"currentReplicas": replicas, "desiredReplicas": replicas},
     }
 
 
