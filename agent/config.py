@@ -24,6 +24,13 @@ from agent.durations import Duration
 ONE_SECOND = timedelta(seconds=1)
 
 
+def positive_duration(value: timedelta) -> timedelta:
+    """A timeout or an interval: zero would never wait at all."""
+    if value <= timedelta(0):
+        raise ValueError("must be more than 0s")
+    return value
+
+
 def _not_negative(value: timedelta) -> timedelta:
     # A file cannot spell a negative duration (the parser refuses it); this holds for code building a config too.
     if value < timedelta(0):
@@ -247,9 +254,7 @@ class PrometheusPricing(Model):
     @field_validator("timeout")
     @classmethod
     def _timeout_positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be more than 0s")
-        return value
+        return positive_duration(value)
 
 
 HOURS_PER_MONTH = 730

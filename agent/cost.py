@@ -49,6 +49,7 @@ from agent.config import CostConfig, PricingTable
 from agent.errors import KubernetesError, call_json
 from agent.structs import PriceSource
 from agent.targets.base import TargetState
+from agent.targets.pods import WORKLOAD_PLURALS
 
 log = structlog.get_logger("agent.cost")
 
@@ -56,7 +57,6 @@ GIB = 1024**3
 KEEP_REQUESTS = 1000  # workloads whose last-seen requests are kept for the table's fallback
 SPEND_STALE_SECONDS = 3600.0  # a namespace's spend last seen longer ago than this is unknown
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
-WORKLOAD_PLURALS = {"Deployment": "deployments", "StatefulSet": "statefulsets"}
 
 # Names go into regexes as raw (backquoted) PromQL strings: re.escape's backslashes stay as they are.
 # A pod's cost per node and resource: its requests times its node's unit price. ``or`` keeps the memory side of a

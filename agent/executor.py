@@ -127,8 +127,6 @@ class Executor:
             decision = await self._on_target(
                 draft, plan.target, decide, holder=holder, urgent=urgent, critical=plan.critical
             )
-            if decision.outcome == Outcome.APPLIED:
-                self.guard.spent(plan.target.namespace, decision.cost)
         await self.recorder.record(decision)
         return decision
 
@@ -162,8 +160,6 @@ class Executor:
             )
 
         decision = await self._on_target(draft, ref, decide, holder="")
-        if decision.outcome == Outcome.APPLIED and decision.target is not None:
-            self.guard.spent(decision.target.namespace, decision.cost)
         await self.recorder.record(decision)
         return decision
 
@@ -186,9 +182,12 @@ class Executor:
             try:
                 for _ in range(CONFLICT_ATTEMPTS):
                     try:
-                        return await self._attempt(
+                        decision = await self._attempt(
                             draft, kind, ref, decide, holder=holder, urgent=urgent, critical=critical
                         )
+                        if decision.outcome == Outcome.APPLIED:  # the budget counts it until the spend can
+                            self.guard.spent(ref.namespace, decision.cost)
+                        return decision
                     except Conflict:
                         log.info("conflict on patch; reading again", target=str(ref))
                         kind.invalidate(ref.namespace, ref.name)  # the cached copy is stale: read the API

@@ -192,10 +192,10 @@ class Guard:
         """
         budgets = self.costs.budgets
         scopes: list[tuple[str, str | None, Budget]] = []
+        if ref.namespace in budgets.namespaces:
+            scopes.append((f"namespace {ref.namespace}'s budget", ref.namespace, budgets.namespaces[ref.namespace]))
         if budgets.overall is not None:
             scopes.append(("overall budget", None, budgets.overall))
-        if ref.namespace in budgets.namespaces:
-            scopes.insert(0, (f"namespace {ref.namespace}'s budget", ref.namespace, budgets.namespaces[ref.namespace]))
         if not scopes or not costing.replicas_delta or costing.replicas_delta <= 0:
             return ""
         refuse = self.costs.on_unknown_price == "refuse"

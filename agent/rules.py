@@ -31,7 +31,7 @@ from agent.cost import Pricer
 from agent.errors import KubernetesError
 from agent.structs import Event, Outcome, Plan, TargetRef
 from agent.targets import AUTO, AUTO_KINDS
-from agent.targets.base import TargetKind, TargetState
+from agent.targets.base import TargetKind, TargetState, labels_hold
 
 # Which kind of workload an alert label names (kube-state-metrics labels).
 WORKLOAD_OF_LABEL = {"deployment": "Deployment", "statefulset": "StatefulSet"}
@@ -172,7 +172,8 @@ class Rules:
         holder = holder_of(rule.name, event)
         try:
             listed = await kind.list(namespace)
-            states = [await kind.get(namespace, s.ref.name) for s in listed if carries_all(s.labels, rule.target)]
+            selector = rule.target.selector or {}
+            states = [await kind.get(namespace, s.ref.name) for s in listed if labels_hold(s.labels, selector)]
         except KubernetesError as exc:
             log.warning("target lookup failed", error=str(exc))
             raise TargetLookupFailed(f"target lookup failed: {exc}") from exc
@@ -219,8 +220,3 @@ class Rules:
                     return refs, f"{workload} {name} itself: nothing autoscales it"
                 return refs, f"the {kind_name} scaling {workload} {name}"
         return [], f"no target: no {workload} {name} in {namespace}"
-
-
-def carries_all(labels: Mapping[str, str], spec: TargetSpec) -> bool:
-    """The object's labels hold every pair of the rule's selector (no selector: every object)."""
-    return all(labels.get(key) == value for key, value in (spec.selector or {}).items())

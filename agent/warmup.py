@@ -33,7 +33,7 @@ import structlog
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 import agent
-from agent.config import Model
+from agent.config import Model, positive_duration
 from agent.durations import Duration, format_duration
 
 if TYPE_CHECKING:  # the SDK is imported when a pod is first warmed over MCP: it takes ~1 s, and most runs never do
@@ -111,9 +111,7 @@ class WarmupSpec(Model):
     @field_validator("timeout")
     @classmethod
     def _timeout_positive(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be more than 0s")
-        return value
+        return positive_duration(value)
 
     @field_validator("backoff")
     @classmethod

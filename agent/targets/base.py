@@ -164,7 +164,11 @@ def selector_text(selector: Mapping[str, str]) -> str:
 def carries(obj: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
     """The object's labels hold every pair. Also checked on a list's answer: its labelSelector is a hint some
     servers ignore."""
-    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels_hold((obj.get("metadata") or {}).get("labels") or {}, selector)
+
+
+def labels_hold(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
+    """Every pair of the selector is among the labels (an empty selector: always)."""
     return all(labels.get(key) == value for key, value in selector.items())
 
 
