@@ -471,6 +471,40 @@ async def test_a_resolve_stops_the_steps_and_gives_every_cap_back(
         )
 
 
+async def test_a_step_due_while_the_resolve_gives_back_takes_nothing_again(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    # The give-back is slow (its patch fails twice; the retries wait 0.6 s, then 1.2 s) while a step is due every
+    # second. Stopped only after the resolve was decided, the timer's step waits for the object's lock and then
+    # starts capping it again: a cap applied after the give-back, or (cut short by the late stop) a change left
+    # `applying` for the reconciler. Stopped when the resolve arrives, no step follows the give-back.
+    cap = {
+        "name": "cap-high-cost",
+        "alertname": "HighMCPCost",
+        "action": {"type": "cap", "params": {"step": 1, "every": "1s", "targets": 1}},
+    }
+    config = build_config(base_config, rules=[cap], kubernetes={"api_backoff": "600ms"})
+    agent = await start_agent(config)
+    labels = {"namespace": NS}
+    await post(agent, payload(alert("HighMCPCost", labels)))
+    await settle(agent)
+    [first] = [d for d in await agent.ledger.decisions() if d.action == "cap"]
+    assert first.target is not None
+    original = first.before["max-replicas"]
+    cluster.fail(method="PATCH", plural="scaledobjects", status=500, times=2)
+    await post(agent, payload(alert("HighMCPCost", labels, status="resolved")))
+    await settle(agent)
+    await asyncio.sleep(1.5)  # a step the timer had begun would have landed by now
+    assert scaledobject(cluster, first.target.name)["spec"]["maxReplicaCount"] == original
+    assert "scaling-agent.cortex.io/claims" not in (
+        cluster.get("scaledobjects", NS, first.target.name)["metadata"].get("annotations") or {}
+    )
+    decisions = await agent.ledger.decisions()
+    [revert] = [d for d in decisions if d.action == "revert"]
+    assert revert.outcome == Outcome.APPLIED
+    assert [d for d in decisions if d.action == "cap" and d.at > revert.at] == []
+
+
 async def test_a_workload_with_no_pod_is_priced_from_its_template_at_the_average_prices(
     api: Any, prometheus: Prom
 ) -> None:
@@ -539,3 +573,28 @@ async def test_a_restart_resumes_the_capping_of_an_alert_still_firing(
     [step] = [d for d in await again.ledger.decisions() if d.follows == first.id]
     assert step.outcome == Outcome.APPLIED
     assert step.after["max-replicas"] == first.after["max-replicas"] - 1
+
+
+async def test_a_give_back_is_priced_as_the_opposite_of_what_its_claim_added(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    # A floor of 5 on 3 replicas adds 2. The autoscaler then runs 5 (the floor holds them): at that count, lowering
+    # the floor again moves nothing, yet the give-back ends the 2 replicas the floor added, and is priced so.
+    agent = await start_agent(build_config(base_config, rules=FLOOR_RULES))
+    floor = await decide(agent, "Floor5")
+    assert floor.cost is not None and floor.cost.replicas_delta == 2
+    cluster.change("deployments", NS, WORKLOAD, {"spec": {"replicas": 5}, "status": {"replicas": 5}})
+    kind = agent.targets["ScaledObject"]
+
+    async def runs_five() -> bool:
+        return (await kind.get(NS, TARGET)).replicas == 5
+
+    await until(runs_five, "the cache to see the workload at 5 replicas")
+    before = len(await agent.ledger.decisions())
+    await post(agent, payload(alert("Floor5", LABELS, status="resolved")))
+    await settle(agent)
+    [given_back] = (await agent.ledger.decisions())[before:]
+    assert (given_back.action, given_back.outcome) == ("revert", Outcome.APPLIED)
+    assert given_back.cost is not None
+    assert (given_back.cost.replicas, given_back.cost.replicas_delta) == (5, -2)
+    assert given_back.cost.delta_per_hour == pytest.approx(-(floor.cost.delta_per_hour or 0))
