@@ -11,8 +11,11 @@ that ``follows`` the alert's first cap decision, so ``scaling-agent decisions --
 capping. A tick that lowers nothing (every target at its floor or minimum) stops the timer: the caps hold until
 the resolve or their expiry.
 
-The resolve stops the timer *before* it is decided (:meth:`Capper.arriving`, a worker herald): a step running
-while the resolve gives the caps back could otherwise take one again right after, to hold until its expiry.
+The resolve stops the timer *before* it is decided (:meth:`Capper.arriving`, a worker herald): a step due
+while the resolve gives the caps back could otherwise take one again right after, to hold until its expiry. It
+is stopped, not cancelled: a step already writing finishes and is recorded (the give-back waits for the
+object's lock, then ends it), and no step starts after the resolve. Cancelled mid-write, its row would be left
+`applying` and the give-back would erase the evidence that it landed, so it would be settled as failed.
 
 After a restart, :meth:`Capper.resume` finds the alerts whose caps were stepping (a ``cap`` decision on a firing
 alert, and no resolve recorded since) and starts their timers again, from the last step's time.
@@ -21,6 +24,7 @@ alert, and no resolve recorded since) and starts their timers again, from the la
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Sequence
 from dataclasses import replace
@@ -43,13 +47,20 @@ class Capper:
         self.rules = rules
         self.executor = executor
         self._running: dict[Key, asyncio.Task[None]] = {}
+        self._stopping: dict[Key, asyncio.Event] = {}  # set when the alert resolves: no step starts after it
 
     def arriving(self, event: Event) -> None:
         """The worker's call before it decides an event: a resolve stops its alert's timers first."""
         if event.kind != EventKind.ALERT or event.status != "resolved":
             return
-        for key in [key for key in self._running if key[1] == event.fingerprint]:
-            self._running.pop(key).cancel()
+        for key in [key for key in self._stopping if key[1] == event.fingerprint]:
+            self._halt(key, event)
+
+    def _halt(self, key: Key, event: Event) -> None:
+        stopping = self._stopping.pop(key, None)
+        self._running.pop(key, None)
+        if stopping is not None:
+            stopping.set()
             log.info("capping stopped: the alert resolved", rule=key[0], alertname=event.alertname)
 
     def decided(self, event: Event, decisions: Sequence[Decision]) -> None:
@@ -66,10 +77,7 @@ class Capper:
         for rule, first in firsts.items():
             key = (rule, event.fingerprint)
             if event.status == "resolved":
-                task = self._running.pop(key, None)
-                if task is not None:
-                    task.cancel()
-                    log.info("capping stopped: the alert resolved", rule=rule, alertname=event.alertname)
+                self._halt(key, event)
                 continue
             self._start(key, event, anchor=first.follows or first.id, last=first.at)
 
@@ -105,8 +113,12 @@ class Capper:
         spec = self._spec(key[0])
         if spec is None:
             return
-        task = asyncio.create_task(self._run(key, event, spec, anchor=anchor, last=last), name=f"cap {key[0]}")
+        stopping = asyncio.Event()
+        task = asyncio.create_task(
+            self._run(key, event, spec, anchor=anchor, last=last, stopping=stopping), name=f"cap {key[0]}"
+        )
         self._running[key] = task
+        self._stopping[key] = stopping
         task.add_done_callback(functools.partial(self._finished, key))
 
     def _spec(self, rule: str) -> CapSpec | None:
@@ -116,6 +128,7 @@ class Capper:
     def _finished(self, key: Key, task: asyncio.Task[None]) -> None:
         if self._running.get(key) is task:
             del self._running[key]
+            del self._stopping[key]
 
     async def stop(self) -> None:
         tasks = list(self._running.values())
@@ -123,15 +136,21 @@ class Capper:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._running.clear()
+        self._stopping.clear()
 
-    async def _run(self, key: Key, event: Event, spec: CapSpec, *, anchor: str, last: datetime) -> None:
+    async def _run(
+        self, key: Key, event: Event, spec: CapSpec, *, anchor: str, last: datetime, stopping: asyncio.Event
+    ) -> None:
         rule = key[0]
         try:
             wait = (last + spec.params.every - utcnow()).total_seconds()
             while True:
-                await asyncio.sleep(max(wait, 0.0))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), max(wait, 0.0))
+                if stopping.is_set():
+                    return
                 wait = spec.params.every.total_seconds()
-                if not await self.step(rule, event, anchor=anchor):
+                if not await self.step(rule, event, anchor=anchor, stopping=stopping):
                     log.info("capping holds: no target can go lower", rule=rule, alertname=event.alertname)
                     return
         except asyncio.CancelledError:
@@ -139,11 +158,17 @@ class Capper:
         except Exception:  # a capping must never take the agent down, nor stop unsaid
             log.exception("capping failed; its caps hold until the resolve or their expiry", rule=rule)
 
-    async def step(self, rule: str, event: Event, *, anchor: str) -> bool:
-        """One step of one alert's caps: plan the rule again, execute. True when any cap went lower."""
+    async def step(self, rule: str, event: Event, *, anchor: str, stopping: asyncio.Event) -> bool:
+        """
+        One step of one alert's caps: plan the rule again, execute. True when any cap went lower. A resolve heard
+        meanwhile (``stopping``) ends it before the next write: the executor takes the object's lock at once when
+        it is free, so no write of this step can slip in after the give-back's.
+        """
         plans = [p for p in await self.rules.plan(event) if p.rule == rule and p.action == "cap"]
         lowered = False
         for plan in self.executor.guard.limit_blast_radius(plans):
+            if stopping.is_set():
+                return False
             decision = await self.executor.execute(replace(plan, follows=anchor))
             lowered = lowered or decision.outcome in (Outcome.APPLIED, Outcome.DRY_RUN)
         return lowered

@@ -505,6 +505,39 @@ async def test_a_step_due_while_the_resolve_gives_back_takes_nothing_again(
     assert [d for d in decisions if d.action == "cap" and d.at > revert.at] == []
 
 
+async def test_a_resolve_arriving_mid_step_lets_the_step_finish_and_gives_it_back_too(
+    cluster: DevCluster, start_agent: StartAgent, base_config: dict[str, Any]
+) -> None:
+    # The timer's second step meets a 500 and waits 0.6 s to retry, holding the object, when the resolve arrives.
+    # The step is let finish (recorded applied, not cut short and left `applying`), and the give-back, which waits
+    # for the object, ends both caps and is priced as undoing both.
+    cap = {
+        "name": "cap-high-cost",
+        "alertname": "HighMCPCost",
+        "action": {"type": "cap", "params": {"step": 1, "every": "1s", "targets": 1}},
+    }
+    agent = await start_agent(build_config(base_config, rules=[cap], kubernetes={"api_backoff": "600ms"}))
+    labels = {"namespace": NS}
+    await post(agent, payload(alert("HighMCPCost", labels)))
+    await settle(agent)
+    [first] = [d for d in await agent.ledger.decisions() if d.action == "cap"]
+    assert first.target is not None and first.cost is not None and first.cost.replicas_delta == -1
+    fault = cluster.fail(method="PATCH", plural="scaledobjects", status=500, times=1)
+    await until(lambda: fault.times == 0, "the next step's patch to meet the fault")
+    await post(agent, payload(alert("HighMCPCost", labels, status="resolved")))
+    await settle(agent)
+    decisions = await agent.ledger.decisions()
+    caps = [d for d in decisions if d.action == "cap"]
+    assert [(d.outcome, dict(d.after)) for d in caps] == [
+        (Outcome.APPLIED, {"max-replicas": first.before["max-replicas"] - 1}),
+        (Outcome.APPLIED, {"max-replicas": first.before["max-replicas"] - 2}),
+    ]
+    [given_back] = [d for d in decisions if d.action == "revert"]
+    assert given_back.at > caps[-1].at and given_back.outcome == Outcome.APPLIED
+    assert given_back.cost is not None and given_back.cost.replicas_delta == 2
+    assert scaledobject(cluster, first.target.name)["spec"]["maxReplicaCount"] == first.before["max-replicas"]
+
+
 async def test_a_workload_with_no_pod_is_priced_from_its_template_at_the_average_prices(
     api: Any, prometheus: Prom
 ) -> None:
