@@ -40,6 +40,7 @@ from agent.structs import Decision, Event, EventKind, Outcome, utcnow
 log = structlog.get_logger("agent.capping")
 
 Key = tuple[str, str]  # (rule, alert fingerprint)
+STOP_SECONDS = 10.0  # at the agent's stop, how long a step already writing may take to finish
 
 
 class Capper:
@@ -131,10 +132,12 @@ class Capper:
             del self._stopping[key]
 
     async def stop(self) -> None:
+        """At the agent's stop: no step starts, one already writing may finish (bounded), like the worker's."""
         tasks = list(self._running.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for stopping in self._stopping.values():
+            stopping.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), STOP_SECONDS)
         self._running.clear()
         self._stopping.clear()
 
@@ -150,7 +153,10 @@ class Capper:
                 if stopping.is_set():
                     return
                 wait = spec.params.every.total_seconds()
-                if not await self.step(rule, event, anchor=anchor, stopping=stopping):
+                lowered = await self.step(rule, event, anchor=anchor, stopping=stopping)
+                if stopping.is_set():
+                    return
+                if not lowered:
                     log.info("capping holds: no target can go lower", rule=rule, alertname=event.alertname)
                     return
         except asyncio.CancelledError:
